@@ -1,0 +1,14 @@
+//! DC-AE Studio engine: the DC-AE autoencoders and the class-conditional UViT of MIT HAN Lab's
+//! Deep Compression Autoencoder work, ported to burn and generic over the backend.
+//!
+//! Data flows one way: the UI or CLI builds a job, the engine runs it on a backend, and progress,
+//! previews and results come back. Model code knows nothing of the UI.
+
+pub mod cli;
+pub mod engine;
+pub mod imaging;
+pub mod labels;
+pub mod model;
+pub mod sampler;
+pub mod ui;
+pub mod weights;
