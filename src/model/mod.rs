@@ -1,1 +1,9 @@
-//! (to be written)
+//! Model definitions: configs, building blocks and forward passes. Nothing here knows about the
+//! UI, files or threads; weights arrive through [`crate::weights::WeightSource`].
+
+pub mod config;
+pub mod dcae;
+pub mod layers;
+
+pub use config::DcaeConfig;
+pub use dcae::Dcae;

@@ -1,1 +1,95 @@
-//! (to be written)
+//! Weights: where a model's tensors come from.
+//!
+//! Models are built *from* a [`WeightSource`]: each constructor asks for the tensors it needs, by
+//! their key in the original (efficientvit) naming and with the shape it expects. A checkpoint
+//! source checks every request and remembers every problem, so one load reports all the missing,
+//! misshaped and unexpected keys at once instead of failing on the first.
+
+pub mod checkpoint;
+pub mod hub;
+pub mod keys;
+pub mod load;
+
+use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+
+pub use checkpoint::{Checkpoint, CheckpointLoader, Layout, LoadError, Problem};
+
+/// Hands out a model's parameters, key by key.
+pub trait WeightSource<B: Backend> {
+    /// The tensor stored under `key` (original naming), which must have `shape`.
+    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D>;
+
+    /// A key that may be stored but carries nothing the model uses (BatchNorm's
+    /// `num_batches_tracked`). Listed so strict loading does not call it unexpected.
+    fn ignored(&mut self, key: &str);
+
+    fn device(&self) -> B::Device;
+}
+
+/// Random parameters for benchmarks and tests that need a model's cost, not its quality.
+///
+/// Scales follow PyTorch's defaults closely enough to keep activations finite through deep
+/// networks: weights ~ N(0, 1/fan_in), norm scales 1, biases and shifts 0, variances 1.
+pub struct RandomWeights<B: Backend> {
+    device: B::Device,
+}
+
+impl<B: Backend> RandomWeights<B> {
+    pub fn new(device: &B::Device) -> Self {
+        Self { device: device.clone() }
+    }
+}
+
+impl<B: Backend> WeightSource<B> for RandomWeights<B> {
+    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        let last = key.rsplit('.').next().unwrap_or("");
+        let is_norm = key.contains("norm") || key.ends_with("running_var") || key.ends_with("running_mean");
+        if D == 1 && is_norm && (last == "weight" || last == "running_var") {
+            return Tensor::ones(shape, &self.device);
+        }
+        if D == 1 {
+            return Tensor::zeros(shape, &self.device);
+        }
+        // fan_in = everything but the output dimension (conv [O, I, kh, kw], linear [O, I]).
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let std = if key.contains("pos_embed") || key.contains("embedding") { 0.5 } else { (1.0 / fan_in as f64).sqrt() };
+        Tensor::random(shape, Distribution::Normal(0.0, std), &self.device)
+    }
+
+    fn ignored(&mut self, _key: &str) {}
+
+    fn device(&self) -> B::Device {
+        self.device.clone()
+    }
+}
+
+/// Lists the keys and shapes a model asks for without holding its weights: every tensor it
+/// hands out is a one-element placeholder, so the model it builds is only good for this list.
+/// Used to check the loader's expectations against the manifests of the published checkpoints
+/// (a billion-parameter model would not fit in a test's memory otherwise).
+pub struct KeyRecorder<B: Backend> {
+    device: B::Device,
+    /// (key, shape) in request order; ignored keys have `None`.
+    pub keys: Vec<(String, Option<Vec<usize>>)>,
+}
+
+impl<B: Backend> KeyRecorder<B> {
+    pub fn new(device: &B::Device) -> Self {
+        Self { device: device.clone(), keys: Vec::new() }
+    }
+}
+
+impl<B: Backend> WeightSource<B> for KeyRecorder<B> {
+    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        self.keys.push((key.to_string(), Some(shape.to_vec())));
+        Tensor::from_data(TensorData::new(vec![0.0f32], [1; D]), &self.device)
+    }
+
+    fn ignored(&mut self, key: &str) {
+        self.keys.push((key.to_string(), None));
+    }
+
+    fn device(&self) -> B::Device {
+        self.device.clone()
+    }
+}

@@ -1,0 +1,324 @@
+//! DC-AE configurations: the published registry and diffusers `AutoencoderDC` config.json files.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::layers::{Act, NormKind};
+
+/// A stage's block, in efficientvit's vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockType {
+    /// conv3×3 → act → conv3×3 → norm, plus identity.
+    ResBlock,
+    /// LiteMLA (with multi-scale aggregation branches of these kernel sizes) + GLUMBConv.
+    /// `EViT_GLU` has no scales, `EViTS5_GLU` has `[5]`.
+    EfficientVit { scales: Vec<usize> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Downsample {
+    /// conv3×3 to C/4, then pixel-unshuffle ×2 (in / mix).
+    ConvPixelUnshuffle,
+    /// Stride-2 conv3×3 (sana).
+    StridedConv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Upsample {
+    /// conv3×3 to 4C, then pixel-shuffle ×2 (in / mix).
+    ConvPixelShuffle,
+    /// Nearest ×2, then conv3×3 (sana).
+    InterpolateConv,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    pub width_list: Vec<usize>,
+    pub depth_list: Vec<usize>,
+    pub block_type: Vec<BlockType>,
+    pub downsample: Downsample,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub width_list: Vec<usize>,
+    pub depth_list: Vec<usize>,
+    pub block_type: Vec<BlockType>,
+    pub norm: Vec<NormKind>,
+    pub act: Vec<Act>,
+    pub upsample: Upsample,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DcaeConfig {
+    /// The published name (`dc-ae-f64c128-in-1.0`) or a description of where it came from.
+    pub name: String,
+    pub in_channels: usize,
+    pub latent_channels: usize,
+    pub encoder: EncoderConfig,
+    pub decoder: DecoderConfig,
+    /// `z_diffusion = encode(x) · scaling_factor`.
+    pub scaling_factor: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown model name `{0}`; known DC-AE models: {1}")]
+    UnknownName(String, String),
+    #[error("invalid DC-AE config: {0}")]
+    Invalid(String),
+}
+
+/// Every published DC-AE name (efficientvit registry plus sana-1.1), with its scaling factor.
+pub const PUBLISHED: &[(&str, f32)] = &[
+    ("dc-ae-f32c32-in-1.0", 0.3189),
+    ("dc-ae-f64c128-in-1.0", 0.2889),
+    ("dc-ae-f128c512-in-1.0", 0.4883),
+    ("dc-ae-f32c32-mix-1.0", 0.4552),
+    ("dc-ae-f64c128-mix-1.0", 0.4538),
+    ("dc-ae-f128c512-mix-1.0", 0.3620),
+    ("dc-ae-f32c32-sana-1.0", 0.41407),
+    ("dc-ae-f32c32-sana-1.1", 0.41407),
+];
+
+impl DcaeConfig {
+    /// The architecture of a published model, by its name (with or without `mit-han-lab/` and
+    /// `-diffusers`).
+    pub fn published(name: &str) -> Result<Self, ConfigError> {
+        let base = name.trim_start_matches("mit-han-lab/").trim_end_matches("-diffusers");
+        let Some(&(name, sf)) = PUBLISHED.iter().find(|(n, _)| *n == base) else {
+            let known: Vec<_> = PUBLISHED.iter().map(|(n, _)| *n).collect();
+            return Err(ConfigError::UnknownName(name.to_string(), known.join(", ")));
+        };
+        let evit = || BlockType::EfficientVit { scales: vec![] };
+        let in_mix = |widths: &[usize], enc_depth: &[usize], dec_depth: &[usize], latent: usize| {
+            let n = widths.len();
+            let blocks: Vec<BlockType> =
+                (0..n).map(|s| if s < 3 { BlockType::ResBlock } else { evit() }).collect();
+            DcaeConfig {
+                name: name.to_string(),
+                in_channels: 3,
+                latent_channels: latent,
+                encoder: EncoderConfig {
+                    width_list: widths.to_vec(),
+                    depth_list: enc_depth.to_vec(),
+                    block_type: blocks.clone(),
+                    downsample: Downsample::ConvPixelUnshuffle,
+                },
+                decoder: DecoderConfig {
+                    width_list: widths.to_vec(),
+                    depth_list: dec_depth.to_vec(),
+                    block_type: blocks,
+                    norm: (0..n).map(|s| if s < 3 { NormKind::BatchNorm } else { NormKind::RmsNorm }).collect(),
+                    act: (0..n).map(|s| if s < 3 { Act::Relu } else { Act::Silu }).collect(),
+                    upsample: Upsample::ConvPixelShuffle,
+                },
+                scaling_factor: sf,
+            }
+        };
+        let cfg = if base.starts_with("dc-ae-f32c32-sana") {
+            let widths = [128, 256, 512, 512, 1024, 1024];
+            let blocks: Vec<BlockType> = (0..6)
+                .map(|s| if s < 3 { BlockType::ResBlock } else { BlockType::EfficientVit { scales: vec![5] } })
+                .collect();
+            DcaeConfig {
+                name: name.to_string(),
+                in_channels: 3,
+                latent_channels: 32,
+                encoder: EncoderConfig {
+                    width_list: widths.to_vec(),
+                    depth_list: vec![2, 2, 2, 3, 3, 3],
+                    block_type: blocks.clone(),
+                    downsample: Downsample::StridedConv,
+                },
+                decoder: DecoderConfig {
+                    width_list: widths.to_vec(),
+                    depth_list: vec![3, 3, 3, 3, 3, 3],
+                    block_type: blocks,
+                    norm: vec![NormKind::RmsNorm; 6],
+                    act: vec![Act::Silu; 6],
+                    upsample: Upsample::InterpolateConv,
+                },
+                scaling_factor: sf,
+            }
+        } else if base.starts_with("dc-ae-f32c32") {
+            in_mix(&[128, 256, 512, 512, 1024, 1024], &[0, 4, 8, 2, 2, 2], &[0, 5, 10, 2, 2, 2], 32)
+        } else if base.starts_with("dc-ae-f64c128") {
+            in_mix(&[128, 256, 512, 512, 1024, 1024, 2048], &[0, 4, 8, 2, 2, 2, 2], &[0, 5, 10, 2, 2, 2, 2], 128)
+        } else {
+            in_mix(
+                &[128, 256, 512, 512, 1024, 1024, 2048, 2048],
+                &[0, 4, 8, 2, 2, 2, 2, 2],
+                &[0, 5, 10, 2, 2, 2, 2, 2],
+                512,
+            )
+        };
+        Ok(cfg)
+    }
+
+    /// Spatial compression factor: 2^(stages − 1).
+    pub fn factor(&self) -> usize {
+        1 << (self.encoder.width_list.len() - 1)
+    }
+
+    /// Reads a config.json: either `{"model_name": <published name>}` (original repos) or a
+    /// diffusers `AutoencoderDC` config.
+    pub fn from_json(v: &Value, name: &str) -> Result<Self, ConfigError> {
+        if let Some(n) = v.get("model_name").and_then(Value::as_str) {
+            return Self::published(n);
+        }
+        Self::from_diffusers(v, name)
+    }
+
+    /// A diffusers `AutoencoderDC` config (lists per stage, or — as the converted sana
+    /// checkpoints write them — one string for all stages).
+    pub fn from_diffusers(v: &Value, name: &str) -> Result<Self, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let usizes = |k: &str| -> Result<Vec<usize>, ConfigError> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("`{k}` must be a list of integers")))?
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad(format!("`{k}` must hold integers"))))
+                .collect()
+        };
+        let num = |k: &str, default: Option<f64>| -> Result<f64, ConfigError> {
+            match v.get(k) {
+                Some(x) => x.as_f64().ok_or_else(|| bad(format!("`{k}` must be a number"))),
+                None => default.ok_or_else(|| bad(format!("`{k}` is missing"))),
+            }
+        };
+        let strings = |k: &str, n: usize, default: &str| -> Result<Vec<String>, ConfigError> {
+            match v.get(k) {
+                None => Ok(vec![default.to_string(); n]),
+                Some(Value::String(s)) => Ok(vec![s.clone(); n]),
+                Some(Value::Array(a)) if a.len() == n => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("`{k}` must hold strings"))))
+                    .collect(),
+                Some(_) => Err(bad(format!("`{k}` must be a string or a list of {n} strings"))),
+            }
+        };
+        let scales = |k: &str, n: usize| -> Result<Vec<Vec<usize>>, ConfigError> {
+            match v.get(k) {
+                None => Ok(vec![vec![]; n]),
+                Some(Value::Array(a)) if a.len() == n => a
+                    .iter()
+                    .map(|s| {
+                        s.as_array()
+                            .ok_or_else(|| bad(format!("`{k}` must be a list of lists")))?
+                            .iter()
+                            .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad(format!("`{k}` must hold integers"))))
+                            .collect()
+                    })
+                    .collect(),
+                Some(_) => Err(bad(format!("`{k}` must be a list of {n} lists"))),
+            }
+        };
+        let blocks = |k: &str, scales: &[Vec<usize>]| -> Result<Vec<BlockType>, ConfigError> {
+            strings(k, scales.len(), "")?
+                .iter()
+                .zip(scales)
+                .map(|(b, s)| match b.as_str() {
+                    "ResBlock" => Ok(BlockType::ResBlock),
+                    "EfficientViTBlock" => Ok(BlockType::EfficientVit { scales: s.clone() }),
+                    other => Err(bad(format!("unknown block type `{other}` in `{k}`"))),
+                })
+                .collect()
+        };
+        let head_dim = num("attention_head_dim", Some(32.0))?;
+        if head_dim != 32.0 {
+            return Err(bad(format!("attention_head_dim {head_dim} (only 32 exists in DC-AE)")));
+        }
+        for (k, want) in [("encoder_out_shortcut", true), ("decoder_in_shortcut", true)] {
+            if v.get(k).and_then(Value::as_bool).is_some_and(|b| b != want) {
+                return Err(bad(format!("`{k}: false` is not supported (no published model uses it)")));
+            }
+        }
+        if v.get("decoder_conv_act_fn").and_then(Value::as_str).is_some_and(|a| a != "relu") {
+            return Err(bad("`decoder_conv_act_fn` other than relu is not supported".into()));
+        }
+        let enc_w = usizes("encoder_block_out_channels")?;
+        let dec_w = usizes("decoder_block_out_channels")?;
+        let enc_d = usizes("encoder_layers_per_block")?;
+        let dec_d = usizes("decoder_layers_per_block")?;
+        let n = enc_w.len();
+        if n < 2 || [dec_w.len(), enc_d.len(), dec_d.len()].iter().any(|&l| l != n) {
+            return Err(bad("the per-stage lists must all have the same length (at least 2)".into()));
+        }
+        let enc_blocks = blocks("encoder_block_types", &scales("encoder_qkv_multiscales", n)?)?;
+        let dec_blocks = blocks("decoder_block_types", &scales("decoder_qkv_multiscales", n)?)?;
+        let norm = strings("decoder_norm_types", n, "rms_norm")?
+            .iter()
+            .map(|s| match s.as_str() {
+                "batch_norm" => Ok(NormKind::BatchNorm),
+                "rms_norm" => Ok(NormKind::RmsNorm),
+                o => Err(bad(format!("unknown norm `{o}`"))),
+            })
+            .collect::<Result<_, _>>()?;
+        let act = strings("decoder_act_fns", n, "silu")?
+            .iter()
+            .map(|s| match s.as_str() {
+                "relu" => Ok(Act::Relu),
+                "silu" => Ok(Act::Silu),
+                o => Err(bad(format!("unknown activation `{o}`"))),
+            })
+            .collect::<Result<_, _>>()?;
+        // diffusers: anything but "pixel_unshuffle" is a strided conv; upsampling is
+        // "pixel_shuffle" or "interpolate".
+        let down = match v.get("downsample_block_type").and_then(Value::as_str).unwrap_or("pixel_unshuffle") {
+            "pixel_unshuffle" => Downsample::ConvPixelUnshuffle,
+            _ => Downsample::StridedConv,
+        };
+        let up = match v.get("upsample_block_type").and_then(Value::as_str).unwrap_or("pixel_shuffle") {
+            "pixel_shuffle" => Upsample::ConvPixelShuffle,
+            "interpolate" => Upsample::InterpolateConv,
+            o => return Err(bad(format!("unknown upsample_block_type `{o}`"))),
+        };
+        let cfg = DcaeConfig {
+            name: name.to_string(),
+            in_channels: num("in_channels", Some(3.0))? as usize,
+            latent_channels: num("latent_channels", None)? as usize,
+            encoder: EncoderConfig { width_list: enc_w, depth_list: enc_d, block_type: enc_blocks, downsample: down },
+            decoder: DecoderConfig { width_list: dec_w, depth_list: dec_d, block_type: dec_blocks, norm, act, upsample: up },
+            scaling_factor: num("scaling_factor", Some(1.0))? as f32,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the divisibility rules the architecture relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let (e, d) = (&self.encoder, &self.decoder);
+        if e.width_list != d.width_list {
+            return bad("encoder and decoder widths differ (not supported)".into());
+        }
+        let w = &e.width_list;
+        let last = *w.last().unwrap_or(&0);
+        if self.latent_channels == 0 || last % self.latent_channels != 0 {
+            return bad(format!("last width {last} must be a multiple of latent_channels {}", self.latent_channels));
+        }
+        for (s, b) in e.block_type.iter().chain(&d.block_type).enumerate() {
+            if matches!(b, BlockType::EfficientVit { .. }) && w[s % w.len()] % 32 != 0 {
+                return bad(format!("EfficientViT stage width {} is not a multiple of the head dim 32", w[s % w.len()]));
+            }
+        }
+        for s in 0..w.len() - 1 {
+            // Both residual shortcuts regroup the 4·w[s] channels of a 2×2 (un)shuffle.
+            if (4 * w[s]) % w[s + 1] != 0 {
+                return bad(format!("widths {} → {} cannot be resampled by the shortcuts", w[s], w[s + 1]));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The autoencoder a published diffusion model (the efficientvit diffusion zoo) was trained on.
+pub fn diffusion_autoencoder(name: &str) -> Option<&'static str> {
+    let base = name.trim_start_matches("mit-han-lab/");
+    if !base.contains("-uvit-") && !base.contains("-dit-") && !base.contains("-usit-") {
+        return None;
+    }
+    PUBLISHED.iter().map(|(n, _)| *n).find(|n| base.starts_with(n))
+}

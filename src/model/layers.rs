@@ -1,0 +1,181 @@
+//! Building blocks shared by the DC-AE modules: convolutions built from a weight source, the two
+//! norms, activations, and the parameter-free resampling ops whose channel orders must match
+//! PyTorch exactly for the pretrained weights to mean anything.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::activation::{relu, silu};
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::weights::WeightSource;
+
+/// A stride-`stride` "same"-padded convolution, `[out, in/groups, k, k]` weight, read from `key.weight`
+/// (and `key.bias` when `bias`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d<B: Backend, W: WeightSource<B>>(
+    w: &mut W,
+    key: &str,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+) -> Conv2d<B> {
+    let weight = w.tensor(&format!("{key}.weight"), [c_out, c_in / groups, kernel, kernel]);
+    let bias = bias.then(|| Param::from_tensor(w.tensor(&format!("{key}.bias"), [c_out])));
+    let pad = kernel / 2;
+    Conv2d {
+        weight: Param::from_tensor(weight),
+        bias,
+        stride: [stride, stride],
+        kernel_size: [kernel, kernel],
+        dilation: [1, 1],
+        groups,
+        padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Act {
+    Relu,
+    Silu,
+}
+
+impl Act {
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Act::Relu => relu(x),
+            Act::Silu => silu(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NormKind {
+    /// efficientvit `bn2d`: BatchNorm2d in eval mode.
+    BatchNorm,
+    /// efficientvit `trms2d`: RMS over channels per pixel, with weight *and* bias.
+    RmsNorm,
+}
+
+/// RMSNorm over the channel axis of an NCHW tensor, eps 1e-5, with an affine bias
+/// (efficientvit's `TritonRMSNorm2d` subclasses LayerNorm and so keeps its bias).
+#[derive(Module, Debug)]
+pub struct RmsNorm2d<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> RmsNorm2d<B> {
+    pub const EPS: f64 = 1e-5;
+
+    pub fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize) -> Self {
+        Self {
+            weight: Param::from_tensor(w.tensor(&format!("{key}.weight"), [c])),
+            bias: Param::from_tensor(w.tensor(&format!("{key}.bias"), [c])),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, c, _, _] = x.dims();
+        let inv_rms = (x.clone().square().mean_dim(1) + Self::EPS).sqrt().recip(); // [B,1,H,W]
+        let w = self.weight.val().reshape([1, c, 1, 1]);
+        let b = self.bias.val().reshape([1, c, 1, 1]);
+        x * inv_rms * w + b
+    }
+}
+
+/// BatchNorm2d with running statistics, folded into one scale and shift at load time.
+#[derive(Module, Debug)]
+pub struct BatchNorm2dEval<B: Backend> {
+    pub scale: Param<Tensor<B, 1>>,
+    pub shift: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> BatchNorm2dEval<B> {
+    pub const EPS: f64 = 1e-5;
+
+    pub fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize) -> Self {
+        let weight = w.tensor(&format!("{key}.weight"), [c]);
+        let bias = w.tensor(&format!("{key}.bias"), [c]);
+        let mean = w.tensor(&format!("{key}.running_mean"), [c]);
+        let var = w.tensor(&format!("{key}.running_var"), [c]);
+        w.ignored(&format!("{key}.num_batches_tracked"));
+        // y = (x - mean) / sqrt(var + eps) * weight + bias = x * scale + shift
+        let scale = weight * (var + Self::EPS).sqrt().recip();
+        let shift = bias - mean * scale.clone();
+        Self { scale: Param::from_tensor(scale), shift: Param::from_tensor(shift) }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, c, _, _] = x.dims();
+        x * self.scale.val().reshape([1, c, 1, 1]) + self.shift.val().reshape([1, c, 1, 1])
+    }
+}
+
+#[derive(Module, Debug)]
+pub enum Norm<B: Backend> {
+    Batch(BatchNorm2dEval<B>),
+    Rms(RmsNorm2d<B>),
+}
+
+impl<B: Backend> Norm<B> {
+    pub fn load<W: WeightSource<B>>(w: &mut W, key: &str, kind: NormKind, c: usize) -> Self {
+        match kind {
+            NormKind::BatchNorm => Norm::Batch(BatchNorm2dEval::load(w, key, c)),
+            NormKind::RmsNorm => Norm::Rms(RmsNorm2d::load(w, key, c)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Norm::Batch(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+/// PyTorch `pixel_unshuffle`: `[B, C, H·r, W·r] → [B, C·r², H, W]`, output channel `c·r² + i·r + j`
+/// holding the pixel at row offset `i`, column offset `j`.
+pub fn pixel_unshuffle<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let (ho, wo) = (h / r, w / r);
+    x.reshape([b * c, ho, r, wo, r]) // [BC, H, i, W, j]
+        .permute([0, 2, 4, 1, 3]) // [BC, i, j, H, W]
+        .reshape([b, c * r * r, ho, wo])
+}
+
+/// PyTorch `pixel_shuffle`, the inverse of [`pixel_unshuffle`].
+pub fn pixel_shuffle<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [b, crr, h, w] = x.dims();
+    let c = crr / (r * r);
+    x.reshape([b * c, r, r, h, w]) // [BC, i, j, H, W]
+        .permute([0, 3, 1, 4, 2]) // [BC, H, i, W, j]
+        .reshape([b, c, h * r, w * r])
+}
+
+/// Mean over groups of `g` *consecutive* channels: `[B, C·g, H, W] → [B, C, H, W]`.
+pub fn channel_average<B: Backend>(x: Tensor<B, 4>, g: usize) -> Tensor<B, 4> {
+    if g == 1 {
+        return x;
+    }
+    let [b, cg, h, w] = x.dims();
+    x.reshape([b, cg / g, g, h * w]).mean_dim(2).reshape([b, cg / g, h, w])
+}
+
+/// `repeat_interleave(x, r, dim=1)`: each channel repeated `r` times in a row (not tiled).
+pub fn repeat_channels<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    if r == 1 {
+        return x;
+    }
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, 1, h * w]).expand([b, c, r, h * w]).reshape([b, c * r, h, w])
+}
+
+/// Nearest-neighbour ×2 upsampling (each pixel becomes a 2×2 block).
+pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b * c, h, 1, w, 1]).expand([b * c, h, 2, w, 2]).reshape([b, c, h * 2, w * 2])
+}

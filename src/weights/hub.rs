@@ -1,0 +1,1 @@
+//! Hugging Face hub resolution (to be written)
