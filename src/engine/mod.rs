@@ -1,1 +1,5 @@
-//! (to be written)
+//! The engine: backend selection and (for the app) the worker thread that owns the models.
+
+pub mod backend;
+
+pub use backend::{run_on, BackendChoice, BackendError, BackendInfo, BackendTask};
