@@ -1,1 +1,3 @@
 //! Integration test modules.
+mod ae;
+mod common;
