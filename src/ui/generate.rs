@@ -404,7 +404,7 @@ impl GeneratePanel {
         };
         egui::Frame::group(ui.style()).inner_margin(4.0).show(ui, |ui| {
             egui::ScrollArea::vertical().id_salt("class_list").max_height(150.0).auto_shrink([false, true]).show(ui, |ui| {
-                if ui.selectable_label(self.class.is_none(), "∅ unconditional (no class)").clicked() {
+                if ui.selectable_label(self.class.is_none(), "unconditional (no class)").clicked() {
                     self.class = None;
                 }
                 for (id, name) in &hits {

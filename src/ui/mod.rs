@@ -404,10 +404,14 @@ impl StudioApp {
         ui.horizontal(|ui| {
             match &s.backend {
                 Some(info) => {
-                    let color = if info.kind == "cpu" { Color32::from_rgb(200, 160, 60) } else { Color32::from_rgb(90, 190, 90) };
-                    ui.label(RichText::new("●").color(color));
-                    ui.label(format!("{} · {}", info.kind.to_uppercase(), info.name))
-                        .on_hover_text("The backend running the models. Change it in ⚙ Settings or with --backend.");
+                    let color = if info.kind == "cpu" { Color32::from_rgb(210, 170, 60) } else { Color32::from_rgb(90, 190, 90) };
+                    let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+                    ui.painter().circle_filled(rect.center(), 4.5, color);
+                    let kind = info.kind.to_uppercase();
+                    let text = if info.name.to_uppercase().starts_with(&kind) { info.name.clone() } else { format!("{kind} · {}", info.name) };
+                    ui.label(text).on_hover_text(
+                        "The backend running the models (chosen at start: CUDA → hardware GPU via wgpu → CPU). Change it in ⚙ Settings or with --backend.",
+                    );
                 }
                 None => {
                     ui.spinner();

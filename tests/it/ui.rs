@@ -184,3 +184,134 @@ fn ui_engine_recovers_from_a_panic() {
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "a result after the restart", 30.0, |a| a.shared.history.len() == 2);
 }
+
+/// Preview cost per step: the latent→RGB projection (CPU, and the WGSL shader when a wgpu
+/// adapter exists) against a full DC-AE decode of x0. Not part of the normal run:
+/// `cargo test --test integration ui_preview_cost -- --ignored --nocapture`
+/// (`DCAE_BENCH_BIG=1` adds dc-ae-f64c128 with random weights at 512×512; `DCAE_BACKEND` picks
+/// the backend of the decodes).
+#[test]
+#[ignore]
+fn ui_preview_cost() {
+    use burn::tensor::{backend::Backend, Distribution, Tensor};
+    use dcae::engine::backend::{run_on, BackendInfo, BackendTask};
+    use dcae::engine::worker::projection::Projection;
+    use dcae::engine::worker::{fit_projection, LatentBatch};
+    use dcae::model::{Dcae, DcaeConfig};
+
+    fn time<R>(n: usize, mut f: impl FnMut() -> R) -> f64 {
+        f(); // warm-up
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(f());
+        }
+        t.elapsed().as_secs_f64() / n as f64
+    }
+
+    struct Bench;
+    impl BackendTask for Bench {
+        type Output = Vec<(String, Projection, [usize; 4], f64)>;
+        fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
+            println!("backend: {info}");
+            let mut out = Vec::new();
+            let dir = fixtures().join("uvit-tiny");
+            let (cfg, ae) = dcae::weights::load::load_dcae_files::<B>(&dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
+            let t = Instant::now();
+            let p = fit_projection(&ae, &cfg, cfg.scaling_factor, 8, &device).unwrap();
+            println!("tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
+            let shape = [1, cfg.latent_channels, 4, 4];
+            let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let dec = time(20, || {
+                let y = ae.decode(z.clone());
+                y.into_data()
+            });
+            out.push(("uvit-tiny (f4c4, 16×16 px)".to_string(), p, shape, dec));
+            if std::env::var("DCAE_BENCH_BIG").is_ok() {
+                let cfg = DcaeConfig::published("dc-ae-f64c128-in-1.0").unwrap();
+                let ae = Dcae::<B>::load(&mut dcae::weights::RandomWeights::new(&device), &cfg);
+                let shape = [1, 128, 8, 8];
+                let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+                let dec = time(2, || {
+                    let y = ae.decode(z.clone());
+                    y.into_data()
+                });
+                let p = Projection {
+                    channels: 128,
+                    weights: (0..3 * 128).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect(),
+                    bias: [0.0; 3],
+                    note: "random".into(),
+                    rmse: 0.0,
+                    version: 0,
+                };
+                out.push(("dc-ae-f64c128 random weights (512×512 px)".to_string(), p, shape, dec));
+            }
+            out
+        }
+    }
+    let choice = BackendChoice::from_env().unwrap_or(BackendChoice::Cpu);
+    for (name, p, shape, decode) in run_on(choice, Bench).unwrap() {
+        let n: usize = shape.iter().product();
+        let latents = LatentBatch { data: (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect(), shape };
+        let cpu = time(200, || p.to_rgba(latents.image(0), shape[2], shape[3]));
+        println!("{name}: full decode {:.3} ms · CPU projection {:.4} ms", decode * 1e3, cpu * 1e3);
+        #[cfg(feature = "wgpu")]
+        gpu_projection_cost(&name, &p, &latents);
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn gpu_projection_cost(name: &str, p: &Projection, latents: &LatentBatch) {
+        use dcae::ui::preview::LatentRgbGpu;
+        use eframe::wgpu;
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let Ok(adapter) = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
+            println!("{name}: no wgpu adapter, GPU projection not measured");
+            return;
+        };
+        let Ok((device, queue)) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
+            println!("{name}: no wgpu device");
+            return;
+        };
+        let mut gpu = LatentRgbGpu::new(&device, &queue);
+        let [_, _, h, w] = latents.shape;
+        let s = LatentRgbGpu::scale_for(h, w);
+        let slot = gpu.new_slot(((w * s) as u32, (h * s) as u32));
+        let mut slots = [slot];
+        let mut once = || {
+            let idx = gpu.dispatch(latents, p, &mut slots);
+            device.poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None }).unwrap();
+        };
+        once();
+        let t = Instant::now();
+        for _ in 0..100 {
+            once();
+        }
+        let per = t.elapsed().as_secs_f64() / 100.0;
+        // The shader and the CPU path agree (the shader upsamples; compare at a latent pixel centre).
+        let rgba = gpu.read_back(&slots[0]).unwrap();
+        let cpu = p.to_rgba(latents.image(0), h, w);
+        let (ox, oy) = (s / 2, s / 2);
+        let gi = ((oy * w * s) + ox) * 4;
+        let diff = (0..3).map(|k| (rgba[gi + k] as i32 - cpu[k] as i32).abs()).max().unwrap();
+        println!(
+            "{name}: GPU projection (upload + dispatch + wait, {}×{} px out) {:.3} ms on {:?} · max |GPU−CPU| at a centre {diff}",
+            w * s,
+            h * s,
+            per * 1e3,
+            adapter.get_info().name
+        );
+        assert!(diff <= 2, "the shader disagrees with the CPU projection by {diff}");
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
