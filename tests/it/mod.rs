@@ -1,1 +1,2 @@
 //! Integration test modules.
+mod hub;
