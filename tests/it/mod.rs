@@ -1,3 +1,4 @@
 //! Integration test modules.
 mod ae;
 mod common;
+mod hub;
