@@ -1,1 +1,3 @@
 //! Integration test modules.
+mod imaging;
+mod labels;
