@@ -2,3 +2,5 @@
 mod ae;
 mod common;
 mod hub;
+mod imaging;
+mod labels;
