@@ -1,4 +1,7 @@
 //! Integration test modules.
 mod ae;
 mod common;
+mod hub;
+mod imaging;
+mod labels;
 mod ui;
