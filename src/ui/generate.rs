@@ -153,15 +153,21 @@ impl GeneratePanel {
         vec![id; self.batch.max(1)]
     }
 
+    /// The settings as saved in PNGs; the unconditional class is written as
+    /// `labels::UNCONDITIONAL` (1000) whatever the model's own null id.
     pub fn params(&self, model: &str) -> GenerationParams {
+        let id = match self.class.filter(|c| *c < self.num_classes) {
+            Some(c) => c as u32,
+            None => api::UNCONDITIONAL,
+        };
         GenerationParams {
-            classes: self.labels().iter().map(|&c| c as u32).collect(),
+            classes: vec![id; self.batch.max(1)],
             guidance: self.guidance,
-            steps: self.steps as u32,
+            steps: self.steps,
             seed: self.seed,
             model: model.to_string(),
-            sampler: "dpm-solver++ (order 3)".to_string(),
-            batch: self.batch as u32,
+            sampler: "DPM-Solver++ (order 3, multistep)".to_string(),
+            batch: self.batch.max(1),
         }
     }
 
@@ -332,10 +338,10 @@ impl GeneratePanel {
         let first = p.classes.first().map(|&c| c as usize);
         self.class = first.filter(|&c| c < self.num_classes);
         self.guidance = p.guidance.clamp(1.0, 10.0);
-        self.steps = (p.steps as usize).clamp(1, 200);
+        self.steps = p.steps.clamp(1, 200);
         self.seed = p.seed;
         self.seed_locked = true;
-        self.batch = (p.batch as usize).clamp(1, MAX_BATCH);
+        self.batch = p.batch.clamp(1, MAX_BATCH);
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
@@ -584,7 +590,7 @@ impl GeneratePanel {
     }
 
     fn show_run(&self, ui: &mut egui::Ui, run: &Run) {
-        let n = run.params.batch.max(1) as usize;
+        let n = run.params.batch.max(1);
         let show_decoded = !run.decoded.is_empty();
         let heading = if run.projected.is_empty() && !show_decoded {
             "Waiting for the first step…".to_string()

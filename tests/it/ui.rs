@@ -105,7 +105,7 @@ fn ui_generate_preview_result_cancel_and_again() {
     h.state_mut().generate.steps = 6;
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "the second result", 30.0, |a| a.shared.history.len() == 2);
-    assert_eq!(h.state().shared.history[1].params.classes, vec![10, 10]);
+    assert_eq!(h.state().shared.history[1].params.classes, vec![1000, 1000], "unconditional is saved as the null class 1000");
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
 

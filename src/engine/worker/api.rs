@@ -127,220 +127,85 @@ pub fn autoencoder_config(config: &Path, name: &str) -> Result<DcaeConfig, Strin
 // Imaging
 // ---------------------------------------------------------------------------------------------
 
+pub use crate::imaging::GenerationParams;
+use crate::imaging::{self, ImageLimits};
+
 pub fn to_nchw(images: &[RgbImage]) -> Result<(Vec<f32>, [usize; 4]), String> {
-    let first = images.first().ok_or("no images")?;
-    let (w, h) = (first.width() as usize, first.height() as usize);
-    let mut v = Vec::with_capacity(images.len() * 3 * h * w);
-    for img in images {
-        for c in 0..3 {
-            for p in img.pixels() {
-                v.push(p.0[c] as f32 / 127.5 - 1.0);
-            }
-        }
-    }
-    Ok((v, [images.len(), 3, h, w]))
+    imaging::to_nchw(images).map_err(|e| e.to_string())
 }
 
 pub fn to_rgb8(chw: &[f32], h: usize, w: usize) -> Result<RgbImage, String> {
-    if chw.len() < 3 * h * w {
-        return Err("image buffer too small".into());
-    }
-    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let p = y as usize * w + x as usize;
-        image::Rgb(std::array::from_fn(|c| super::projection::to_u8(chw[c * h * w + p])))
-    }))
+    imaging::to_rgb8(chw, h, w).map_err(|e| e.to_string())
 }
 
 pub fn prepare(img: RgbImage, factor: usize, size: Option<u32>) -> Result<RgbImage, String> {
-    let f = factor as u32;
-    let n = size.unwrap_or_else(|| img.width().min(img.height()) / f * f);
-    if n == 0 || n % f != 0 {
-        return Err(format!("the image ({}×{}) is smaller than the model's factor {factor}", img.width(), img.height()));
-    }
-    if size.is_none() && img.width() % f == 0 && img.height() % f == 0 {
-        return Ok(img);
-    }
-    let (w, h) = (img.width(), img.height());
-    let s = n as f32 / w.min(h) as f32;
-    let r = image::imageops::resize(&img, (w as f32 * s).round() as u32, (h as f32 * s).round() as u32, image::imageops::FilterType::CatmullRom);
-    let (x0, y0) = ((r.width() - n) / 2, (r.height() - n) / 2);
-    Ok(image::imageops::crop_imm(&r, x0, y0, n, n).to_image())
+    imaging::prepare(img, factor, size).map_err(|e| e.to_string())
 }
 
 pub fn psnr(a: &RgbImage, b: &RgbImage) -> Result<f64, String> {
-    let mse: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.as_raw().len() as f64;
-    Ok(10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10())
+    imaging::psnr(a, b).map_err(|e| e.to_string())
 }
 
-pub fn ssim(_a: &RgbImage, _b: &RgbImage) -> Result<f64, String> {
-    Ok(0.5)
+pub fn ssim(a: &RgbImage, b: &RgbImage) -> Result<f64, String> {
+    imaging::ssim(a, b).map_err(|e| e.to_string())
 }
 
 pub fn diff_heatmap(a: &RgbImage, b: &RgbImage, gain: f32) -> Result<RgbImage, String> {
-    Ok(RgbImage::from_fn(a.width(), a.height(), |x, y| {
-        let (p, q) = (a.get_pixel(x, y).0, b.get_pixel(x, y).0);
-        let d = (0..3).map(|c| p[c].abs_diff(q[c]) as f32).sum::<f32>() / 3.0 * gain;
-        image::Rgb([d.min(255.0) as u8, (d * 0.5).min(255.0) as u8, 0])
-    }))
+    imaging::diff_heatmap_with_gain(a, b, gain).map_err(|e| e.to_string())
 }
 
+/// Decodes a PNG, JPEG or WebP held in memory (size limits checked before decoding).
 pub fn load_image_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
-    image::load_from_memory(bytes).map(|i| i.to_rgb8()).map_err(|e| format!("not an image this app can read (PNG, JPEG or WebP): {e}"))
+    imaging::load_rgb_from_bytes(bytes, &ImageLimits::default()).map_err(|e| e.to_string())
 }
 
 pub fn load_image_file(path: &Path) -> Result<RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    load_image_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    imaging::load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())
 }
 
-/// Parameters embedded in saved PNGs.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct GenerationParams {
-    pub classes: Vec<u32>,
-    pub guidance: f32,
-    pub steps: u32,
-    pub seed: u64,
-    pub model: String,
-    pub sampler: String,
-    pub batch: u32,
+/// Saves a PNG with the parameters in its `parameters` text chunk.
+pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams) -> Result<(), String> {
+    let text = params.to_parameters_text();
+    imaging::save_png_with_text(img, path, &[(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")])
+        .map_err(|e| e.to_string())
 }
 
-pub fn save_png_with_params(img: &RgbImage, path: &Path, _params: &GenerationParams) -> Result<(), String> {
-    img.save(path).map_err(|e| format!("cannot save {}: {e}", path.display()))
-}
-
-/// Generation parameters embedded in a PNG file's bytes, if any.
-pub fn read_png_params(_bytes: &[u8]) -> Result<Option<GenerationParams>, String> {
-    Ok(None)
+/// The generation parameters of a PNG's bytes: `Ok(None)` for anything that is not a PNG or
+/// carries no `parameters` entry; an error for a PNG whose entry cannot be read.
+pub fn read_png_params(bytes: &[u8]) -> Result<Option<GenerationParams>, String> {
+    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        return Ok(None);
+    }
+    let entries = imaging::read_png_text_from_bytes(bytes).map_err(|e| e.to_string())?;
+    let Some((_, text)) = entries.iter().find(|(k, _)| k == imaging::PARAMETERS_KEY) else {
+        return Ok(None);
+    };
+    GenerationParams::parse_parameters_text(text)
+        .map(Some)
+        .map_err(|e| format!("its saved parameters cannot be read: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Labels
 // ---------------------------------------------------------------------------------------------
 
-pub const NUM_CLASSES: usize = 1000;
+pub use crate::labels::{NUM_CLASSES, UNCONDITIONAL};
 
 pub fn class_name(id: usize) -> Option<String> {
-    (id < NUM_CLASSES).then(|| format!("class {id}"))
+    crate::labels::name(u32::try_from(id).ok()?).map(str::to_string)
 }
 
+/// Classes whose name or id matches `query`, best first.
 pub fn class_search(query: &str, limit: usize) -> Vec<(usize, String)> {
-    let q = query.trim().to_lowercase();
-    (0..NUM_CLASSES)
-        .filter_map(|i| class_name(i).map(|n| (i, n)))
-        .filter(|(i, n)| q.is_empty() || n.to_lowercase().contains(&q) || i.to_string() == q)
-        .take(limit)
-        .collect()
+    crate::labels::search(query, limit).into_iter().map(|(id, name)| (id as usize, name.to_string())).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
 // Hub
 // ---------------------------------------------------------------------------------------------
 
-/// Stand-in for `crate::weights::hub` (same names and shapes) until it lands.
-pub mod hub {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::AtomicBool;
-
-    pub const CONFIG_FILE: &str = "config.json";
-    pub const WEIGHTS_FILE: &str = "model.safetensors";
-    pub const DIFFUSERS_WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
-
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct HubOptions {
-        pub cache_dir: PathBuf,
-        pub endpoint: String,
-        pub offline: bool,
-        pub token: Option<String>,
-        pub revision: String,
-    }
-    impl HubOptions {
-        pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
-            Self { cache_dir: cache_dir.into(), endpoint: "https://huggingface.co".into(), offline: false, token: None, revision: "main".into() }
-        }
-        pub fn from_env() -> Self {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            let mut o = Self::new(PathBuf::from(home).join(".cache/huggingface/hub"));
-            o.offline = std::env::var("HF_HUB_OFFLINE").map(|v| v == "1").unwrap_or(false);
-            o
-        }
-        pub fn with_offline(mut self, offline: bool) -> Self {
-            self.offline = offline;
-            self
-        }
-    }
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub enum ModelSource {
-        LocalDir(PathBuf),
-        Hub { repo: String, revision: String, commit: Option<String> },
-    }
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct ModelFiles {
-        pub config: PathBuf,
-        pub weights: PathBuf,
-        pub source: ModelSource,
-    }
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct DownloadProgress {
-        pub file: String,
-        pub bytes_done: u64,
-        pub bytes_total: u64,
-    }
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct CachedModel {
-        pub repo: String,
-        pub revision: String,
-        pub commit: String,
-        pub files: Vec<(String, u64)>,
-        pub total_bytes: u64,
-    }
-    #[derive(Debug, thiserror::Error)]
-    pub enum HubError {
-        #[error("model folder {0} is incomplete")]
-        IncompleteFolder(PathBuf),
-        #[error("{repo} is not in the Hugging Face cache; offline mode is on")]
-        NotCached { repo: String },
-        #[error("download of {file} cancelled after {bytes_done} of {bytes_total} bytes")]
-        Cancelled { file: String, bytes_done: u64, bytes_total: u64 },
-    }
-    pub fn resolve_local_dir(dir: &Path) -> Result<ModelFiles, HubError> {
-        let config = dir.join(CONFIG_FILE);
-        let weights = [WEIGHTS_FILE, DIFFUSERS_WEIGHTS_FILE].iter().map(|n| dir.join(n)).find(|p| p.is_file());
-        match weights {
-            Some(weights) if config.is_file() => Ok(ModelFiles { config, weights, source: ModelSource::LocalDir(dir.to_path_buf()) }),
-            _ => Err(HubError::IncompleteFolder(dir.to_path_buf())),
-        }
-    }
-    pub fn download_model(
-        repo: &str,
-        opts: &HubOptions,
-        progress: &mut dyn FnMut(DownloadProgress),
-        cancel: &AtomicBool,
-    ) -> Result<ModelFiles, HubError> {
-        let _ = (progress, cancel, opts);
-        Err(HubError::NotCached { repo: repo.to_string() })
-    }
-    pub fn resolve_model(
-        arg: &str,
-        opts: &HubOptions,
-        progress: &mut dyn FnMut(DownloadProgress),
-        cancel: &AtomicBool,
-    ) -> Result<ModelFiles, HubError> {
-        if Path::new(arg).is_dir() {
-            return resolve_local_dir(Path::new(arg));
-        }
-        download_model(arg, opts, progress, cancel)
-    }
-    pub fn is_cached(_repo: &str, _opts: &HubOptions) -> bool {
-        false
-    }
-    pub fn list_cached_models(_opts: &HubOptions) -> Vec<CachedModel> {
-        Vec::new()
-    }
-    pub fn partial_download_bytes(_repo: &str, _opts: &HubOptions) -> u64 {
-        0
-    }
-}
+pub use crate::weights::hub;
 
 pub fn tensor_from_nchw<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
     Tensor::from_data(TensorData::new(data, shape), device)
