@@ -143,6 +143,8 @@ pub enum Event {
     Error { job: Option<u64>, message: String },
     /// The engine recovered from a panic; loaded models are being reloaded.
     Restarted { reason: String },
+    /// Device memory held by the backend's allocator (GPU backends only): in use, reserved.
+    DeviceMemory { in_use: u64, reserved: u64 },
 }
 
 /// Wakes the UI after each event (egui's `Context::request_repaint`).
@@ -343,10 +345,18 @@ impl BackendTask for EngineTask<'_> {
             loaded: self.loaded.clone(),
         };
         let mut pending = self.replay;
+        let mut last_memory: Option<(u64, u64)> = None;
         loop {
+            // Memory is read between jobs (the allocator is idle then) and sent when it changed.
+            if let Some(m) = device_memory::<B>(&engine.device) {
+                if last_memory != Some(m) {
+                    last_memory = Some(m);
+                    self.sink.send(Event::DeviceMemory { in_use: m.0, reserved: m.1 });
+                }
+            }
             let job = match pending.take() {
                 Some(j) => j,
-                None => match self.jobs.recv_timeout(Duration::from_millis(500)) {
+                None => match self.jobs.recv_timeout(Duration::from_millis(1000)) {
                     Ok(j) => j,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Exit::Disconnected,
@@ -370,6 +380,26 @@ impl BackendTask for EngineTask<'_> {
             }
         }
     }
+}
+
+/// (bytes in use, bytes reserved) by the GPU backend's allocator; `None` on the CPU or when the
+/// backend cannot say.
+fn device_memory<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| burn::backend::wgpu::WgpuRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| cubecl::cuda::CudaRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    let _ = any;
+    None
 }
 
 fn job_name(job: &Job) -> &'static str {

@@ -127,6 +127,8 @@ pub struct Shared {
     pub backend: Option<BackendInfo>,
     /// Set when the requested backend could not start and the CPU took over.
     pub backend_note: Option<String>,
+    /// GPU memory (in use, reserved) as the backend reports it.
+    pub device_memory: Option<(u64, u64)>,
     pub generator: GeneratorState,
     /// Catalog key of the generation model in use.
     pub generator_key: Option<String>,
@@ -221,6 +223,7 @@ impl StudioApp {
             options,
             backend: None,
             backend_note: None,
+            device_memory: None,
             generator: GeneratorState::Missing,
             generator_key: None,
             projection: None,
@@ -277,7 +280,11 @@ impl StudioApp {
     fn handle_event(&mut self, ev: Event) {
         let s = &mut self.shared;
         match ev {
-            Event::BackendReady(info) => s.backend = Some(info),
+            Event::BackendReady(info) => {
+                s.backend = Some(info);
+                s.device_memory = None;
+            }
+            Event::DeviceMemory { in_use, reserved } => s.device_memory = Some((in_use, reserved)),
             Event::BackendFallback { requested, reason } => {
                 let msg = format!("The {requested} backend could not start ({reason}); running on the CPU instead.");
                 s.notices.error(msg.clone());
@@ -417,6 +424,11 @@ impl StudioApp {
                     ui.spinner();
                     ui.label("starting the engine…");
                 }
+            }
+            if let Some((in_use, reserved)) = s.device_memory {
+                ui.separator();
+                ui.label(format!("GPU {}", widgets::bytes(in_use)))
+                    .on_hover_text(format!("GPU memory in use by the models and buffers ({} reserved by the allocator)", widgets::bytes(reserved)));
             }
             if let Some(mem) = widgets::process_memory() {
                 ui.separator();

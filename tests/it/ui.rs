@@ -315,3 +315,44 @@ fn ui_preview_cost() {
         }
     }
 }
+
+#[test]
+fn ui_saved_png_restores_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    {
+        let g = &mut h.state_mut().generate;
+        g.class = Some(7);
+        g.guidance = 1.5;
+        g.steps = 5;
+        g.seed = 4242;
+        g.seed_locked = true;
+        g.output_dir = Some(tmp.path().join("out"));
+    }
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
+    h.get_by_label("⚡ Quick save").click();
+    h.step();
+    let saved: Vec<_> = std::fs::read_dir(tmp.path().join("out")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].file_name().unwrap().to_string_lossy().ends_with("-s4242.png"));
+
+    // Change everything, then drop the saved file on the window.
+    {
+        let g = &mut h.state_mut().generate;
+        g.class = None;
+        g.guidance = 9.0;
+        g.steps = 30;
+        g.seed = 1;
+        g.seed_locked = false;
+    }
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(saved[0].clone()), ..Default::default() });
+    h.step();
+    h.step();
+    let g = &h.state().generate;
+    assert_eq!((g.class, g.guidance, g.steps, g.seed, g.seed_locked), (Some(7), 1.5, 5, 4242, true));
+    assert_eq!(h.state().shared.history.len(), 2, "the opened PNG joins the history");
+    assert!(h.get_all_by_label_contains("Restored the settings").next().is_some());
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
