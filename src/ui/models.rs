@@ -359,6 +359,12 @@ impl ModelsPanel {
                 ui.label(
                     RichText::new(format!("Hugging Face cache: {}", shared.hub.cache_dir.display())).small().weak(),
                 );
+                for dir in &shared.catalog.local_dirs {
+                    ui.label(RichText::new(format!("Model folder: {}", dir.display())).small().weak());
+                }
+                if shared.hub.offline {
+                    ui.label(RichText::new("Offline: downloads are off; models already on this computer work as usual.").small());
+                }
                 if matches!(shared.generator, GeneratorState::Missing) {
                     ui.add_space(6.0);
                     egui::Frame::group(ui.style()).show(ui, |ui| {
@@ -381,9 +387,10 @@ impl ModelsPanel {
     }
 
     fn table(&mut self, ui: &mut egui::Ui, id: &str, entries: &[ModelEntry], shared: &mut Shared) {
-        egui::Grid::new(id).striped(true).num_columns(5).spacing([14.0, 6.0]).show(ui, |ui| {
+        egui::Grid::new(id).striped(true).num_columns(6).spacing([14.0, 6.0]).show(ui, |ui| {
             ui.label(RichText::new("Model").strong());
             ui.label(RichText::new("Kind").strong());
+            ui.label(RichText::new("About").strong());
             ui.label(RichText::new("On disk").strong());
             ui.label(RichText::new("Status").strong());
             ui.label("");
@@ -395,6 +402,11 @@ impl ModelsPanel {
                     ModelKind::Autoencoder => format!("autoencoder {}", e.tag().unwrap_or_default()),
                 };
                 ui.label(kind);
+                let about = match &e.origin {
+                    Origin::Local(_) => "local folder".to_string(),
+                    Origin::Hub(_) => e.about.clone(),
+                };
+                ui.label(RichText::new(about).weak()).on_hover_text(&e.about);
                 ui.label(if e.bytes_on_disk > 0 { widgets::bytes(e.bytes_on_disk) } else { "—".into() });
                 let repo = match &e.origin {
                     Origin::Hub(r) => Some(r.clone()),

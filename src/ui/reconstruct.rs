@@ -388,11 +388,8 @@ impl ReconstructPanel {
                     panes.extend(self.results.iter().map(|e| (format!("{} |difference| ×{:.0}", e.result.model, self.gain), e.heat_tex.id())));
                 }
                 let n = panes.len();
-                let cols = n.min(4);
-                let rows = n.div_ceil(cols);
                 let avail = ui.available_size();
-                let cell = Vec2::new((avail.x - 8.0 * (cols as f32 - 1.0)) / cols as f32, (avail.y - 22.0 * rows as f32) / rows as f32);
-                let size = widgets::fit(Vec2::new(aspect, 1.0), cell).max(Vec2::splat(32.0));
+                let (cols, size) = widgets::best_layout(n, aspect, avail, 8.0, 22.0);
                 let mut zoom = self.zoom;
                 egui::Grid::new("recon_panes").spacing([8.0, 4.0]).show(ui, |ui| {
                     for (i, (title, tex)) in panes.iter().enumerate() {
@@ -408,6 +405,17 @@ impl ReconstructPanel {
                     }
                 });
                 self.zoom = zoom;
+                if self.mode == ViewMode::Difference {
+                    ui.label(
+                        RichText::new(format!(
+                            "mean |original − reconstruction| over R, G, B × {:.0}, inferno colour map: black = identical, pale yellow = {:.0} or more levels apart (of 255)",
+                            self.gain,
+                            255.0 / self.gain.max(1.0)
+                        ))
+                        .small()
+                        .weak(),
+                    );
+                }
             }
             ViewMode::Split => {
                 let e = &self.results[self.focus];

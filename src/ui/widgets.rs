@@ -63,6 +63,25 @@ pub fn fit(size: Vec2, avail: Vec2) -> Vec2 {
     size * s.max(0.0)
 }
 
+/// The column count that shows `n` panes of aspect `aspect` (w/h) largest in `avail`, with
+/// `gap` between panes and `caption` height above each; returns (columns, pane size).
+pub fn best_layout(n: usize, aspect: f32, avail: Vec2, gap: f32, caption: f32) -> (usize, Vec2) {
+    let n = n.max(1);
+    let mut best = (1, Vec2::ZERO);
+    for cols in 1..=n {
+        let rows = n.div_ceil(cols);
+        let cell = Vec2::new(
+            (avail.x - gap * (cols as f32 - 1.0)) / cols as f32,
+            (avail.y - (gap + caption) * rows as f32) / rows as f32,
+        );
+        let size = fit(Vec2::new(aspect, 1.0), cell);
+        if size.x > best.1.x {
+            best = (cols, size);
+        }
+    }
+    (best.0, best.1.max(Vec2::splat(32.0)))
+}
+
 /// Lays `n` equally sized cells out in the available space as a near-square grid and calls
 /// `cell(ui, i, rect)` for each; returns the clicked index, if any.
 pub fn grid(ui: &mut egui::Ui, n: usize, aspect: f32, max_side: f32, mut cell: impl FnMut(&mut egui::Ui, usize, Rect)) -> Option<usize> {
