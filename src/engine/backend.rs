@@ -143,7 +143,7 @@ fn cuda() -> Result<Resolved, BackendError> {
 /// The adapters wgpu can see, best first: discrete, integrated, virtual, then software.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor::from_env_or_default());
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let mut infos: Vec<_> = pollster_block(instance.enumerate_adapters(wgpu::Backends::all()))
         .into_iter()
         .map(|a| a.get_info())

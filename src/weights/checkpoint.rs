@@ -221,7 +221,8 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
     }
 
     fn values(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
-        let full = |k: &str| format!("{}{}", self.prefix, k);
+        let prefix = self.prefix.clone();
+        let full = |k: &str| format!("{prefix}{k}");
         match self.layout {
             Layout::Original => self.read(&full(key), shape),
             Layout::Diffusers => match to_diffusers(key) {
