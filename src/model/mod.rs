@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dcae;
 pub mod layers;
+pub mod uvit;
 
 pub use config::DcaeConfig;
 pub use dcae::Dcae;
