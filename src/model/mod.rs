@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dcae;
+pub mod diffusion;
 pub mod layers;
 pub mod uvit;
 
