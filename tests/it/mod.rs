@@ -1,1 +1,3 @@
 //! Integration test modules.
+mod sampler;
+mod uvit;
