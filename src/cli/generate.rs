@@ -1,11 +1,10 @@
 //! `dcae generate`: class-conditional image generation with a DC-AE diffusion model, and the
 //! `bench --task generate` measurement.
 //!
-//! Two functions here are stand-ins for code other parts of the crate will provide, each
-//! called from exactly one place (search for "INTEGRATION POINT"):
-//! - [`local_model_files`] resolves `--model` as a local folder; the hub resolver
-//!   (`crate::weights::hub::resolve_model`) replaces it.
-//! - [`class_id`] accepts numeric ids only; `crate::labels::lookup` adds ImageNet names.
+//! `--model` goes through the CLI's hub resolver ([`super::model_files`]: a local folder, or a
+//! repo id fetched into the Hugging Face cache). One stand-in remains, called from exactly one
+//! place (search for "INTEGRATION POINT"): [`class_id`] accepts numeric ids only until
+//! `crate::labels::lookup` provides ImageNet names.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -27,8 +26,9 @@ use crate::weights::{Checkpoint, RandomWeights};
 /// `dcae generate`
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// Model folder holding config.json and model.safetensors.
-    #[arg(long)]
+    /// A local folder (config.json + model.safetensors) or a Hugging Face repo id of a DC-AE
+    /// diffusion model (e.g. mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k).
+    #[arg(long, short)]
     pub model: String,
     /// Class to draw: an ImageNet id (0–999; the model's null id gives an unconditional
     /// sample). Repeat for several images.
@@ -61,33 +61,9 @@ pub struct GenerateArgs {
     pub backend: BackendChoice,
 }
 
-/// The two files of a local diffusion model.
-#[derive(Debug, Clone)]
-pub struct ModelFiles {
-    pub config: PathBuf,
-    pub weights: PathBuf,
-}
-
-/// `--model` as a local folder with `config.json` and `model.safetensors`.
-pub fn local_model_files(model: &str) -> anyhow::Result<ModelFiles> {
-    let dir = Path::new(model);
-    if !dir.is_dir() {
-        bail!(
-            "--model {model}: no such folder. Pass a folder holding config.json and model.safetensors \
-             (downloading models by name is not available in this build yet)"
-        );
-    }
-    let files = ModelFiles { config: dir.join("config.json"), weights: dir.join("model.safetensors") };
-    for f in [&files.config, &files.weights] {
-        if !f.is_file() {
-            bail!("--model {model}: {} is missing", f.display());
-        }
-    }
-    Ok(files)
-}
-
 /// A `--class` value as a class id. Numeric only for now; names will go through
 /// `crate::labels::lookup`. The id's range is checked against the model later.
+/// INTEGRATION POINT (labels): for a non-numeric value, call `crate::labels::lookup(s)`.
 pub fn class_id(s: &str) -> anyhow::Result<usize> {
     s.trim().parse::<usize>().map_err(|_| {
         anyhow!("--class {s:?}: expected a numeric class id (e.g. 279); class names are not supported in this build yet")
@@ -96,15 +72,14 @@ pub fn class_id(s: &str) -> anyhow::Result<usize> {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let labels = args.classes.iter().map(|c| class_id(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    // INTEGRATION POINT (hub): switch to `crate::weights::hub::resolve_model(&args.model)`.
-    let files = local_model_files(&args.model)?;
+    let files = super::model_files(&args.model)?;
     let backend = args.backend;
     run_on(backend, GenerateTask { args, files, labels })?
 }
 
 struct GenerateTask {
     args: GenerateArgs,
-    files: ModelFiles,
+    files: crate::weights::hub::ModelFiles,
     labels: Vec<usize>,
 }
 
@@ -355,65 +330,70 @@ pub struct GenerateBench {
 }
 
 /// Times one UViT forward and a full guided sampling run of a registered model with random
-/// weights (the autoencoder is not built: decoding is the AE benchmark's business).
+/// weights, on the backend `opts.backend` picks (see [`bench_generate_on`]).
 pub fn bench_generate(opts: &GenerateBenchOptions) -> anyhow::Result<GenerateBench> {
-    if opts.steps == 0 || opts.batch == 0 {
-        bail!("steps and batch must be at least 1");
-    }
-    let config = DiffusionConfig::registered_at(&opts.model, Some(opts.resolution))?;
-    run_on(opts.backend, BenchTask { opts: opts.clone(), config })?
+    run_on(opts.backend, BenchTask(opts.clone()))?
 }
 
-struct BenchTask {
-    opts: GenerateBenchOptions,
-    config: DiffusionConfig,
-}
+struct BenchTask(GenerateBenchOptions);
 
 impl BackendTask for BenchTask {
     type Output = anyhow::Result<GenerateBench>;
 
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<GenerateBench> {
-        let Self { opts, config } = self;
-        let t0 = Instant::now();
-        let uvit = Uvit::<B>::load(&mut RandomWeights::<B>::new(&device), &config.uvit);
-        let build_s = t0.elapsed().as_secs_f64();
-        let shape = config.uvit.latent_shape(opts.batch);
-        let labels: Vec<usize> = (0..opts.batch).map(|i| (i * 97) % config.uvit.num_classes).collect();
-
-        let x = seeded_noise::<B>(shape, 0, &device);
-        let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; opts.batch], [opts.batch]), &device);
-        let y = Tensor::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [opts.batch]), &device);
-        let forward_once = || {
-            let start = Instant::now();
-            let eps = uvit.forward(x.clone(), t.clone(), y.clone());
-            let _ = eps.into_data(); // waits for the device
-            start.elapsed().as_secs_f64()
-        };
-        forward_once(); // warm-up: kernel compilation / autotune
-        let forward = Timing::of((0..opts.forward_runs).map(|_| forward_once()).collect());
-
-        let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None };
-        let cancel = AtomicBool::new(false);
-        let mut network_calls = 0;
-        let mut times = Vec::new();
-        for _ in 0..opts.generate_runs {
-            let start = Instant::now();
-            let out = sample_uvit(&uvit, &config.sampler, &req, &mut |_| {}, &cancel)?;
-            network_calls = out.network_calls;
-            let _ = out.latent.into_data();
-            times.push(start.elapsed().as_secs_f64());
-        }
-        Ok(GenerateBench {
-            model: config.name,
-            backend: info.to_string(),
-            resolution: opts.resolution,
-            latent_shape: shape,
-            steps: opts.steps,
-            cfg_scale: opts.cfg_scale,
-            forward,
-            generate: Timing::of(times),
-            network_calls,
-            build_s,
-        })
+        let mut bench = bench_generate_on::<B>(&self.0, &device)?;
+        bench.backend = info.to_string();
+        Ok(bench)
     }
+}
+
+/// [`bench_generate`] on a backend already chosen (for callers inside their own
+/// `BackendTask`). The autoencoder is not built: decoding is the AE benchmark's business.
+/// One untimed forward pass warms up kernels first; either count in `opts` may be 0.
+pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::Device) -> anyhow::Result<GenerateBench> {
+    if opts.steps == 0 || opts.batch == 0 {
+        bail!("steps and batch must be at least 1");
+    }
+    let config = DiffusionConfig::registered_at(&opts.model, Some(opts.resolution))?;
+    let t0 = Instant::now();
+    let uvit = Uvit::<B>::load(&mut RandomWeights::<B>::new(device), &config.uvit);
+    let build_s = t0.elapsed().as_secs_f64();
+    let shape = config.uvit.latent_shape(opts.batch);
+    let labels: Vec<usize> = (0..opts.batch).map(|i| (i * 97) % config.uvit.num_classes).collect();
+
+    let x = seeded_noise::<B>(shape, 0, device);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; opts.batch], [opts.batch]), device);
+    let y = Tensor::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [opts.batch]), device);
+    let forward_once = || {
+        let start = Instant::now();
+        let eps = uvit.forward(x.clone(), t.clone(), y.clone());
+        let _ = eps.into_data(); // waits for the device
+        start.elapsed().as_secs_f64()
+    };
+    forward_once(); // warm-up: kernel compilation / autotune
+    let forward = Timing::of((0..opts.forward_runs).map(|_| forward_once()).collect());
+
+    let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None };
+    let cancel = AtomicBool::new(false);
+    let mut network_calls = 0;
+    let mut times = Vec::new();
+    for _ in 0..opts.generate_runs {
+        let start = Instant::now();
+        let out = sample_uvit(&uvit, &config.sampler, &req, &mut |_| {}, &cancel)?;
+        network_calls = out.network_calls;
+        let _ = out.latent.into_data();
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(GenerateBench {
+        model: config.name,
+        backend: B::name(device),
+        resolution: opts.resolution,
+        latent_shape: shape,
+        steps: opts.steps,
+        cfg_scale: opts.cfg_scale,
+        forward,
+        generate: Timing::of(times),
+        network_calls,
+        build_s,
+    })
 }

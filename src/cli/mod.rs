@@ -1,2 +1,110 @@
-//! (to be written)
+//! The headless CLI `dcae`: the same engine as the app, for scripting, tests and comparisons
+//! with the reference implementations.
+
+pub mod ae;
+pub mod bench;
 pub mod generate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+
+use crate::engine::BackendChoice;
+use crate::weights::hub::{self, HubOptions, ModelFiles};
+
+#[derive(Debug, Parser)]
+#[command(name = "dcae", version, about = "DC-AE autoencoders and DC-AE diffusion models, headless")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Encode images to latents (raw encoder output, no scaling factor).
+    Encode(ae::EncodeArgs),
+    /// Decode latents to PNG images.
+    Decode(ae::DecodeArgs),
+    /// Encode and decode one image; print PSNR, SSIM, latent shape, compression and timings.
+    Reconstruct(ae::ReconstructArgs),
+    /// Time a model with random weights (no download); one JSON line with --json.
+    Bench(bench::BenchArgs),
+    /// Download a model into the Hugging Face cache (or check that it is there).
+    Download(DownloadArgs),
+}
+
+/// Options every model-running command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// A local folder (config.json + *.safetensors) or a Hugging Face repo id
+    /// (e.g. mit-han-lab/dc-ae-f32c32-in-1.0; a bare published name means mit-han-lab/<name>).
+    #[arg(long, short)]
+    pub model: String,
+    /// Which backend runs the model.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownloadArgs {
+    /// Hugging Face repo id or published name.
+    pub repo: String,
+}
+
+/// Resolves a model argument to files, downloading into the HF cache when needed, with a
+/// progress line on stderr.
+pub fn model_files(arg: &str) -> anyhow::Result<ModelFiles> {
+    let opts = HubOptions::from_env();
+    let cancel = AtomicBool::new(false);
+    let mut last = std::time::Instant::now();
+    let mut progress = |p: hub::DownloadProgress| {
+        if last.elapsed().as_millis() > 200 || p.bytes_done == p.bytes_total {
+            last = std::time::Instant::now();
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            eprint!("\rdownloading {}: {:.1} / {:.1} MiB   ", p.file, mib(p.bytes_done), mib(p.bytes_total));
+            if p.bytes_done == p.bytes_total {
+                eprintln!();
+            }
+        }
+    };
+    Ok(hub::resolve_model(arg, &opts, &mut progress, &cancel)?)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Encode(a) => ae::encode(a),
+        Command::Decode(a) => ae::decode(a),
+        Command::Reconstruct(a) => ae::reconstruct(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Download(a) => {
+            let files = model_files(&a.repo)?;
+            println!("config:  {}\nweights: {}", files.config.display(), files.weights.display());
+            Ok(())
+        }
+    }
+}
+
+/// The `dcae` binary's entry point: errors are printed as a chain of causes, never a panic.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path for an output file, created with its parent folders.
+pub(crate) fn prepare_output(path: &PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}

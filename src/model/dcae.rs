@@ -107,23 +107,30 @@ impl<B: Backend> LiteMla<B> {
         let k = relu(qkv.clone().narrow(2, d, d));
         let v = qkv.narrow(2, 2 * d, d);
 
-        let out = if n > QUADRATIC_MAX_TOKENS {
-            // Linear form: (v kᵀ) q, normalised by (Σ_m k_m)·q_n. This is the reference's
-            // "pad v with a row of ones" trick with the ones-row product written out.
-            let vk = v.matmul(k.clone().swap_dims(2, 3)); // [B, h, d, d]
-            let num = vk.matmul(q.clone()); // [B, h, d, N]
-            let k_sum = k.sum_dim(3).swap_dims(2, 3); // [B, h, 1, d]
-            let den = k_sum.matmul(q); // [B, h, 1, N]
-            num / (den + ATTN_EPS)
-        } else {
-            // Quadratic form for tiny stages: A[m, n] = k_m·q_n, normalised over keys.
-            let att = k.swap_dims(2, 3).matmul(q); // [B, h, N_key, N_query]
-            let att = att.clone() / (att.sum_dim(2) + ATTN_EPS);
-            v.matmul(att) // [B, h, d, N]
-        };
+        let out = if n > QUADRATIC_MAX_TOKENS { linear_attention(q, k, v) } else { quadratic_attention(q, k, v) };
         let out = out.reshape([b, heads * d, h, w]);
         self.norm.forward(self.proj.forward(out))
     }
+}
+
+/// ReLU linear attention, `[B, h, d, N]` each (q and k already through the ReLU kernel):
+/// `o_n = Σ_m v_m (k_m·q_n) / (Σ_m k_m·q_n + ε)`, computed as `(v kᵀ) q` — O(N·d²).
+/// This is the reference's "pad v with a row of ones" trick with the ones-row product written
+/// out as `(Σ_m k_m)·q_n`.
+pub fn linear_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let vk = v.matmul(k.clone().swap_dims(2, 3)); // [B, h, d, d]
+    let num = vk.matmul(q.clone()); // [B, h, d, N]
+    let k_sum = k.sum_dim(3).swap_dims(2, 3); // [B, h, 1, d]
+    let den = k_sum.matmul(q); // [B, h, 1, N]
+    num / (den + ATTN_EPS)
+}
+
+/// The same attention through the explicit `[N, N]` map, as the reference computes it when a
+/// stage has at most 32 pixels (O(N²·d), cheaper there).
+pub fn quadratic_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    let att = k.swap_dims(2, 3).matmul(q); // [B, h, N_key, N_query]
+    let att = att.clone() / (att.sum_dim(2) + ATTN_EPS);
+    v.matmul(att) // [B, h, d, N]
 }
 
 /// Gated inverted bottleneck: 1×1 expand ×8 (act) → depthwise 3×3 → value · act(gate) → 1×1 → norm.

@@ -99,7 +99,13 @@ impl Checkpoint {
         // case this cannot guard against, as with every mmap-based loader (PyTorch's included).
         let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.clone(), source })?;
         let corrupt = |reason: String| LoadError::Corrupt { path: path.clone(), reason };
-        let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| corrupt(e.to_string()))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => corrupt(format!(
+                "its header describes more (or less) data than the {} bytes present: the file is truncated",
+                map.len()
+            )),
+            other => corrupt(other.to_string()),
+        })?;
         let data_start = 8 + header_len;
         let mut entries = BTreeMap::new();
         for (name, info) in meta.tensors() {
@@ -112,7 +118,7 @@ impl Checkpoint {
                 )));
             }
             let elems: usize = info.shape.iter().product();
-            if elems * info.dtype.size() != b - a {
+            if elems * info.dtype.bitsize() / 8 != b - a {
                 return Err(corrupt(format!("tensor `{name}` has {} bytes for shape {:?}", b - a, info.shape)));
             }
             entries.insert(name.clone(), Entry { dtype: info.dtype, shape: info.shape.clone(), start, end });

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod hub;
 pub mod keys;
 pub mod load;
+pub mod tensor_file;
 
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 

@@ -1,3 +1,6 @@
 //! Integration test modules.
+mod ae;
+mod common;
+mod hub;
 mod sampler;
 mod uvit;

@@ -1,0 +1,252 @@
+//! `dcae encode`, `decode` and `reconstruct`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::{model_files, prepare_output, Common};
+use crate::engine::{run_on, BackendInfo, BackendTask};
+use crate::imaging::{self, ImageLimits};
+use crate::model::{Dcae, DcaeConfig};
+use crate::weights::load::load_dcae_files;
+use crate::weights::tensor_file::{read_nchw, write_f32};
+
+/// Image options shared by the commands that read pictures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageOpts {
+    /// Centre-crop size (the authors' DMCrop: box-halve while large, bicubic resize of the short
+    /// side, centre crop). Images whose sides are multiples of the compression factor are used
+    /// as they are when this is not given.
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Refuse images with more pixels than this (decoding a huge file could exhaust memory).
+    #[arg(long, default_value_t = 100_000_000)]
+    pub max_pixels: u64,
+}
+
+impl ImageOpts {
+    fn limits(&self) -> ImageLimits {
+        ImageLimits { max_pixels: self.max_pixels, ..ImageLimits::default() }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub image: ImageOpts,
+    /// Images to encode (same size after preparation; they are encoded as one batch).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output safetensors file; tensor `latent` [B, C, H/f, W/f], f32, raw encoder output.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// safetensors file with tensor `latent` [B, C, h, w].
+    pub latents: PathBuf,
+    /// The latent is multiplied by the scaling factor (as diffusion models produce it, e.g.
+    /// `dcae generate --latent-out`): divide before decoding.
+    #[arg(long)]
+    pub scaled: bool,
+    /// Folder for the PNGs (00000.png, 00001.png, …).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReconstructArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub image: ImageOpts,
+    pub input: PathBuf,
+    /// Reconstructed image (PNG).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Original and reconstruction side by side (PNG).
+    #[arg(long)]
+    pub side_by_side: Option<PathBuf>,
+    /// The latent (tensor `latent`, raw).
+    #[arg(long)]
+    pub latent_out: Option<PathBuf>,
+    /// The decoder's raw output (tensor `recon`, no clamp).
+    #[arg(long)]
+    pub recon_out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn to_tensor<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn to_vec<B: Backend>(t: Tensor<B, 4>) -> anyhow::Result<Vec<f32>> {
+    t.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back failed: {e:?}"))
+}
+
+/// Loads the model named by `common.model` on this backend.
+fn load<B: Backend>(model: &str, device: &B::Device) -> anyhow::Result<(DcaeConfig, Dcae<B>)> {
+    let files = model_files(model)?;
+    Ok(load_dcae_files::<B>(&files.config, &files.weights, device)?)
+}
+
+fn non_finite(v: &[f32]) -> usize {
+    v.iter().filter(|x| !x.is_finite()).count()
+}
+
+pub fn encode(args: EncodeArgs) -> anyhow::Result<()> {
+    run_on(args.common.backend, Encode(args))?
+}
+
+struct Encode(EncodeArgs);
+
+impl BackendTask for Encode {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
+        let a = self.0;
+        eprintln!("backend: {info}");
+        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let mut images = Vec::new();
+        for p in &a.images {
+            let img = imaging::load_rgb(p, &a.image.limits())?;
+            images.push(imaging::prepare(&img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
+        }
+        let (data, shape) = imaging::to_nchw(&images)?;
+        let t = Instant::now();
+        let latent = model.encode(to_tensor::<B>(data, shape, &device));
+        let lshape = latent.dims();
+        let values = to_vec(latent)?;
+        eprintln!("encoded {} image(s) {:?} → latent {:?} in {:.3} s", images.len(), shape, lshape, t.elapsed().as_secs_f64());
+        prepare_output(&a.out)?;
+        let names: Vec<_> = a.images.iter().map(|p| p.display().to_string()).collect();
+        write_f32(
+            &a.out,
+            &[("latent", &values, &lshape)],
+            &[("model", cfg.name.clone()), ("scaling_factor", cfg.scaling_factor.to_string()), ("images", names.join("\n"))],
+        )?;
+        Ok(())
+    }
+}
+
+pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
+    run_on(args.common.backend, Decode(args))?
+}
+
+struct Decode(DecodeArgs);
+
+impl BackendTask for Decode {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
+        let a = self.0;
+        eprintln!("backend: {info}");
+        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let latent = read_nchw(&a.latents, "latent")?;
+        let [b, c, h, w] = latent.shape;
+        if c != cfg.latent_channels {
+            bail!("{} holds a latent with {c} channels; {} expects {}", a.latents.display(), cfg.name, cfg.latent_channels);
+        }
+        let mut z = to_tensor::<B>(latent.data, latent.shape, &device);
+        if a.scaled {
+            z = z / cfg.scaling_factor;
+        }
+        let t = Instant::now();
+        let img = to_vec(model.decode(z))?;
+        let (ho, wo) = (h * cfg.factor(), w * cfg.factor());
+        eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {:.3} s", t.elapsed().as_secs_f64());
+        if non_finite(&img) > 0 {
+            eprintln!("warning: the decoder produced {} non-finite values (shown as black)", non_finite(&img));
+        }
+        std::fs::create_dir_all(&a.out_dir).with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+        let per = 3 * ho * wo;
+        for i in 0..b {
+            let rgb = imaging::to_rgb8(&img[i * per..(i + 1) * per], ho, wo);
+            let path = a.out_dir.join(format!("{i:05}.png"));
+            rgb.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{}", path.display());
+        }
+        Ok(())
+    }
+}
+
+pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
+    run_on(args.common.backend, Reconstruct(args))?
+}
+
+struct Reconstruct(ReconstructArgs);
+
+impl BackendTask for Reconstruct {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
+        let a = self.0;
+        let t_load = Instant::now();
+        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let load_s = t_load.elapsed().as_secs_f64();
+
+        let img = imaging::load_rgb(&a.input, &a.image.limits())?;
+        let img = imaging::prepare(&img, cfg.factor(), a.image.size).with_context(|| a.input.display().to_string())?;
+        let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
+        let x = to_tensor::<B>(data, shape, &device);
+
+        let t = Instant::now();
+        let latent = model.encode(x);
+        let lshape = latent.dims();
+        let latent_v = to_vec(latent.clone())?;
+        let encode_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let recon_v = to_vec(model.decode(latent))?;
+        let decode_s = t.elapsed().as_secs_f64();
+        if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
+            bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");
+        }
+
+        let [_, _, h, w] = shape;
+        let recon = imaging::to_rgb8(&recon_v, h, w);
+        let psnr = imaging::psnr(&img, &recon);
+        let ssim = imaging::ssim(&img, &recon);
+        let latent_values = lshape.iter().product::<usize>();
+        let ratio = (3 * h * w) as f64 / latent_values as f64;
+
+        if let Some(p) = &a.out {
+            prepare_output(p)?;
+            recon.save(p).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        if let Some(p) = &a.side_by_side {
+            prepare_output(p)?;
+            imaging::side_by_side(&[&img, &recon], 8).save(p).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        if let Some(p) = &a.latent_out {
+            prepare_output(p)?;
+            write_f32(p, &[("latent", &latent_v, &lshape)], &[("model", cfg.name.clone())])?;
+        }
+        if let Some(p) = &a.recon_out {
+            prepare_output(p)?;
+            write_f32(p, &[("recon", &recon_v, &shape)], &[("model", cfg.name.clone())])?;
+        }
+        if a.json {
+            let v = serde_json::json!({
+                "model": cfg.name, "backend": info, "image": [h, w], "latent_shape": lshape,
+                "compression_ratio": ratio, "psnr": psnr, "ssim": ssim,
+                "load_s": load_s, "encode_s": encode_s, "decode_s": decode_s,
+            });
+            println!("{v}");
+        } else {
+            println!("model:        {}", cfg.name);
+            println!("backend:      {info}");
+            println!("image:        {h}×{w}");
+            println!("latent:       {lshape:?} (compression {ratio:.1}× in values)");
+            println!("PSNR:         {psnr:.3} dB");
+            println!("SSIM:         {ssim:.4}");
+            println!("time:         load {load_s:.3} s, encode {encode_s:.3} s, decode {decode_s:.3} s");
+        }
+        Ok(())
+    }
+}

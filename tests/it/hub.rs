@@ -1,0 +1,957 @@
+//! Resolving models: local folders, the Hugging Face cache, and downloads from a stand-in hub.
+//!
+//! Nothing here touches the internet. The cache is a temporary folder laid out the way
+//! `huggingface_hub` lays it out, and the "hub" is a tiny HTTP server on 127.0.0.1 that answers
+//! the requests hf-hub and our downloader make, logs them, and stops by itself.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use dcae::weights::hub::{
+    download_model, is_cached, list_all_cached_models, list_cached_models, parse_repo_id,
+    partial_download_bytes, resolve_model, DownloadProgress, HubError, HubOptions, ModelSource,
+};
+
+use fake_hub::{FakeHub, Hosted};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const REPO: &str = "mit-han-lab/dc-ae-f32c32-in-1.0";
+const DIFFUSERS_REPO: &str = "mit-han-lab/dc-ae-f32c32-in-1.0-diffusers";
+const EFFICIENTVIT_CONFIG: &[u8] = br#"{"model_name": "dc-ae-f32c32-in-1.0"}"#;
+const DIFFUSERS_CONFIG: &[u8] = br#"{"_class_name": "AutoencoderDC", "latent_channels": 32}"#;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A valid safetensors file holding one F32 tensor of `floats` values.
+fn tiny_safetensors(floats: usize) -> Vec<u8> {
+    let header = format!(
+        r#"{{"w":{{"dtype":"F32","shape":[{floats}],"data_offsets":[0,{}]}}}}"#,
+        floats * 4
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend((0..floats * 4).map(|i| (i * 7 % 251) as u8));
+    bytes
+}
+
+/// A stable 64-hex-digit stand-in for the sha256 the hub uses as an LFS etag.
+fn fake_etag(bytes: &[u8]) -> String {
+    (0..4u64)
+        .map(|seed| {
+            let hash = bytes
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, byte| {
+                    (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+            format!("{hash:016x}")
+        })
+        .collect()
+}
+
+fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// Puts a file into a cache exactly as `huggingface_hub` would: the bytes in `blobs/<etag>`, a
+/// relative symlink in `snapshots/<commit>/`, and `refs/main`.
+fn put_in_cache(cache: &Path, repo: &str, file: &str, bytes: &[u8]) {
+    let dir = repo_folder(cache, repo);
+    let etag = fake_etag(bytes);
+    fs::create_dir_all(dir.join("blobs")).unwrap();
+    fs::write(dir.join("blobs").join(&etag), bytes).unwrap();
+    let snapshot = dir.join("snapshots").join(COMMIT);
+    fs::create_dir_all(&snapshot).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snapshot.join(file)).unwrap();
+    #[cfg(not(unix))]
+    fs::write(snapshot.join(file), bytes).unwrap();
+    fs::create_dir_all(dir.join("refs")).unwrap();
+    fs::write(dir.join("refs").join("main"), COMMIT).unwrap();
+}
+
+/// A port on 127.0.0.1 that nothing listens on: any request to it fails at once.
+fn closed_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn options(cache: &Path, endpoint: &str) -> HubOptions {
+    HubOptions::new(cache).with_endpoint(endpoint)
+}
+
+fn resolve(arg: &str, opts: &HubOptions) -> Result<dcae::weights::hub::ModelFiles, HubError> {
+    resolve_model(arg, opts, &mut |_| {}, &AtomicBool::new(false))
+}
+
+/// Resolves and returns the progress events too.
+fn resolve_with_progress(
+    arg: &str,
+    opts: &HubOptions,
+) -> (
+    Result<dcae::weights::hub::ModelFiles, HubError>,
+    Vec<DownloadProgress>,
+) {
+    let mut events = Vec::new();
+    let result = resolve_model(arg, opts, &mut |p| events.push(p), &AtomicBool::new(false));
+    (result, events)
+}
+
+fn hosted_model(repo: &str, config: &[u8], weights_name: &str, weights: Vec<u8>) -> Vec<Hosted> {
+    vec![
+        Hosted::small(repo, "config.json", config.to_vec()),
+        Hosted::lfs(repo, weights_name, weights),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// (1) A filled cache resolves with no server at all
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cached_model_resolves_without_any_network() {
+    let cache = tempfile::tempdir().unwrap();
+    let weights = tiny_safetensors(4);
+    put_in_cache(cache.path(), REPO, "config.json", EFFICIENTVIT_CONFIG);
+    put_in_cache(cache.path(), REPO, "model.safetensors", &weights);
+
+    // Offline, and online with a hub that cannot be reached: both must use the cache alone.
+    for offline in [true, false] {
+        let opts = options(cache.path(), &closed_endpoint()).with_offline(offline);
+        // A bare published name means mit-han-lab/<name>.
+        let files = resolve("dc-ae-f32c32-in-1.0", &opts).unwrap();
+        let snapshot = repo_folder(cache.path(), REPO)
+            .join("snapshots")
+            .join(COMMIT);
+        assert_eq!(files.config, snapshot.join("config.json"));
+        assert_eq!(files.weights, snapshot.join("model.safetensors"));
+        assert_eq!(fs::read(&files.weights).unwrap(), weights);
+        assert_eq!(
+            files.source,
+            ModelSource::Hub {
+                repo: REPO.to_string(),
+                revision: "main".to_string(),
+                commit: Some(COMMIT.to_string()),
+            }
+        );
+    }
+
+    // A commit hash is a revision too, with no ref needed.
+    let by_commit = options(cache.path(), &closed_endpoint())
+        .with_offline(true)
+        .with_revision(COMMIT);
+    assert!(resolve(REPO, &by_commit).is_ok());
+}
+
+#[test]
+fn cached_diffusers_model_uses_the_diffusers_weights_name() {
+    let cache = tempfile::tempdir().unwrap();
+    put_in_cache(
+        cache.path(),
+        DIFFUSERS_REPO,
+        "config.json",
+        DIFFUSERS_CONFIG,
+    );
+    put_in_cache(
+        cache.path(),
+        DIFFUSERS_REPO,
+        "diffusion_pytorch_model.safetensors",
+        &tiny_safetensors(2),
+    );
+    let opts = options(cache.path(), &closed_endpoint()).with_offline(true);
+    let files = resolve(DIFFUSERS_REPO, &opts).unwrap();
+    assert!(files
+        .weights
+        .ends_with("diffusion_pytorch_model.safetensors"));
+}
+
+#[test]
+fn models_view_lists_cached_dc_ae_repos() {
+    let cache = tempfile::tempdir().unwrap();
+    let weights = tiny_safetensors(4);
+    put_in_cache(cache.path(), REPO, "config.json", EFFICIENTVIT_CONFIG);
+    put_in_cache(cache.path(), REPO, "model.safetensors", &weights);
+    put_in_cache(cache.path(), "someone/llm", "config.json", b"{}");
+    fs::create_dir_all(cache.path().join(".locks")).unwrap();
+
+    let opts = options(cache.path(), &closed_endpoint());
+    let listed = list_cached_models(&opts);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let model = &listed[0];
+    assert_eq!(model.repo, REPO);
+    assert_eq!(model.revision, "main");
+    assert_eq!(model.commit, COMMIT);
+    let expected_files = vec![
+        ("config.json".to_string(), EFFICIENTVIT_CONFIG.len() as u64),
+        ("model.safetensors".to_string(), weights.len() as u64),
+    ];
+    assert_eq!(model.files, expected_files);
+    assert_eq!(
+        model.total_bytes,
+        (EFFICIENTVIT_CONFIG.len() + weights.len()) as u64
+    );
+    assert_eq!(list_all_cached_models(&opts).len(), 2);
+
+    assert!(is_cached(REPO, &opts));
+    assert!(is_cached("dc-ae-f32c32-in-1.0", &opts));
+    assert!(
+        !is_cached("someone/llm", &opts),
+        "config alone is not a model"
+    );
+    assert!(!is_cached("mit-han-lab/dc-ae-f64c128-in-1.0", &opts));
+    assert!(!is_cached("not a repo", &opts));
+}
+
+// ---------------------------------------------------------------------------------------------
+// (2) Download into an empty cache, then never again
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn downloads_into_the_cache_then_reuses_it_without_requests() {
+    let weights = tiny_safetensors(1000);
+    let hub = FakeHub::start(
+        hosted_model(
+            REPO,
+            EFFICIENTVIT_CONFIG,
+            "model.safetensors",
+            weights.clone(),
+        ),
+        20,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &hub.endpoint());
+
+    let (files, events) = resolve_with_progress(REPO, &opts);
+    let files = files.unwrap();
+    assert_eq!(fs::read(&files.config).unwrap(), EFFICIENTVIT_CONFIG);
+    assert_eq!(fs::read(&files.weights).unwrap(), weights);
+    assert!(hub.count() > 0);
+
+    // Progress: both files reported, the weights to the last byte.
+    assert!(events.iter().any(|p| p.file == "config.json"), "{events:?}");
+    let last = events
+        .iter()
+        .rev()
+        .find(|p| p.file == "model.safetensors")
+        .unwrap();
+    assert_eq!(
+        (last.bytes_done, last.bytes_total),
+        (weights.len() as u64, weights.len() as u64)
+    );
+
+    // The layout huggingface_hub reads back.
+    let dir = repo_folder(cache.path(), REPO);
+    assert_eq!(
+        fs::read_to_string(dir.join("refs/main")).unwrap().trim(),
+        COMMIT
+    );
+    let snapshot_weights = dir.join("snapshots").join(COMMIT).join("model.safetensors");
+    assert_eq!(files.weights, snapshot_weights);
+    let blob = dir.join("blobs").join(fake_etag(&weights));
+    assert_eq!(fs::read(&blob).unwrap(), weights);
+    #[cfg(unix)]
+    assert_eq!(
+        fs::read_link(&snapshot_weights).unwrap(),
+        PathBuf::from("../../blobs").join(fake_etag(&weights))
+    );
+    assert_eq!(partial_download_bytes(REPO, &opts), 0);
+
+    // Second time: everything from the cache, not one request.
+    let before = hub.count();
+    let (again, events) = resolve_with_progress(REPO, &opts);
+    assert_eq!(again.unwrap(), files);
+    assert!(events.is_empty());
+    assert_eq!(hub.count(), before, "requests: {:?}", hub.requests());
+}
+
+#[test]
+fn diffusers_repo_fetches_the_weights_its_config_names() {
+    let weights = tiny_safetensors(64);
+    let hub = FakeHub::start(
+        hosted_model(
+            DIFFUSERS_REPO,
+            DIFFUSERS_CONFIG,
+            "diffusion_pytorch_model.safetensors",
+            weights.clone(),
+        ),
+        20,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let files = resolve(DIFFUSERS_REPO, &options(cache.path(), &hub.endpoint())).unwrap();
+    assert!(files
+        .weights
+        .ends_with("diffusion_pytorch_model.safetensors"));
+    assert_eq!(fs::read(&files.weights).unwrap(), weights);
+    // The config said diffusers, so model.safetensors was never asked for.
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|r| r.contains("/model.safetensors")),
+        "{:?}",
+        hub.requests()
+    );
+}
+
+#[test]
+fn falls_back_to_the_other_weights_name_when_the_repo_lacks_the_first() {
+    let weights = tiny_safetensors(8);
+    let hub = FakeHub::start(
+        hosted_model(
+            REPO,
+            EFFICIENTVIT_CONFIG,
+            "diffusion_pytorch_model.safetensors",
+            weights.clone(),
+        ),
+        20,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let files = download_model(
+        REPO,
+        &options(cache.path(), &hub.endpoint()),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(files
+        .weights
+        .ends_with("diffusion_pytorch_model.safetensors"));
+    assert_eq!(fs::read(&files.weights).unwrap(), weights);
+}
+
+#[test]
+fn only_the_missing_weights_are_fetched_when_the_config_is_cached() {
+    let weights = tiny_safetensors(16);
+    let hub = FakeHub::start(
+        hosted_model(
+            REPO,
+            EFFICIENTVIT_CONFIG,
+            "model.safetensors",
+            weights.clone(),
+        ),
+        20,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    put_in_cache(cache.path(), REPO, "config.json", EFFICIENTVIT_CONFIG);
+    let files = resolve(REPO, &options(cache.path(), &hub.endpoint())).unwrap();
+    assert_eq!(fs::read(&files.weights).unwrap(), weights);
+    assert!(
+        !hub.requests().iter().any(|r| r.contains("config.json")),
+        "{:?}",
+        hub.requests()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) Offline and not cached
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn offline_and_not_cached_says_what_is_missing_and_how_to_get_it() {
+    let hub = FakeHub::start(
+        hosted_model(
+            REPO,
+            EFFICIENTVIT_CONFIG,
+            "model.safetensors",
+            tiny_safetensors(4),
+        ),
+        5,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &hub.endpoint()).with_offline(true);
+
+    let err = resolve(REPO, &opts).unwrap_err();
+    assert!(matches!(err, HubError::NotCached { .. }), "{err:?}");
+    let message = err.to_string();
+    for needle in [
+        REPO,
+        "config.json",
+        "model.safetensors",
+        "dcae download mit-han-lab/dc-ae-f32c32-in-1.0",
+        "huggingface-cli download",
+        "HF_HUB_OFFLINE",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in: {message}");
+    }
+
+    // With the config cached, only the weights are missing, and the message says just that.
+    put_in_cache(cache.path(), REPO, "config.json", EFFICIENTVIT_CONFIG);
+    let message = resolve(REPO, &opts).unwrap_err().to_string();
+    assert!(message.contains("missing model.safetensors."), "{message}");
+    assert_eq!(
+        hub.count(),
+        0,
+        "offline must not make requests: {:?}",
+        hub.requests()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (4) Hub errors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_repo_is_a_clear_not_found_error() {
+    let hub = FakeHub::start(Vec::new(), 5);
+    let cache = tempfile::tempdir().unwrap();
+    let err = resolve(
+        "mit-han-lab/dc-ae-does-not-exist",
+        &options(cache.path(), &hub.endpoint()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, HubError::RepoNotFound { status: 404, .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("mit-han-lab/dc-ae-does-not-exist") && message.contains("404"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unreachable_hub_says_so_and_mentions_the_way_out() {
+    let cache = tempfile::tempdir().unwrap();
+    let err = resolve(REPO, &options(cache.path(), &closed_endpoint())).unwrap_err();
+    assert!(matches!(err, HubError::Network { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("HF_ENDPOINT") && message.contains("HF_HUB_OFFLINE"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (5) Cancel mid-download, then resume
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cancelled_download_keeps_its_bytes_and_resumes() {
+    let weights = tiny_safetensors(1 << 20); // 4 MiB: several progress reports long.
+    let etag = fake_etag(&weights);
+    let hub = FakeHub::start(
+        hosted_model(
+            REPO,
+            EFFICIENTVIT_CONFIG,
+            "model.safetensors",
+            weights.clone(),
+        ),
+        20,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &hub.endpoint());
+
+    // Press "cancel" as soon as some weights have arrived.
+    let cancel = AtomicBool::new(false);
+    let mut on_progress = |p: DownloadProgress| {
+        if p.file == "model.safetensors" && p.bytes_done > 0 {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let err = resolve_model(REPO, &opts, &mut on_progress, &cancel).unwrap_err();
+    let HubError::Cancelled {
+        file,
+        bytes_done,
+        bytes_total,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(file, "model.safetensors");
+    assert_eq!(*bytes_total, weights.len() as u64);
+    assert!(
+        *bytes_done > 0 && *bytes_done < weights.len() as u64,
+        "{err}"
+    );
+
+    let partial = repo_folder(cache.path(), REPO)
+        .join("blobs")
+        .join(format!("{etag}.incomplete"));
+    assert_eq!(fs::metadata(&partial).unwrap().len(), *bytes_done);
+    assert_eq!(partial_download_bytes(REPO, &opts), *bytes_done);
+    assert!(!is_cached(REPO, &opts));
+
+    // Cancel before anything starts: no request at all.
+    let before = hub.count();
+    let err = resolve_model(REPO, &opts, &mut |_| {}, &AtomicBool::new(true)).unwrap_err();
+    assert!(matches!(err, HubError::Cancelled { .. }), "{err:?}");
+    assert_eq!(hub.count(), before);
+
+    // A later call asks only for the rest.
+    let (files, events) = resolve_with_progress(REPO, &opts);
+    let files = files.unwrap();
+    assert_eq!(fs::read(&files.weights).unwrap(), weights);
+    assert!(!partial.exists());
+    let resumed_range = format!("bytes={bytes_done}-");
+    assert!(
+        hub.requests().iter().any(|r| r.contains(&resumed_range)),
+        "{:?}",
+        hub.requests()
+    );
+    let first = events
+        .iter()
+        .find(|p| p.file == "model.safetensors")
+        .unwrap();
+    assert_eq!(
+        first.bytes_done, *bytes_done,
+        "progress starts where the partial file ends"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (6) Local folders
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn local_folder_resolves_to_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), &closed_endpoint());
+    fs::write(dir.path().join("config.json"), EFFICIENTVIT_CONFIG).unwrap();
+    fs::write(
+        dir.path().join("diffusion_pytorch_model.safetensors"),
+        tiny_safetensors(2),
+    )
+    .unwrap();
+
+    let arg = dir.path().to_str().unwrap();
+    let files = resolve(arg, &opts).unwrap();
+    assert_eq!(files.config, dir.path().join("config.json"));
+    assert_eq!(
+        files.weights,
+        dir.path().join("diffusion_pytorch_model.safetensors")
+    );
+    assert_eq!(
+        files.source,
+        ModelSource::LocalDir(dir.path().to_path_buf())
+    );
+
+    // With both names present, model.safetensors comes first.
+    fs::write(dir.path().join("model.safetensors"), tiny_safetensors(2)).unwrap();
+    assert_eq!(
+        resolve(arg, &opts).unwrap().weights,
+        dir.path().join("model.safetensors")
+    );
+}
+
+#[test]
+fn local_folder_without_weights_lists_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), &closed_endpoint());
+    fs::write(dir.path().join("config.json"), EFFICIENTVIT_CONFIG).unwrap();
+    fs::write(dir.path().join("notes.txt"), "hi").unwrap();
+    fs::create_dir(dir.path().join("vae")).unwrap();
+
+    let err = resolve(dir.path().to_str().unwrap(), &opts).unwrap_err();
+    assert!(matches!(err, HubError::IncompleteFolder { .. }), "{err:?}");
+    let message = err.to_string();
+    for needle in [
+        "model.safetensors",
+        "diffusion_pytorch_model.safetensors",
+        "config.json, notes.txt, vae/",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in: {message}");
+    }
+
+    // A file, or a path that does not exist, is not taken for a repo id.
+    let file = dir.path().join("notes.txt");
+    assert!(matches!(
+        resolve(file.to_str().unwrap(), &opts),
+        Err(HubError::NotAFolder(_))
+    ));
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        resolve(missing.to_str().unwrap(), &opts),
+        Err(HubError::FolderNotFound(_))
+    ));
+    assert!(matches!(
+        resolve("./models/nope", &opts),
+        Err(HubError::FolderNotFound(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small rules
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn repo_ids_and_bare_names() {
+    assert_eq!(
+        parse_repo_id("dc-ae-f64c128-in-1.0").unwrap(),
+        "mit-han-lab/dc-ae-f64c128-in-1.0"
+    );
+    assert_eq!(
+        parse_repo_id("mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").unwrap(),
+        "mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k"
+    );
+    for bad in [
+        "", "a/b/c", "owner/", "/name", "bad name", "a--b/c", "-x/y", "x/y.", "x/..y",
+    ] {
+        assert!(
+            matches!(parse_repo_id(bad), Err(HubError::InvalidRepoId(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn options_follow_the_huggingface_environment_variables() {
+    let home = tempfile::tempdir().unwrap();
+    let hf_home = home.path().join("hf");
+    fs::create_dir_all(&hf_home).unwrap();
+    fs::write(hf_home.join("token"), "hf_from_file\n").unwrap();
+    let env = |pairs: &[(&str, String)]| {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        HubOptions::from_vars(move |name| map.get(name).cloned())
+    };
+    let home_str = home.path().to_str().unwrap().to_string();
+
+    let defaults = env(&[("HOME", home_str.clone())]);
+    assert_eq!(
+        defaults.cache_dir,
+        home.path().join(".cache/huggingface/hub")
+    );
+    assert_eq!(defaults.endpoint, "https://huggingface.co");
+    assert!(!defaults.offline);
+    assert_eq!(defaults.token, None);
+    assert_eq!(defaults.revision, "main");
+
+    let with_home = env(&[
+        ("HOME", home_str.clone()),
+        ("HF_HOME", hf_home.to_str().unwrap().to_string()),
+        ("HF_ENDPOINT", "http://127.0.0.1:1/".to_string()),
+        ("HF_HUB_OFFLINE", "TRUE".to_string()),
+    ]);
+    assert_eq!(with_home.cache_dir, hf_home.join("hub"));
+    assert_eq!(with_home.endpoint, "http://127.0.0.1:1");
+    assert!(with_home.offline);
+    assert_eq!(with_home.token.as_deref(), Some("hf_from_file"));
+    assert!(
+        !format!("{with_home:?}").contains("hf_from_file"),
+        "Debug must not print the token"
+    );
+
+    let explicit = env(&[
+        ("HOME", home_str),
+        ("HF_HOME", hf_home.to_str().unwrap().to_string()),
+        ("HF_HUB_CACHE", "~/elsewhere".to_string()),
+        ("HF_TOKEN", "hf_env".to_string()),
+        ("HF_HUB_OFFLINE", "0".to_string()),
+    ]);
+    assert_eq!(explicit.cache_dir, home.path().join("elsewhere"));
+    assert_eq!(explicit.token.as_deref(), Some("hf_env"));
+    assert!(!explicit.offline);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stand-in hub
+// ---------------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 playing the hub. One connection at a time, one request
+/// per connection (`Connection: close`), at most `max_requests` requests or 60 seconds, then it
+/// stops by itself (and at the latest when dropped).
+mod fake_hub {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use super::{fake_etag, COMMIT};
+
+    /// A file the fake hub serves.
+    #[derive(Clone)]
+    pub struct Hosted {
+        repo: String,
+        path: String,
+        body: Arc<Vec<u8>>,
+        etag: String,
+        /// Served like an LFS file: the resolve URL redirects to a "CDN" URL and carries the
+        /// blob's etag and size in X-Linked-* headers.
+        lfs: bool,
+    }
+
+    impl Hosted {
+        pub fn small(repo: &str, path: &str, body: Vec<u8>) -> Self {
+            Self::new(repo, path, body, false)
+        }
+
+        pub fn lfs(repo: &str, path: &str, body: Vec<u8>) -> Self {
+            Self::new(repo, path, body, true)
+        }
+
+        fn new(repo: &str, path: &str, body: Vec<u8>, lfs: bool) -> Self {
+            let etag = fake_etag(&body);
+            Self {
+                repo: repo.to_string(),
+                path: path.to_string(),
+                body: Arc::new(body),
+                etag,
+                lfs,
+            }
+        }
+    }
+
+    pub struct FakeHub {
+        port: u16,
+        log: Arc<Mutex<Vec<String>>>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeHub {
+        pub fn start(files: Vec<Hosted>, max_requests: usize) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
+            let port = listener.local_addr().expect("local addr").port();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let server = Server {
+                files,
+                port,
+                log: log.clone(),
+                stop: stop.clone(),
+                max_requests,
+            };
+            let thread = std::thread::spawn(move || server.run(listener));
+            Self {
+                port,
+                log,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        /// Requests so far, as `METHOD /path [range]`.
+        pub fn requests(&self) -> Vec<String> {
+            self.log.lock().map(|log| log.clone()).unwrap_or_default()
+        }
+
+        pub fn count(&self) -> usize {
+            self.requests().len()
+        }
+    }
+
+    impl Drop for FakeHub {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    struct Server {
+        files: Vec<Hosted>,
+        port: u16,
+        log: Arc<Mutex<Vec<String>>>,
+        stop: Arc<AtomicBool>,
+        max_requests: usize,
+    }
+
+    struct Request {
+        method: String,
+        path: String,
+        range: Option<String>,
+    }
+
+    struct Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Response {
+        fn new(status: u16) -> Self {
+            Self {
+                status,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+        }
+
+        fn header(mut self, name: &str, value: impl ToString) -> Self {
+            self.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+
+        fn not_found(code: &str) -> Self {
+            Self::new(404)
+                .header("X-Error-Code", code)
+                .header("X-Error-Message", code)
+        }
+    }
+
+    impl Server {
+        fn run(self, listener: TcpListener) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut served = 0;
+            while served < self.max_requests
+                && Instant::now() < deadline
+                && !self.stop.load(Ordering::Relaxed)
+            {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        served += 1;
+                        self.handle(stream);
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+
+        /// Errors (a client that hung up mid-body, say) end this connection, not the server.
+        fn handle(&self, mut stream: TcpStream) {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            let Some(request) = read_request(&stream) else {
+                return;
+            };
+            let range = request
+                .range
+                .as_deref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default();
+            if let Ok(mut log) = self.log.lock() {
+                log.push(format!("{} {}{range}", request.method, request.path));
+            }
+            let response = self.route(&request);
+            let _ = write_response(&mut stream, &request, response);
+        }
+
+        fn route(&self, request: &Request) -> Response {
+            if let Some(etag) = request.path.strip_prefix("/cdn/") {
+                return match self.files.iter().find(|f| f.etag == etag) {
+                    Some(file) => serve_bytes(request, &file.body),
+                    None => Response::new(404),
+                };
+            }
+            // /{owner}/{name}/resolve/{revision}/{path}
+            let parts: Vec<&str> = request
+                .path
+                .trim_start_matches('/')
+                .splitn(5, '/')
+                .collect();
+            let [owner, name, "resolve", revision, path] = parts[..] else {
+                return Response::new(404);
+            };
+            let repo = format!("{owner}/{name}");
+            if !self.files.iter().any(|f| f.repo == repo) {
+                return Response::not_found("RepoNotFound");
+            }
+            if revision != "main" && revision != COMMIT {
+                return Response::not_found("RevisionNotFound");
+            }
+            let Some(file) = self.files.iter().find(|f| f.repo == repo && f.path == path) else {
+                return Response::not_found("EntryNotFound");
+            };
+            if file.lfs {
+                Response::new(302)
+                    .header(
+                        "Location",
+                        format!("http://127.0.0.1:{}/cdn/{}", self.port, file.etag),
+                    )
+                    .header("X-Repo-Commit", COMMIT)
+                    .header("X-Linked-Etag", format!("\"{}\"", file.etag))
+                    .header("X-Linked-Size", file.body.len())
+                    .header("ETag", "\"pointer-etag\"")
+            } else {
+                serve_bytes(request, &file.body)
+                    .header("X-Repo-Commit", COMMIT)
+                    .header("ETag", format!("\"{}\"", file.etag))
+            }
+        }
+    }
+
+    /// The body, or the part of it a `Range: bytes=a-` / `bytes=a-b` header asks for.
+    fn serve_bytes(request: &Request, body: &[u8]) -> Response {
+        let total = body.len();
+        let Some((first, last)) = request.range.as_deref().and_then(|r| parse_range(r, total))
+        else {
+            let mut response = Response::new(200);
+            response.body = body.to_vec();
+            return response;
+        };
+        if first >= total || first > last {
+            return Response::new(416).header("Content-Range", format!("bytes */{total}"));
+        }
+        let mut response =
+            Response::new(206).header("Content-Range", format!("bytes {first}-{last}/{total}"));
+        response.body = body[first..=last].to_vec();
+        response
+    }
+
+    fn parse_range(range: &str, total: usize) -> Option<(usize, usize)> {
+        let (first, last) = range.strip_prefix("bytes=")?.split_once('-')?;
+        let first = first.trim().parse().ok()?;
+        let last = match last.trim() {
+            "" => total.saturating_sub(1),
+            last => last.parse::<usize>().ok()?.min(total.saturating_sub(1)),
+        };
+        Some((first, last))
+    }
+
+    fn read_request(stream: &TcpStream) -> Option<Request> {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let mut words = line.split_whitespace();
+        let method = words.next()?.to_string();
+        let path = words.next()?.to_string();
+        let mut range = None;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).ok()? == 0 || header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.trim().eq_ignore_ascii_case("range") {
+                    range = Some(value.trim().to_string());
+                }
+            }
+        }
+        Some(Request {
+            method,
+            path,
+            range,
+        })
+    }
+
+    fn write_response(
+        stream: &mut TcpStream,
+        request: &Request,
+        response: Response,
+    ) -> std::io::Result<()> {
+        let mut head = format!("HTTP/1.1 {} Fake\r\n", response.status);
+        for (name, value) in &response.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            response.body.len()
+        ));
+        stream.write_all(head.as_bytes())?;
+        if request.method != "HEAD" {
+            stream.write_all(&response.body)?;
+        }
+        stream.flush()
+    }
+}
