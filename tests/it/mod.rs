@@ -4,3 +4,5 @@ mod common;
 mod hub;
 mod imaging;
 mod labels;
+mod sampler;
+mod uvit;
