@@ -118,7 +118,7 @@ impl BackendTask for Encode {
         let mut images = Vec::new();
         for p in &a.images {
             let img = imaging::load_rgb(p, &a.image.limits())?;
-            images.push(imaging::prepare(&img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
+            images.push(imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
         }
         let (data, shape) = imaging::to_nchw(&images)?;
         let t = Instant::now();
@@ -168,7 +168,7 @@ impl BackendTask for Decode {
         std::fs::create_dir_all(&a.out_dir).with_context(|| format!("cannot create {}", a.out_dir.display()))?;
         let per = 3 * ho * wo;
         for i in 0..b {
-            let rgb = imaging::to_rgb8(&img[i * per..(i + 1) * per], ho, wo);
+            let rgb = imaging::to_rgb8(&img[i * per..(i + 1) * per], ho, wo)?;
             let path = a.out_dir.join(format!("{i:05}.png"));
             rgb.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
             println!("{}", path.display());
@@ -192,7 +192,7 @@ impl BackendTask for Reconstruct {
         let load_s = t_load.elapsed().as_secs_f64();
 
         let img = imaging::load_rgb(&a.input, &a.image.limits())?;
-        let img = imaging::prepare(&img, cfg.factor(), a.image.size).with_context(|| a.input.display().to_string())?;
+        let img = imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| a.input.display().to_string())?;
         let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
         let x = to_tensor::<B>(data, shape, &device);
 
@@ -209,9 +209,9 @@ impl BackendTask for Reconstruct {
         }
 
         let [_, _, h, w] = shape;
-        let recon = imaging::to_rgb8(&recon_v, h, w);
-        let psnr = imaging::psnr(&img, &recon);
-        let ssim = imaging::ssim(&img, &recon);
+        let recon = imaging::to_rgb8(&recon_v, h, w)?;
+        let psnr = imaging::psnr(&img, &recon)?;
+        let ssim = imaging::ssim(&img, &recon)?;
         let latent_values = lshape.iter().product::<usize>();
         let ratio = (3 * h * w) as f64 / latent_values as f64;
 

@@ -1,47 +1,37 @@
-//! TEMPORARY stand-in until the imaging branch lands.
-use image::RgbImage;
-use std::path::Path;
+//! Image I/O, preprocessing, quality metrics and PNG metadata for DC-AE Studio.
+//!
+//! Everything here works on plain `image::RgbImage` values and `Vec<f32>` buffers so that model,
+//! CLI and UI code can use it without agreeing on a tensor library.
+//!
+//! The numerical conventions follow the DC-AE authors' evaluation code (MIT HAN Lab's
+//! efficientvit), so that numbers produced here can be compared with the paper's:
+//!
+//! * loading drops alpha, like PIL's `Image.convert("RGB")` ([`load_rgb`]);
+//! * resizing and cropping is the ADM / `DMCrop` centre crop with PIL's BOX and BICUBIC filters,
+//!   reproduced bit for bit ([`prepare`], [`dm_crop`]);
+//! * pixels map to `[-1, 1]` like torchvision's `ToTensor` + `Normalize(0.5, 0.5)` and back like
+//!   `torchvision.utils.save_image` ([`to_nchw`], [`to_rgb8`]);
+//! * PSNR and SSIM are computed on 8-bit images with peak 255, SSIM like torchmetrics'
+//!   `StructuralSimilarityIndexMeasure(data_range=(0, 255))` ([`psnr`], [`ssim`]).
 
-#[derive(Debug, Clone)]
-pub struct ImageLimits {
-    pub max_file_bytes: u64,
-    pub max_pixels: u64,
-}
-impl Default for ImageLimits {
-    fn default() -> Self {
-        Self { max_file_bytes: 1 << 28, max_pixels: 100_000_000 }
-    }
-}
-pub fn load_rgb(path: &Path, _l: &ImageLimits) -> anyhow::Result<RgbImage> {
-    Ok(image::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.to_rgb8())
-}
-pub fn prepare(img: &RgbImage, _f: usize, _s: Option<u32>) -> anyhow::Result<RgbImage> {
-    Ok(img.clone())
-}
-pub fn to_nchw(imgs: &[RgbImage]) -> anyhow::Result<(Vec<f32>, [usize; 4])> {
-    let (w, h) = imgs[0].dimensions();
-    let mut v = Vec::new();
-    for im in imgs {
-        for c in 0..3 {
-            for p in im.pixels() {
-                v.push(p[c] as f32 / 255.0 * 2.0 - 1.0);
-            }
-        }
-    }
-    Ok((v, [imgs.len(), 3, h as usize, w as usize]))
-}
-pub fn to_rgb8(chw: &[f32], h: usize, w: usize) -> RgbImage {
-    RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let i = y as usize * w + x as usize;
-        image::Rgb([0, 1, 2].map(|c| (127.5 * chw[c * h * w + i] + 128.0).clamp(0.0, 255.0) as u8))
-    })
-}
-pub fn psnr(_a: &RgbImage, _b: &RgbImage) -> f64 {
-    0.0
-}
-pub fn ssim(_a: &RgbImage, _b: &RgbImage) -> f64 {
-    0.0
-}
-pub fn side_by_side(i: &[&RgbImage], _g: u32) -> RgbImage {
-    i[0].clone()
-}
+mod compose;
+mod error;
+mod load;
+mod metrics;
+mod params;
+mod png_text;
+mod preprocess;
+mod resample;
+mod tensor;
+
+pub use compose::{diff_heatmap, diff_heatmap_with_gain, grid, side_by_side};
+pub use error::{ImagingError, Result};
+pub use load::{load_rgb, load_rgb_from_bytes, ImageLimits};
+pub use metrics::{psnr, ssim, ssim_with, SsimBorder};
+pub use params::{GenerationParams, PARAMETERS_KEY};
+pub use png_text::{
+    encode_png_with_text, read_png_text, read_png_text_from_bytes, save_png_with_text,
+};
+pub use preprocess::{default_size, dm_crop, prepare};
+pub use resample::{resize, ResampleFilter};
+pub use tensor::{from_nchw, to_nchw, to_rgb8};

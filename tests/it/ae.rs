@@ -108,7 +108,7 @@ fn parity_through_the_cli() {
             assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
             let png = image::open(out_dir.join("00000.png")).unwrap().to_rgb8();
             let (_, [_, _, h, w]) = read4(&expected, "recon");
-            let want = dcae::imaging::to_rgb8(&recon_ref, h, w);
+            let want = dcae::imaging::to_rgb8(&recon_ref, h, w).unwrap();
             let worst = png.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             assert!(worst <= 1, "decoded PNG differs from the golden recon by {worst} levels");
         }

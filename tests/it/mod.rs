@@ -2,5 +2,7 @@
 mod ae;
 mod common;
 mod hub;
+mod imaging;
+mod labels;
 mod sampler;
 mod uvit;
