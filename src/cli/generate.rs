@@ -2,20 +2,21 @@
 //! `bench --task generate` measurement.
 //!
 //! `--model` goes through the CLI's hub resolver ([`super::model_files`]: a local folder, or a
-//! repo id fetched into the Hugging Face cache); `--class` takes ids or ImageNet names.
+//! repo id fetched into the Hugging Face cache), `--class` through [`crate::labels::lookup`],
+//! and the output through the shared imaging code (quantisation, grid, `parameters` chunk), so
+//! CLI and app write the same PNGs.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
 use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
 use crate::model::uvit::Uvit;
 use crate::weights::load::read_json;
@@ -28,9 +29,9 @@ pub struct GenerateArgs {
     /// diffusion model (e.g. mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k).
     #[arg(long, short)]
     pub model: String,
-    /// Class to draw: an ImageNet id (0–999; the model's null id gives an unconditional
-    /// sample). Repeat for several images.
-    #[arg(long = "class", required = true, value_name = "ID")]
+    /// Class to draw: an ImageNet id (0–999) or name ("goldfish", "Arctic fox"), or
+    /// "unconditional". Repeat for several images.
+    #[arg(long = "class", required = true, value_name = "CLASS")]
     pub classes: Vec<String>,
     /// Classifier-free guidance scale (1 = no guidance, one network pass per step).
     #[arg(long, default_value_t = 6.0)]
@@ -59,38 +60,47 @@ pub struct GenerateArgs {
     pub backend: BackendChoice,
 }
 
-/// A `--class` value as a class id: a number (checked against the model's class count later,
-/// so small test models work too), or an ImageNet name or synonym ("golden retriever",
-/// "unconditional"); unknown or ambiguous names list the close matches.
-pub fn class_id(s: &str) -> anyhow::Result<usize> {
-    if let Ok(id) = s.trim().parse::<usize>() {
-        return Ok(id);
-    }
-    crate::labels::lookup(s).map(|id| id as usize).map_err(|e| anyhow!("--class {s:?}: {e}"))
+/// What a `--class` value asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassArg {
+    Id(usize),
+    /// "unconditional" / "null": the model's null id, whatever its class count.
+    Unconditional,
+}
+
+/// Resolves a `--class` value (id or ImageNet name, see [`crate::labels::lookup`]). The id's
+/// range is checked against the model once its config is read.
+pub fn class_arg(s: &str) -> anyhow::Result<ClassArg> {
+    let id = crate::labels::lookup(s).map_err(|e| anyhow!("--class {s:?}: {e}"))?;
+    let numeric = s.trim().bytes().all(|b| b.is_ascii_digit());
+    Ok(if id == crate::labels::UNCONDITIONAL && !numeric { ClassArg::Unconditional } else { ClassArg::Id(id as usize) })
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let labels = args.classes.iter().map(|c| class_id(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let classes = args.classes.iter().map(|c| class_arg(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let files = super::model_files(&args.model)?;
     let backend = args.backend;
-    run_on(backend, GenerateTask { args, files, labels })?
+    run_on(backend, GenerateTask { args, files, classes })?
 }
 
 struct GenerateTask {
     args: GenerateArgs,
     files: crate::weights::hub::ModelFiles,
-    labels: Vec<usize>,
+    classes: Vec<ClassArg>,
 }
 
 impl BackendTask for GenerateTask {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<()> {
-        let Self { args, files, labels } = self;
+        let Self { args, files, classes } = self;
         eprintln!("backend: {info}");
         let name = Path::new(&args.model).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or(args.model.clone());
         let config = DiffusionConfig::from_json(&read_json(&files.config)?, &name)?;
-        if let Some(&bad) = labels.iter().find(|&&l| l > config.uvit.null_class()) {
+        let null = config.uvit.null_class();
+        let labels: Vec<usize> =
+            classes.iter().map(|c| if let ClassArg::Id(id) = *c { id } else { null }).collect();
+        if let Some(&bad) = labels.iter().find(|&&l| l > null) {
             bail!(
                 "--class {bad}: this model has classes 0..={} (and {} for an unconditional sample)",
                 config.uvit.num_classes - 1,
@@ -117,10 +127,10 @@ impl BackendTask for GenerateTask {
             progress_bar(u.step, u.total, t0.elapsed().as_secs_f64());
             if let Some(dir) = &args.save_steps {
                 let path = dir.join(format!("step_{:03}_of_{:03}.png", u.step, u.total));
-                let params = format!("preview: x0 prediction after step {} of {} (t = {:.4})", u.step, u.total, u.t);
+                let note = format!("x0 prediction after solver step {} of {} (t = {:.4})", u.step, u.total, u.t);
                 let result = std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))
-                    .and_then(|_| save_grid(&model.decode_latent(u.x0), &path, &params));
+                    .and_then(|_| save_grid(&model.decode_latent(u.x0), &path, &[("preview", &note)]));
                 if let Err(e) = result {
                     step_error.get_or_insert(e);
                     cancel.store(true, Ordering::Relaxed);
@@ -141,25 +151,28 @@ impl BackendTask for GenerateTask {
         );
 
         if let Some(path) = &args.latent_out {
+            super::prepare_output(path)?;
             write_tensor_f32(path, "latent", out.latent.clone())?;
             eprintln!("wrote {}", path.display());
         }
         let image = model.decode_latent(out.latent);
-        // The same `parameters` text the app writes, so the app can reopen CLI results.
-        let mut params = crate::imaging::GenerationParams {
+        let params = GenerationParams {
             classes: labels.iter().map(|&l| l as u32).collect(),
             guidance: args.cfg,
             steps,
             seed: args.seed,
             model: model.config.name.clone(),
-            sampler: model.config.sampler.describe(),
+            sampler: model.config.sampler.label(),
             batch: labels.len(),
+        };
+        let text = params.to_parameters_text();
+        let noise_note = args.noise.as_ref().map(|p| p.display().to_string());
+        let mut entries = vec![(PARAMETERS_KEY, text.as_str())];
+        if let Some(n) = &noise_note {
+            // The seed did not make this image: say where its noise came from.
+            entries.push(("noise", n.as_str()));
         }
-        .to_parameters_text();
-        if let Some(p) = &args.noise {
-            params.push_str(&format!(", Noise: {}", p.display()));
-        }
-        save_grid(&image, &args.out, &params)?;
+        save_grid(&image, &args.out, &entries)?;
         eprintln!("wrote {}", args.out.display());
         Ok(())
     }
@@ -180,77 +193,29 @@ fn progress_bar(step: usize, total: usize, elapsed_s: f64) {
     let _ = err.flush();
 }
 
-/// Images `[B, 3, H, W]` in about [−1, 1] → one RGB grid PNG (`ceil(√B)` columns) with a
-/// `parameters` text chunk. Quantised like the reference evaluator:
-/// `clamp(127.5·x + 128, 0, 255)` truncated to u8.
-pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, parameters: &str) -> anyhow::Result<()> {
-    let [b, c, h, w] = images.dims();
-    if c != 3 {
-        bail!("expected RGB images, got {c} channels");
-    }
+/// Images `[B, 3, H, W]` in about [−1, 1] → one PNG grid (near-square, see
+/// [`imaging::grid`]) with text chunks. Quantised like the reference evaluator,
+/// `clamp(127.5·x + 128, 0, 255)` truncated ([`imaging::to_rgb8`]).
+pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, text: &[(&str, &str)]) -> anyhow::Result<()> {
+    let shape = images.dims();
     let values = images.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the image back: {e:?}"))?;
-    let cols = (1..=b).find(|c| c * c >= b).unwrap_or(1);
-    let rows = b.div_ceil(cols);
-    let (gw, gh) = (cols * w, rows * h);
-    let mut rgb = vec![0u8; gw * gh * 3];
-    for (i, img) in values.chunks_exact(3 * h * w).enumerate() {
-        let (ox, oy) = ((i % cols) * w, (i / cols) * h);
-        for y in 0..h {
-            for x in 0..w {
-                for ch in 0..3 {
-                    let v = img[ch * h * w + y * w + x];
-                    rgb[((oy + y) * gw + ox + x) * 3 + ch] = (127.5f32 * v + 128.0).clamp(0.0, 255.0) as u8;
-                }
-            }
-        }
-    }
-    write_png(path, gw as u32, gh as u32, &rgb, parameters)
-}
-
-/// Writes 8-bit RGB pixels as a PNG with the run's settings in a `parameters` text chunk
-/// (tEXt when the text is ASCII, else iTXt).
-pub fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8], parameters: &str) -> anyhow::Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width, height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    if parameters.is_ascii() {
-        enc.add_text_chunk("parameters".into(), parameters.into())?;
-    } else {
-        enc.add_itxt_chunk("parameters".into(), parameters.into())?;
-    }
-    let mut writer = enc.write_header()?;
-    writer.write_image_data(rgb)?;
-    writer.finish()?;
+    let tiles = imaging::from_nchw(&values, shape)?;
+    super::prepare_output(&path.to_path_buf())?;
+    imaging::save_png_with_text(&imaging::grid(&tiles, 0), path, text)?;
     Ok(())
 }
 
 /// Reads the f32 4-D tensor `name` from a safetensors file.
 pub fn read_tensor_f32<B: Backend>(path: &Path, name: &str, device: &B::Device) -> anyhow::Result<Tensor<B, 4>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
-    let view = st.tensor(name).map_err(|_| {
-        let names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
-        anyhow!("{} has no tensor `{name}` (it has {names:?})", path.display())
-    })?;
-    if view.dtype() != Dtype::F32 {
-        bail!("{}: tensor `{name}` is {:?}; expected F32", path.display(), view.dtype());
-    }
-    let shape: [usize; 4] = view
-        .shape()
-        .try_into()
-        .map_err(|_| anyhow!("{}: tensor `{name}` has shape {:?}; expected [batch, channels, height, width]", path.display(), view.shape()))?;
-    let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    let t = crate::weights::tensor_file::read_nchw(path, name)?;
+    Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
 }
 
-/// Writes `tensor` as f32 under `name` to a new safetensors file.
+/// Writes one f32 NCHW tensor as a safetensors file.
 pub fn write_tensor_f32<B: Backend>(path: &Path, name: &str, tensor: Tensor<B, 4>) -> anyhow::Result<()> {
-    let shape = tensor.dims().to_vec();
+    let shape = tensor.dims();
     let values = tensor.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the tensor back: {e:?}"))?;
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, shape, &bytes)?;
-    safetensors::serialize_to_file([(name, view)], None, path).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::weights::tensor_file::write_f32(path, &[(name, &values, &shape)], &[])?;
     Ok(())
 }
 

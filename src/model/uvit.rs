@@ -100,13 +100,13 @@ impl UvitConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("uvit.{name} must be positive"));
         }
-        if c.depth % 2 != 0 {
+        if !c.depth.is_multiple_of(2) {
             return Err(format!("uvit.depth must be even (depth/2 in- and out-blocks), got {}", c.depth));
         }
-        if c.hidden_size % c.num_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_heads) {
             return Err(format!("uvit.hidden_size {} is not a multiple of num_heads {}", c.hidden_size, c.num_heads));
         }
-        if c.input_size % c.patch_size != 0 {
+        if !c.input_size.is_multiple_of(c.patch_size) {
             return Err(format!("uvit.input_size {} is not a multiple of patch_size {}", c.input_size, c.patch_size));
         }
         if !(c.mlp_ratio.is_finite() && c.mlp_hidden() > 0) {

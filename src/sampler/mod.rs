@@ -104,7 +104,12 @@ impl SamplerConfig {
         Ok(())
     }
 
-    /// One ASCII line for logs and image metadata, e.g.
+    /// Short name for image metadata, e.g. `DPM-Solver (order 3, fast)`.
+    pub fn label(&self) -> String {
+        format!("DPM-Solver (order {}, {})", self.order, self.method)
+    }
+
+    /// One ASCII line for logs, e.g.
     /// `dpm_solver fast order 3, time_uniform 1->0.001, scaled_linear betas 0.00085->0.012 over 1000`.
     pub fn describe(&self) -> String {
         format!(

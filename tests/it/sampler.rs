@@ -287,23 +287,32 @@ fn sampler_cli_generate_end_to_end() {
     let err = max_abs_diff(&values(latent), &exp["cfg6_latent"].f32);
     assert!(err < 1e-3, "CLI latent differs by {err}");
 
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
-    let reader = decoder.read_info().unwrap();
-    let info = reader.info();
-    assert_eq!((info.width, info.height), (32, 16), "two 16×16 images side by side");
-    let params = info.uncompressed_latin1_text.iter().find(|c| c.keyword == "parameters").expect("parameters chunk");
-    println!("{}", params.text);
-    let parsed = dcae::imaging::GenerationParams::parse_parameters_text(&params.text).unwrap();
-    assert_eq!((parsed.classes, parsed.guidance, parsed.steps, parsed.batch), (vec![3, 7], 6.0, 30, 2), "{}", params.text);
-    assert!(parsed.sampler.contains("dpm_solver"), "{}", params.text);
+    let text = dcae::imaging::read_png_text(&out).unwrap();
+    let get = |k: &str| text.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let parameters = get("parameters").expect("parameters chunk");
+    println!("{parameters}");
+    let params = dcae::imaging::GenerationParams::parse_parameters_text(&parameters).unwrap();
+    assert_eq!((params.classes, params.guidance, params.steps, params.batch), (vec![3, 7], 6.0, 30, 2));
+    assert_eq!(params.model, "uvit-tiny");
+    assert!(params.sampler.contains("DPM-Solver"), "{}", params.sampler);
+    assert!(get("noise").unwrap().ends_with("noise.safetensors"));
+    let grid = image::open(&out).unwrap();
+    assert_eq!((grid.width(), grid.height()), (34, 16), "two 16×16 images side by side, 2 px apart");
     assert_eq!(std::fs::read_dir(&steps_dir).unwrap().count(), 11);
+
+    // Class names and "unconditional" (the model's null id, 10 here), seeded noise.
+    let named = tmp.path().join("named.png");
+    let a = GenerateArgs { classes: vec!["goldfish".into(), "unconditional".into()], steps: Some(3), noise: None, latent_out: None, save_steps: None, out: named.clone(), ..args.clone() };
+    dcae::cli::generate::run(a).unwrap();
+    let text = dcae::imaging::read_png_text(&named).unwrap();
+    let params = dcae::imaging::GenerationParams::parse_parameters_text(&text[0].1).unwrap();
+    assert_eq!(params.classes, vec![1, 10]);
 
     // Bad classes are refused before any work.
     let e = dcae::cli::generate::run(GenerateArgs { classes: vec!["11".into()], ..args.clone() }).unwrap_err();
-    assert!(e.to_string().contains("11"), "{e}");
-    let e = dcae::cli::generate::run(GenerateArgs { classes: vec!["goldfish!".into()], ..args.clone() }).unwrap_err();
-    // An unknown name lists the close matches.
-    assert!(e.to_string().contains("did you mean") && e.to_string().contains("1 (goldfish)"), "{e}");
+    assert!(e.to_string().contains("11") && e.to_string().contains("0..=9"), "{e}");
+    let e = dcae::cli::generate::run(GenerateArgs { classes: vec!["goldfish!!".into()], ..args.clone() }).unwrap_err();
+    assert!(e.to_string().contains("goldfish"), "{e}");
     let e = dcae::cli::generate::run(GenerateArgs { model: "/nonexistent/model".into(), ..args }).unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/model"), "{e:#}");
 }
