@@ -142,6 +142,15 @@ impl BackendTask for Bench {
     }
 }
 
-fn bench_diffusion<B: Backend>(_a: &BenchArgs, _device: &B::Device) -> anyhow::Result<Timings> {
-    bail!("the diffusion benchmarks need the UViT (not built in yet)")
+/// `forward`: one UViT pass; `generate`: a full guided sampling run (no decode). Random weights.
+fn bench_diffusion<B: Backend>(a: &BenchArgs, device: &B::Device) -> anyhow::Result<Timings> {
+    use super::generate::{bench_generate_on, GenerateBenchOptions};
+    let mut o = GenerateBenchOptions::new(&a.model, a.res, a.steps);
+    o.batch = a.batch;
+    o.cfg_scale = a.cfg;
+    let forward = a.task == BenchTask::Forward;
+    (o.forward_runs, o.generate_runs) = if forward { (a.runs, 0) } else { (0, a.runs) };
+    let r = bench_generate_on::<B>(&o, device)?;
+    let t = if forward { r.forward } else { r.generate };
+    Ok(Timings::from_samples(t.all_s))
 }

@@ -3,6 +3,7 @@
 
 pub mod ae;
 pub mod bench;
+pub mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ pub enum Command {
     Decode(ae::DecodeArgs),
     /// Encode and decode one image; print PSNR, SSIM, latent shape, compression and timings.
     Reconstruct(ae::ReconstructArgs),
+    /// Generate class-conditional images with a DC-AE diffusion model (UViT + DPM-Solver).
+    Generate(generate::GenerateArgs),
     /// Time a model with random weights (no download); one JSON line with --json.
     Bench(bench::BenchArgs),
     /// Download a model into the Hugging Face cache (or check that it is there).
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(a) => ae::encode(a),
         Command::Decode(a) => ae::decode(a),
         Command::Reconstruct(a) => ae::reconstruct(a),
+        Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => {
             let files = model_files(&a.repo)?;

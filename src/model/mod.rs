@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod dcae;
+pub mod diffusion;
 pub mod layers;
+pub mod uvit;
 
 pub use config::DcaeConfig;
 pub use dcae::Dcae;

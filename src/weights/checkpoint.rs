@@ -77,7 +77,8 @@ fn mismatch_message(path: &Path, model: &str, problems: &[Problem]) -> String {
         path.display(),
         if other > 0 { format!(", {other} of a non-float dtype") } else { String::new() }
     );
-    if missing > 0 && missing == problems.len() - unexpected && unexpected > 0 {
+    // Many keys wrong on both sides: most likely the file belongs to another architecture.
+    if missing + shape > 5 && unexpected > 5 {
         s.push_str(" — is this a checkpoint of another model?");
     }
     const SHOWN: usize = 40;

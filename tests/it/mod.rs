@@ -4,4 +4,6 @@ mod common;
 mod hub;
 mod imaging;
 mod labels;
+mod sampler;
 mod ui;
+mod uvit;

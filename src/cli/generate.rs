@@ -1,0 +1,364 @@
+//! `dcae generate`: class-conditional image generation with a DC-AE diffusion model, and the
+//! `bench --task generate` measurement.
+//!
+//! `--model` goes through the CLI's hub resolver ([`super::model_files`]: a local folder, or a
+//! repo id fetched into the Hugging Face cache), `--class` through [`crate::labels::lookup`],
+//! and the output through the shared imaging code (quantisation, grid, `parameters` chunk), so
+//! CLI and app write the same PNGs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
+use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
+use crate::model::uvit::Uvit;
+use crate::weights::load::read_json;
+use crate::weights::{Checkpoint, RandomWeights};
+
+/// `dcae generate`
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A local folder (config.json + model.safetensors) or a Hugging Face repo id of a DC-AE
+    /// diffusion model (e.g. mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k).
+    #[arg(long, short)]
+    pub model: String,
+    /// Class to draw: an ImageNet id (0–999) or name ("goldfish", "Arctic fox"), or
+    /// "unconditional". Repeat for several images.
+    #[arg(long = "class", required = true, value_name = "CLASS")]
+    pub classes: Vec<String>,
+    /// Classifier-free guidance scale (1 = no guidance, one network pass per step).
+    #[arg(long, default_value_t = 6.0)]
+    pub cfg: f32,
+    /// Network evaluations of the solver [default: the model's, 30 for the published ones].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Seed of the initial noise (ignored with --noise).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Initial noise: a safetensors file with an f32 tensor `noise` [B, C, H, W].
+    #[arg(long, value_name = "FILE")]
+    pub noise: Option<PathBuf>,
+    /// Also write the sampled latent (before dividing by the scaling factor) as tensor
+    /// `latent` [B, C, H, W] to this safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub latent_out: Option<PathBuf>,
+    /// Output PNG: the images tiled in a grid.
+    #[arg(long, default_value = "grid.png", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Write every step's x0 prediction, decoded, as PNG into this folder (one decode per
+    /// step: slow with large autoencoders).
+    #[arg(long, value_name = "DIR")]
+    pub save_steps: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+/// What a `--class` value asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassArg {
+    Id(usize),
+    /// "unconditional" / "null": the model's null id, whatever its class count.
+    Unconditional,
+}
+
+/// Resolves a `--class` value (id or ImageNet name, see [`crate::labels::lookup`]). The id's
+/// range is checked against the model once its config is read.
+pub fn class_arg(s: &str) -> anyhow::Result<ClassArg> {
+    let id = crate::labels::lookup(s).map_err(|e| anyhow!("--class {s:?}: {e}"))?;
+    let numeric = s.trim().bytes().all(|b| b.is_ascii_digit());
+    Ok(if id == crate::labels::UNCONDITIONAL && !numeric { ClassArg::Unconditional } else { ClassArg::Id(id as usize) })
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let classes = args.classes.iter().map(|c| class_arg(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let files = super::model_files(&args.model)?;
+    let backend = args.backend;
+    run_on(backend, GenerateTask { args, files, classes })?
+}
+
+struct GenerateTask {
+    args: GenerateArgs,
+    files: crate::weights::hub::ModelFiles,
+    classes: Vec<ClassArg>,
+}
+
+impl BackendTask for GenerateTask {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<()> {
+        let Self { args, files, classes } = self;
+        eprintln!("backend: {info}");
+        let name = Path::new(&args.model).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or(args.model.clone());
+        let config = DiffusionConfig::from_json(&read_json(&files.config)?, &name)?;
+        let null = config.uvit.null_class();
+        let labels: Vec<usize> =
+            classes.iter().map(|c| if let ClassArg::Id(id) = *c { id } else { null }).collect();
+        if let Some(&bad) = labels.iter().find(|&&l| l > null) {
+            bail!(
+                "--class {bad}: this model has classes 0..={} (and {} for an unconditional sample)",
+                config.uvit.num_classes - 1,
+                config.uvit.null_class()
+            );
+        }
+        let steps = args.steps.unwrap_or(config.sampler.steps);
+        let noise = match &args.noise {
+            Some(path) => Some(read_tensor_f32::<B>(path, "noise", &device)?),
+            None => None,
+        };
+
+        let t0 = Instant::now();
+        let ckpt = Checkpoint::open(&files.weights)?;
+        let model = DiffusionModel::<B>::load_checkpoint(&ckpt, config, &device)?;
+        drop(ckpt);
+        eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
+
+        let req = GenerateRequest { labels: labels.clone(), cfg_scale: args.cfg, steps, seed: args.seed, noise };
+        let cancel = AtomicBool::new(false);
+        let mut step_error: Option<anyhow::Error> = None;
+        let t0 = Instant::now();
+        let mut on_step = |u: StepUpdate<B>| {
+            progress_bar(u.step, u.total, t0.elapsed().as_secs_f64());
+            if let Some(dir) = &args.save_steps {
+                let path = dir.join(format!("step_{:03}_of_{:03}.png", u.step, u.total));
+                let note = format!("x0 prediction after solver step {} of {} (t = {:.4})", u.step, u.total, u.t);
+                let result = std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))
+                    .and_then(|_| save_grid(&model.decode_latent(u.x0), &path, &[("preview", &note)]));
+                if let Err(e) = result {
+                    step_error.get_or_insert(e);
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        let result = model.generate(&req, &mut on_step, &cancel);
+        eprintln!();
+        if let Some(e) = step_error {
+            return Err(e.context("writing --save-steps previews"));
+        }
+        let out = result?;
+        eprintln!(
+            "sampled {} latent(s) in {:.1}s ({} network passes)",
+            labels.len(),
+            t0.elapsed().as_secs_f64(),
+            out.network_calls
+        );
+
+        if let Some(path) = &args.latent_out {
+            super::prepare_output(path)?;
+            write_tensor_f32(path, "latent", out.latent.clone())?;
+            eprintln!("wrote {}", path.display());
+        }
+        let image = model.decode_latent(out.latent);
+        let params = GenerationParams {
+            classes: labels.iter().map(|&l| l as u32).collect(),
+            guidance: args.cfg,
+            steps,
+            seed: args.seed,
+            model: model.config.name.clone(),
+            sampler: model.config.sampler.label(),
+            batch: labels.len(),
+        };
+        let text = params.to_parameters_text();
+        let noise_note = args.noise.as_ref().map(|p| p.display().to_string());
+        let mut entries = vec![(PARAMETERS_KEY, text.as_str())];
+        if let Some(n) = &noise_note {
+            // The seed did not make this image: say where its noise came from.
+            entries.push(("noise", n.as_str()));
+        }
+        save_grid(&image, &args.out, &entries)?;
+        eprintln!("wrote {}", args.out.display());
+        Ok(())
+    }
+}
+
+/// A one-line progress bar on stderr, redrawn in place.
+fn progress_bar(step: usize, total: usize, elapsed_s: f64) {
+    const WIDTH: usize = 30;
+    let filled = (step * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let eta = if step > 0 { elapsed_s / step as f64 * (total - step) as f64 } else { 0.0 };
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r[{}{}] step {step}/{total}  {elapsed_s:.1}s elapsed, ~{eta:.1}s left ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    );
+    let _ = err.flush();
+}
+
+/// Images `[B, 3, H, W]` in about [−1, 1] → one PNG grid (near-square, see
+/// [`imaging::grid`]) with text chunks. Quantised like the reference evaluator,
+/// `clamp(127.5·x + 128, 0, 255)` truncated ([`imaging::to_rgb8`]).
+pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, text: &[(&str, &str)]) -> anyhow::Result<()> {
+    let shape = images.dims();
+    let values = images.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the image back: {e:?}"))?;
+    let tiles = imaging::from_nchw(&values, shape)?;
+    super::prepare_output(&path.to_path_buf())?;
+    imaging::save_png_with_text(&imaging::grid(&tiles, 0), path, text)?;
+    Ok(())
+}
+
+/// Reads the f32 4-D tensor `name` from a safetensors file.
+pub fn read_tensor_f32<B: Backend>(path: &Path, name: &str, device: &B::Device) -> anyhow::Result<Tensor<B, 4>> {
+    let t = crate::weights::tensor_file::read_nchw(path, name)?;
+    Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
+}
+
+/// Writes one f32 NCHW tensor as a safetensors file.
+pub fn write_tensor_f32<B: Backend>(path: &Path, name: &str, tensor: Tensor<B, 4>) -> anyhow::Result<()> {
+    let shape = tensor.dims();
+    let values = tensor.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the tensor back: {e:?}"))?;
+    crate::weights::tensor_file::write_f32(path, &[(name, &values, &shape)], &[])?;
+    Ok(())
+}
+
+/// Settings of `dcae bench --task generate`.
+#[derive(Debug, Clone)]
+pub struct GenerateBenchOptions {
+    /// A registered UViT model name (random weights: nothing is downloaded).
+    pub model: String,
+    /// Image resolution; the latent is `resolution / factor` on a side.
+    pub resolution: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub cfg_scale: f32,
+    /// Timed single forward passes (after one untimed warm-up).
+    pub forward_runs: usize,
+    /// Timed full sampling runs.
+    pub generate_runs: usize,
+    pub backend: BackendChoice,
+}
+
+impl GenerateBenchOptions {
+    pub fn new(model: &str, resolution: usize, steps: usize) -> Self {
+        Self {
+            model: model.to_string(),
+            resolution,
+            steps,
+            batch: 1,
+            cfg_scale: 6.0,
+            forward_runs: 5,
+            generate_runs: 1,
+            backend: BackendChoice::Auto,
+        }
+    }
+}
+
+/// Wall-clock times of repeated runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub median_s: f64,
+    pub runs: usize,
+    pub all_s: Vec<f64>,
+}
+
+impl Timing {
+    fn of(mut all_s: Vec<f64>) -> Self {
+        let runs = all_s.len();
+        let mut sorted = all_s.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median_s = match runs {
+            0 => f64::NAN,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
+        };
+        all_s.shrink_to_fit();
+        Self { median_s, runs, all_s }
+    }
+}
+
+/// What `bench --task generate` measured. The integrator prints it as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateBench {
+    pub model: String,
+    pub backend: String,
+    pub resolution: usize,
+    /// `[batch, C, S, S]`.
+    pub latent_shape: [usize; 4],
+    pub steps: usize,
+    pub cfg_scale: f32,
+    /// One UViT forward pass at the batch size.
+    pub forward: Timing,
+    /// A full `steps`-step sampling run with guidance (no decode).
+    pub generate: Timing,
+    /// UViT passes per sampling run.
+    pub network_calls: usize,
+    /// Seconds to build the random-weight UViT.
+    pub build_s: f64,
+}
+
+/// Times one UViT forward and a full guided sampling run of a registered model with random
+/// weights, on the backend `opts.backend` picks (see [`bench_generate_on`]).
+pub fn bench_generate(opts: &GenerateBenchOptions) -> anyhow::Result<GenerateBench> {
+    run_on(opts.backend, BenchTask(opts.clone()))?
+}
+
+struct BenchTask(GenerateBenchOptions);
+
+impl BackendTask for BenchTask {
+    type Output = anyhow::Result<GenerateBench>;
+
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<GenerateBench> {
+        let mut bench = bench_generate_on::<B>(&self.0, &device)?;
+        bench.backend = info.to_string();
+        Ok(bench)
+    }
+}
+
+/// [`bench_generate`] on a backend already chosen (for callers inside their own
+/// `BackendTask`). The autoencoder is not built: decoding is the AE benchmark's business.
+/// One untimed forward pass warms up kernels first; either count in `opts` may be 0.
+pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::Device) -> anyhow::Result<GenerateBench> {
+    if opts.steps == 0 || opts.batch == 0 {
+        bail!("steps and batch must be at least 1");
+    }
+    let config = DiffusionConfig::registered_at(&opts.model, Some(opts.resolution))?;
+    let t0 = Instant::now();
+    let uvit = Uvit::<B>::load(&mut RandomWeights::<B>::new(device), &config.uvit);
+    let build_s = t0.elapsed().as_secs_f64();
+    let shape = config.uvit.latent_shape(opts.batch);
+    let labels: Vec<usize> = (0..opts.batch).map(|i| (i * 97) % config.uvit.num_classes).collect();
+
+    let x = seeded_noise::<B>(shape, 0, device);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; opts.batch], [opts.batch]), device);
+    let y = Tensor::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [opts.batch]), device);
+    let forward_once = || {
+        let start = Instant::now();
+        let eps = uvit.forward(x.clone(), t.clone(), y.clone());
+        let _ = eps.into_data(); // waits for the device
+        start.elapsed().as_secs_f64()
+    };
+    forward_once(); // warm-up: kernel compilation / autotune
+    let forward = Timing::of((0..opts.forward_runs).map(|_| forward_once()).collect());
+
+    let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None };
+    let cancel = AtomicBool::new(false);
+    let mut network_calls = 0;
+    let mut times = Vec::new();
+    for _ in 0..opts.generate_runs {
+        let start = Instant::now();
+        let out = sample_uvit(&uvit, &config.sampler, &req, &mut |_| {}, &cancel)?;
+        network_calls = out.network_calls;
+        let _ = out.latent.into_data();
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(GenerateBench {
+        model: config.name,
+        backend: B::name(device),
+        resolution: opts.resolution,
+        latent_shape: shape,
+        steps: opts.steps,
+        cfg_scale: opts.cfg_scale,
+        forward,
+        generate: Timing::of(times),
+        network_calls,
+        build_s,
+    })
+}
