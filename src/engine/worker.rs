@@ -552,9 +552,8 @@ impl<B: Backend> Engine<B> {
         let info = g.model.info().clone();
         self.status(format!("Fitting the preview projection for {} (first use only)…", files.name));
         let t0 = Instant::now();
-        let (cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
-        let p = fit_projection(&ae, &cfg, info.scaling_factor, self.config.fit_latent_side, &self.device)?;
-        drop(ae);
+        let (ae, cfg) = g.model.autoencoder();
+        let p = fit_projection(ae, cfg, info.scaling_factor, self.config.fit_latent_side, &self.device)?;
         let secs = t0.elapsed().as_secs_f64();
         if let Some(path) = self.projection_cache_path() {
             if let Err(e) = projection::store_cached(&path, &p) {
