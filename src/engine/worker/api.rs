@@ -52,6 +52,22 @@ pub struct Generator<B: Backend> {
 impl<B: Backend> Generator<B> {
     pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
         let model = DiffusionModel::<B>::load_files(config, weights, device).map_err(|e| e.to_string())?;
+        Ok(Self::wrap(name, model))
+    }
+
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.info
+    }
+
+    /// A registered model (e.g. `dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k`) with random
+    /// weights: its real cost without its files (benchmarks).
+    pub fn random(name: &str, device: &B::Device) -> Result<Self, String> {
+        let config = DiffusionConfig::registered(name).map_err(|e| e.to_string())?;
+        let model = DiffusionModel::<B>::load_random(config, device).map_err(|e| e.to_string())?;
+        Ok(Self::wrap(name, model))
+    }
+
+    fn wrap(name: &str, model: DiffusionModel<B>) -> Self {
         let c = &model.config;
         let info = GeneratorInfo {
             name: name.to_string(),
@@ -62,11 +78,7 @@ impl<B: Backend> Generator<B> {
             default_steps: c.sampler.steps.max(1),
             scaling_factor: c.scaling_factor,
         };
-        Ok(Self { info, model })
-    }
-
-    pub fn info(&self) -> &GeneratorInfo {
-        &self.info
+        Self { info, model }
     }
 
     /// The model's autoencoder and its config (the preview projection is fitted with it).
