@@ -238,7 +238,7 @@ fn ui_preview_cost() {
             let g = dcae::engine::worker::api::Generator::<B>::load("uvit-tiny", &dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
             let (ae, cfg) = g.autoencoder();
             let t = Instant::now();
-            let p = fit_projection(ae, cfg, g.info().scaling_factor, 8, &device).unwrap();
+            let p = fit_projection(ae, cfg, g.info().scaling_factor, 8, true, &mut |_, _| true, &device).unwrap();
             println!("uvit-tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
             let (step, decode, readback) = sampling(&g, 30);
             println!(
