@@ -1,5 +1,5 @@
 //! The Generate view: class picker, guidance, steps, seed, batch; live step previews (the
-//! latent→RGB projection every step, a full DC-AE decode every k steps); the results; the
+//! latent-to-RGB projection every step, a full DC-AE decode every k steps); the results; the
 //! session history strip with compare, re-save and "use these settings".
 
 use std::path::PathBuf;
@@ -60,6 +60,8 @@ pub struct GeneratePanel {
     pub live_preview: bool,
     /// Full decode of x0 every k steps; 0 = off.
     pub decode_every: usize,
+    /// The user (or a test) set `decode_every`; backend defaults no longer apply.
+    pub decode_every_touched: bool,
     num_classes: usize,
     pub run: Option<Run>,
     pub shown: Shown,
@@ -89,6 +91,7 @@ impl Default for GeneratePanel {
             batch: 1,
             live_preview: true,
             decode_every: 10,
+            decode_every_touched: false,
             num_classes: api::NUM_CLASSES,
             run: None,
             shown: Shown::Current,
@@ -475,10 +478,12 @@ impl GeneratePanel {
 
         egui::CollapsingHeader::new(RichText::new("Step previews").strong()).default_open(true).show(ui, |ui| {
             ui.checkbox(&mut self.live_preview, format!("Live preview every step ({})", shared.preview.kind()))
-                .on_hover_text("x0 of each step mapped to RGB by a linear latent→RGB projection fitted for this model");
+                .on_hover_text("x0 of each step mapped to RGB by a linear latent-to-RGB projection fitted for this model");
             ui.horizontal(|ui| {
                 ui.label("Full decode every");
-                ui.add(egui::DragValue::new(&mut self.decode_every).range(0..=self.steps.max(1)));
+                if ui.add(egui::DragValue::new(&mut self.decode_every).range(0..=200)).changed() {
+                    self.decode_every_touched = true;
+                }
                 ui.label("solver steps");
             })
             .response
@@ -529,7 +534,7 @@ impl GeneratePanel {
                 let left = run.sec_per_step * (run.total - run.step) as f64;
                 format!("Step {}/{} · {} · {} left", run.step, run.total, per_step(run.sec_per_step), widgets::secs(left))
             };
-            ui.add(egui::ProgressBar::new(frac).text(text).animate(true));
+            ui.add(egui::ProgressBar::new(frac).text(text));
             ui.label(RichText::new(format!("elapsed {}", widgets::secs(run.started.elapsed().as_secs_f64()))).small().weak());
         }
         ui.add_space(10.0);
@@ -614,11 +619,11 @@ impl GeneratePanel {
         let decoded: Vec<Option<egui::TextureId>> = (0..n).map(|i| run.decoded.get(i).map(|t| t.id())).collect();
         if show_decoded {
             ui.columns(2, |cols| {
-                draw(&mut cols[0], format!("latent→RGB projection (step {})", run.projected_step), projected);
+                draw(&mut cols[0], format!("latent-to-RGB projection (step {})", run.projected_step), projected);
                 draw(&mut cols[1], format!("full DC-AE decode (step {})", run.decoded_step), decoded);
             });
         } else {
-            draw(ui, format!("latent→RGB projection (step {})", run.projected_step), projected);
+            draw(ui, format!("latent-to-RGB projection (step {})", run.projected_step), projected);
         }
     }
 
@@ -637,7 +642,7 @@ impl GeneratePanel {
                 format!("opened from {}", item.saved_to.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
             } else {
                 format!(
-                    "{} · sampling {} ({} network calls) · decode {}",
+                    "{} · sampling {} ({} NFE) · decode {}",
                     item.params.model,
                     widgets::secs(item.sampling_secs),
                     item.nfe,

@@ -281,6 +281,11 @@ impl StudioApp {
         let s = &mut self.shared;
         match ev {
             Event::BackendReady(info) => {
+                // On the CPU a full decode costs about as much as the whole sampling loop of the
+                // real model: intermediate decodes start off there (the user can turn them on).
+                if info.kind == "cpu" && !self.generate.decode_every_touched {
+                    self.generate.decode_every = 0;
+                }
                 s.backend = Some(info);
                 s.device_memory = None;
             }
@@ -417,7 +422,7 @@ impl StudioApp {
                     let kind = info.kind.to_uppercase();
                     let text = if info.name.to_uppercase().starts_with(&kind) { info.name.clone() } else { format!("{kind} · {}", info.name) };
                     ui.label(text).on_hover_text(
-                        "The backend running the models (chosen at start: CUDA → hardware GPU via wgpu → CPU). Change it in ⚙ Settings or with --backend.",
+                        "The backend running the models (chosen at start: CUDA, else a hardware GPU via wgpu, else the CPU). Change it in ⚙ Settings or with --backend.",
                     );
                 }
                 None => {

@@ -212,7 +212,7 @@ pub fn missing_generator_help(offline: bool) -> String {
         "The generation model {GENERATOR_REPO} (about {size}) is not on this computer.\n\n\
          • {how}, or\n\
          • on a computer with internet: `dcae download {GENERATOR_REPO}` or `huggingface-cli download {GENERATOR_REPO}`, then copy the Hugging Face cache folder (~/.cache/huggingface/hub) here, or\n\
-         • open a local folder holding its config.json and model.safetensors (Models → Open folder…, or start with --model-dir DIR)."
+         • open a local folder holding its config.json and model.safetensors (Models tab: Open folder…, or start with --model-dir DIR)."
     )
 }
 

@@ -408,7 +408,7 @@ impl ReconstructPanel {
                 if self.mode == ViewMode::Difference {
                     ui.label(
                         RichText::new(format!(
-                            "mean |original − reconstruction| over R, G, B × {:.0}, inferno colour map: black = identical, pale yellow = {:.0} or more levels apart (of 255)",
+                            "mean |original - reconstruction| over R, G, B × {:.0}, inferno colour map: black = identical, pale yellow = {:.0} or more levels apart (of 255)",
                             self.gain,
                             255.0 / self.gain.max(1.0)
                         ))

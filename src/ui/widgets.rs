@@ -151,7 +151,7 @@ impl ZoomPan {
         }
         if resp.hovered() {
             let (scroll, zoom_delta) = ui.input(|i| (i.smooth_scroll_delta.y, i.zoom_delta()));
-            let factor = zoom_delta * (scroll / 200.0).exp();
+            let factor = zoom_delta * (scroll / 500.0).exp();
             if (factor - 1.0).abs() > 1e-4 {
                 let uv = self.uv();
                 // Keep the point under the pointer fixed.

@@ -73,6 +73,7 @@ fn ui_generate_preview_result_cancel_and_again() {
         let g = &mut h.state_mut().generate;
         g.steps = 12;
         g.decode_every = 4;
+        g.decode_every_touched = true;
         g.batch = 2;
     }
     h.get_by_label("✨ Generate").click();
