@@ -36,7 +36,7 @@ pub const PUBLISHED: &[Published] = &[
     Published {
         repo: GENERATOR_REPO,
         kind: ModelKind::Generator,
-        about: "UViT-H on DC-AE f64c128, ImageNet 512×512, 1000 classes (FID 2.66 with CFG 1.5)",
+        about: "UViT-H on f64c128, ImageNet 512 px, FID 2.66",
         approx_bytes: Some(4_710_000_000),
     },
     Published { repo: "mit-han-lab/dc-ae-f32c32-in-1.0", kind: ModelKind::Autoencoder, about: "f32c32, ImageNet", approx_bytes: Some(1_290_000_000) },
@@ -390,10 +390,10 @@ impl ModelsPanel {
         egui::Grid::new(id).striped(true).num_columns(6).spacing([14.0, 6.0]).show(ui, |ui| {
             ui.label(RichText::new("Model").strong());
             ui.label(RichText::new("Kind").strong());
-            ui.label(RichText::new("About").strong());
             ui.label(RichText::new("On disk").strong());
             ui.label(RichText::new("Status").strong());
             ui.label("");
+            ui.label(RichText::new("About").strong());
             ui.end_row();
             for e in entries {
                 ui.label(RichText::new(&e.label).monospace()).on_hover_text(&e.about);
@@ -402,11 +402,6 @@ impl ModelsPanel {
                     ModelKind::Autoencoder => format!("autoencoder {}", e.tag().unwrap_or_default()),
                 };
                 ui.label(kind);
-                let about = match &e.origin {
-                    Origin::Local(_) => "local folder".to_string(),
-                    Origin::Hub(_) => e.about.clone(),
-                };
-                ui.label(RichText::new(about).weak()).on_hover_text(&e.about);
                 ui.label(if e.bytes_on_disk > 0 { widgets::bytes(e.bytes_on_disk) } else { "—".into() });
                 let repo = match &e.origin {
                     Origin::Hub(r) => Some(r.clone()),
@@ -459,6 +454,11 @@ impl ModelsPanel {
                         shared.goto = Some(super::Tab::Reconstruct);
                     }
                 });
+                let about = match &e.origin {
+                    Origin::Local(_) => "local folder".to_string(),
+                    Origin::Hub(_) => e.about.clone(),
+                };
+                ui.label(RichText::new(about).weak()).on_hover_text(&e.about);
                 ui.end_row();
             }
         });
