@@ -5,4 +5,5 @@ mod hub;
 mod imaging;
 mod labels;
 mod sampler;
+mod ui;
 mod uvit;

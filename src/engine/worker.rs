@@ -1,0 +1,829 @@
+//! The app's engine thread: one thread owns the backend and every loaded model; the UI talks to
+//! it through channels only.
+//!
+//! ```text
+//!   UI thread ── Job ──▶ engine thread (run_on(choice) → loop { recv job; catch_unwind(handle) })
+//!             ◀─ Event ─┘   + request_repaint() after every event
+//!   UI thread ── Job::Download ──▶ a download thread per repo (network work never blocks sampling)
+//! ```
+//!
+//! A panic while handling a job is caught, reported as an [`Event::Error`], and the engine is
+//! restarted: the backend is set up again and the generation model that was loaded is loaded
+//! again. Nothing the user made is lost, because results live in the App, not here.
+//! If the requested backend cannot start, the engine says why and falls back to the CPU.
+
+pub mod api;
+pub mod projection;
+pub mod samples;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use burn::tensor::{backend::Backend, Tensor};
+use image::RgbImage;
+
+use self::api::{GenerateFailure, Generator, GeneratorInfo};
+use self::projection::{Fitter, Projection};
+use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::model::{Dcae, DcaeConfig};
+
+/// A model's two files, with the name shown in the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFilesRef {
+    pub name: String,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+}
+
+/// A cancel flag shared by the UI (which sets it) and the job (which polls it).
+pub type CancelToken = Arc<AtomicBool>;
+
+pub fn cancel_token() -> CancelToken {
+    Arc::new(AtomicBool::new(false))
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateJob {
+    pub id: u64,
+    /// One class id per image of the batch; `num_classes` means unconditional.
+    pub labels: Vec<usize>,
+    pub cfg_scale: f32,
+    pub steps: usize,
+    pub seed: u64,
+    /// Send every step's x0 estimate (as raw latents) for the projected preview.
+    pub preview_latents: bool,
+    /// Decode x0 with the full DC-AE every `decode_every` steps (0 = never).
+    pub decode_every: usize,
+    pub cancel: CancelToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconstructJob {
+    pub id: u64,
+    pub image: Arc<RgbImage>,
+    /// `None`: keep the image's size (centre-cropped to a multiple of the largest factor).
+    pub size: Option<u32>,
+    pub models: Vec<ModelFilesRef>,
+    /// Multiplier for the difference heatmap (autoencoder errors are a few levels of 255).
+    pub heatmap_gain: f32,
+    pub cancel: CancelToken,
+}
+
+#[derive(Debug, Clone)]
+pub enum Job {
+    LoadGenerator(ModelFilesRef),
+    Generate(GenerateJob),
+    Reconstruct(ReconstructJob),
+    /// Fetch a repo into the Hugging Face cache (runs on its own thread).
+    Download { repo: String, options: api::hub::HubOptions, cancel: CancelToken },
+    /// Drop every loaded autoencoder (the generator stays).
+    UnloadAutoencoders,
+    /// Panics inside the engine, to exercise the recovery path (tests, debug menu).
+    #[doc(hidden)]
+    DebugPanic,
+}
+
+/// A batch of latents on the CPU, `[B, C, H, W]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentBatch {
+    pub data: Vec<f32>,
+    pub shape: [usize; 4],
+}
+
+impl LatentBatch {
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = self.shape[1] * self.shape[2] * self.shape[3];
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconResult {
+    pub model: String,
+    pub recon: RgbImage,
+    pub heatmap: RgbImage,
+    /// `[C, h, w]`.
+    pub latent_shape: [usize; 3],
+    /// Pixel values per latent value: 3·H·W / (C·h·w).
+    pub compression: f64,
+    pub encode_secs: f64,
+    pub decode_secs: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    BackendReady(BackendInfo),
+    /// The requested backend could not start; the engine continues on the CPU.
+    BackendFallback { requested: BackendChoice, reason: String },
+    /// What the engine is doing right now (loading, fitting…); empty when idle.
+    Status(String),
+    GeneratorLoaded { info: GeneratorInfo, secs: f64 },
+    GeneratorFailed { name: String, message: String },
+    /// The preview projection of the loaded generator (fitted now or read from the cache).
+    ProjectionReady { model: String, projection: Projection, fit_secs: Option<f64> },
+    Progress { job: u64, step: usize, total: usize, sec_per_step: f64, elapsed: f64 },
+    PreviewLatent { job: u64, step: usize, total: usize, latents: LatentBatch },
+    PreviewDecoded { job: u64, step: usize, images: Vec<RgbImage>, secs: f64 },
+    Generated { job: u64, images: Vec<RgbImage>, nfe: usize, sampling_secs: f64, decode_secs: f64 },
+    Cancelled { job: u64 },
+    /// The prepared (cropped) original every reconstruction of the job is compared against.
+    ReconstructInput { job: u64, original: RgbImage },
+    Reconstructed { job: u64, result: ReconResult },
+    ReconstructFinished { job: u64 },
+    DownloadProgress { repo: String, file: String, bytes_done: u64, bytes_total: u64 },
+    DownloadFinished { repo: String, result: Result<(), String>, cancelled: bool },
+    Error { job: Option<u64>, message: String },
+    /// The engine recovered from a panic; loaded models are being reloaded.
+    Restarted { reason: String },
+    /// Device memory held by the backend's allocator (GPU backends only): in use, reserved.
+    DeviceMemory { in_use: u64, reserved: u64 },
+}
+
+/// Wakes the UI after each event (egui's `Context::request_repaint`).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
+struct Sink {
+    tx: Sender<Event>,
+    wake: Waker,
+}
+
+impl Sink {
+    fn send(&self, e: Event) {
+        // The UI may be gone (closing); nothing to do then.
+        let _ = self.tx.send(e);
+        (self.wake)();
+    }
+}
+
+/// Settings fixed for the life of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub backend: BackendChoice,
+    /// Where fitted preview projections are cached (None: fit every time, keep in memory).
+    pub cache_dir: Option<PathBuf>,
+    /// Side of the sample crops used to fit a projection is `fit_latent_side × factor`.
+    pub fit_latent_side: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { backend: BackendChoice::Auto, cache_dir: default_cache_dir(), fit_latent_side: 8 }
+    }
+}
+
+/// `<user cache>/dcae-studio` (e.g. ~/.cache/dcae-studio on Linux).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("dcae-studio"))
+}
+
+/// The UI's handle on the engine thread.
+pub struct Worker {
+    jobs: Sender<Job>,
+    events: Receiver<Event>,
+    sink: Sink,
+    engine: Option<JoinHandle<()>>,
+    downloads: Vec<JoinHandle<()>>,
+    pub config: WorkerConfig,
+}
+
+impl Worker {
+    /// Starts the engine thread. `wake` is called after every event (pass
+    /// `move || ctx.request_repaint()`).
+    pub fn spawn(config: WorkerConfig, wake: Waker) -> Self {
+        let (jobs, job_rx) = channel::<Job>();
+        let (tx, events) = channel::<Event>();
+        let sink = Sink { tx, wake };
+        let engine_sink = sink.clone();
+        let engine_config = config.clone();
+        let engine = std::thread::Builder::new()
+            .name("dcae-engine".into())
+            .spawn(move || supervise(engine_config, job_rx, engine_sink))
+            .ok();
+        if engine.is_none() {
+            sink.send(Event::Error { job: None, message: "could not start the engine thread".into() });
+        }
+        Self { jobs, events, sink, engine, downloads: Vec::new(), config }
+    }
+
+    pub fn send(&mut self, job: Job) {
+        match job {
+            Job::Download { repo, options, cancel } => {
+                let sink = self.sink.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("download {repo}"))
+                    .spawn(move || download(repo, options, cancel, sink));
+                match spawned {
+                    Ok(h) => self.downloads.push(h),
+                    Err(e) => self.sink.send(Event::Error { job: None, message: format!("could not start a download: {e}") }),
+                }
+                self.downloads.retain(|h| !h.is_finished());
+            }
+            job => {
+                if self.jobs.send(job).is_err() {
+                    self.sink.send(Event::Error {
+                        job: None,
+                        message: "the engine thread has stopped; restart the app (your images are kept until you close it)".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every event that has arrived, without blocking.
+    pub fn poll(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+
+    /// Waits up to `timeout` for the next event (tests and the CLI-less benchmarks).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the job channel ends the engine loop after its current job; the thread is not
+        // joined so that closing the window never waits for a long decode.
+        let (dead, _) = channel();
+        self.jobs = dead;
+        self.engine.take();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervision
+// ---------------------------------------------------------------------------------------------
+
+enum Exit {
+    /// The job channel closed: the app is gone.
+    Disconnected,
+    /// A job panicked; start over.
+    Panicked(String),
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
+    let mut choice = config.backend;
+    // The generator to reload after a restart.
+    let loaded: Arc<Mutex<Option<ModelFilesRef>>> = Arc::new(Mutex::new(None));
+    let mut restarts = 0usize;
+    let mut replay: Option<Job> = None;
+    loop {
+        let task = EngineTask { jobs: &jobs, sink: sink.clone(), config: &config, loaded: loaded.clone(), replay: replay.take() };
+        let outcome = catch_unwind(AssertUnwindSafe(|| run_on(choice, task)));
+        match outcome {
+            Ok(Ok(Exit::Disconnected)) => return,
+            Ok(Ok(Exit::Panicked(reason))) => {
+                restarts += 1;
+                if restarts > 20 {
+                    sink.send(Event::Error { job: None, message: format!("the engine keeps failing ({reason}); giving up until the app restarts") });
+                    return;
+                }
+                sink.send(Event::Restarted { reason });
+                replay = loaded.lock().ok().and_then(|g| g.clone()).map(Job::LoadGenerator);
+            }
+            Ok(Err(e)) => {
+                if choice == BackendChoice::Cpu {
+                    sink.send(Event::Error { job: None, message: format!("no backend could start: {e}") });
+                    return;
+                }
+                sink.send(Event::BackendFallback { requested: choice, reason: e.to_string() });
+                choice = BackendChoice::Cpu;
+            }
+            Err(p) => {
+                // A panic outside any job: while setting up the backend.
+                let reason = panic_message(p.as_ref());
+                if choice == BackendChoice::Cpu {
+                    sink.send(Event::Error { job: None, message: format!("the CPU backend failed to start: {reason}") });
+                    return;
+                }
+                sink.send(Event::BackendFallback { requested: choice, reason: format!("it crashed while starting: {reason}") });
+                choice = BackendChoice::Cpu;
+            }
+        }
+    }
+}
+
+struct EngineTask<'a> {
+    jobs: &'a Receiver<Job>,
+    sink: Sink,
+    config: &'a WorkerConfig,
+    loaded: Arc<Mutex<Option<ModelFilesRef>>>,
+    replay: Option<Job>,
+}
+
+impl BackendTask for EngineTask<'_> {
+    type Output = Exit;
+
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Exit {
+        self.sink.send(Event::BackendReady(info));
+        let mut engine = Engine::<B> {
+            device,
+            sink: self.sink.clone(),
+            config: self.config.clone(),
+            generator: None,
+            projection: None,
+            autoencoders: HashMap::new(),
+            loaded: self.loaded.clone(),
+        };
+        let mut pending = self.replay;
+        let mut last_memory: Option<(u64, u64)> = None;
+        loop {
+            // Memory is read between jobs (the allocator is idle then) and sent when it changed.
+            if let Some(m) = device_memory::<B>(&engine.device) {
+                if last_memory != Some(m) {
+                    last_memory = Some(m);
+                    self.sink.send(Event::DeviceMemory { in_use: m.0, reserved: m.1 });
+                }
+            }
+            let job = match pending.take() {
+                Some(j) => j,
+                None => match self.jobs.recv_timeout(Duration::from_millis(1000)) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Exit::Disconnected,
+                },
+            };
+            let what = job_name(&job);
+            let id = job_id(&job);
+            match catch_unwind(AssertUnwindSafe(|| engine.handle(job))) {
+                Ok(()) => {}
+                Err(p) => {
+                    let reason = panic_message(p.as_ref());
+                    self.sink.send(Event::Status(String::new()));
+                    self.sink.send(Event::Error {
+                        job: id,
+                        message: format!(
+                            "internal error while {what}: {reason}. The engine is restarting; your images and history are kept."
+                        ),
+                    });
+                    return Exit::Panicked(format!("{what}: {reason}"));
+                }
+            }
+        }
+    }
+}
+
+/// (bytes in use, bytes reserved) by the GPU backend's allocator; `None` on the CPU or when the
+/// backend cannot say.
+fn device_memory<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| burn::backend::wgpu::WgpuRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| cubecl::cuda::CudaRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    let _ = any;
+    None
+}
+
+fn job_name(job: &Job) -> &'static str {
+    match job {
+        Job::LoadGenerator(_) => "loading the generation model",
+        Job::Generate(_) => "generating",
+        Job::Reconstruct(_) => "reconstructing",
+        Job::Download { .. } => "downloading",
+        Job::UnloadAutoencoders => "unloading models",
+        Job::DebugPanic => "running the crash test",
+    }
+}
+
+fn job_id(job: &Job) -> Option<u64> {
+    match job {
+        Job::Generate(g) => Some(g.id),
+        Job::Reconstruct(r) => Some(r.id),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine proper (generic over the backend)
+// ---------------------------------------------------------------------------------------------
+
+struct LoadedGenerator<B: Backend> {
+    model: Generator<B>,
+    files: ModelFilesRef,
+}
+
+struct Engine<B: Backend> {
+    device: B::Device,
+    sink: Sink,
+    config: WorkerConfig,
+    generator: Option<LoadedGenerator<B>>,
+    projection: Option<Projection>,
+    /// Autoencoders for reconstruction, by weights path, with the order they were last used.
+    autoencoders: HashMap<PathBuf, (DcaeConfig, Dcae<B>, u64)>,
+    loaded: Arc<Mutex<Option<ModelFilesRef>>>,
+}
+
+/// How many reconstruction autoencoders stay loaded (an f128c512 alone is several GB).
+const MAX_AUTOENCODERS: usize = 3;
+
+fn tensor_to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
+    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("could not read a tensor back: {e:?}"))
+}
+
+fn images_from_nchw(data: &[f32], shape: [usize; 4]) -> Result<Vec<RgbImage>, String> {
+    let [b, c, h, w] = shape;
+    if c != 3 {
+        return Err(format!("the decoder returned {c} channels, not 3"));
+    }
+    (0..b).map(|i| api::to_rgb8(&data[i * 3 * h * w..(i + 1) * 3 * h * w], h, w)).collect()
+}
+
+impl<B: Backend> Engine<B> {
+    fn status(&self, s: impl Into<String>) {
+        self.sink.send(Event::Status(s.into()));
+    }
+
+    fn error(&self, job: Option<u64>, message: impl Into<String>) {
+        self.sink.send(Event::Error { job, message: message.into() });
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::LoadGenerator(files) => self.load_generator(files),
+            Job::Generate(g) => {
+                let id = g.id;
+                self.generate(g);
+                self.status("");
+                let _ = id;
+            }
+            Job::Reconstruct(r) => {
+                let id = r.id;
+                self.reconstruct(r);
+                self.status("");
+                self.sink.send(Event::ReconstructFinished { job: id });
+            }
+            Job::UnloadAutoencoders => self.autoencoders.clear(),
+            Job::Download { .. } => {} // handled by Worker::send
+            Job::DebugPanic => panic!("crash test requested from the debug menu"),
+        }
+    }
+
+    fn load_generator(&mut self, files: ModelFilesRef) {
+        if self.generator.as_ref().is_some_and(|g| g.files == files) {
+            if let Some(g) = &self.generator {
+                self.sink.send(Event::GeneratorLoaded { info: g.model.info().clone(), secs: 0.0 });
+            }
+            return;
+        }
+        self.status(format!("Loading {}…", files.name));
+        // Free the old model first: two UViT-H checkpoints need not fit at once.
+        self.generator = None;
+        self.projection = None;
+        let t0 = Instant::now();
+        match Generator::<B>::load(&files.name, &files.config, &files.weights, &self.device) {
+            Ok(model) => {
+                let info = model.info().clone();
+                if let Ok(mut l) = self.loaded.lock() {
+                    *l = Some(files.clone());
+                }
+                self.generator = Some(LoadedGenerator { model, files });
+                self.sink.send(Event::GeneratorLoaded { info, secs: t0.elapsed().as_secs_f64() });
+                // A cached projection is shown at once; fitting waits for the first generation.
+                if let Some(p) = self.cached_projection() {
+                    self.projection = Some(p.clone());
+                    self.sink.send(Event::ProjectionReady { model: self.generator_name(), projection: p, fit_secs: None });
+                }
+            }
+            Err(message) => {
+                if let Ok(mut l) = self.loaded.lock() {
+                    *l = None;
+                }
+                self.sink.send(Event::GeneratorFailed { name: files.name.clone(), message });
+            }
+        }
+        self.status("");
+    }
+
+    fn generator_name(&self) -> String {
+        self.generator.as_ref().map(|g| g.files.name.clone()).unwrap_or_default()
+    }
+
+    fn projection_cache_path(&self) -> Option<PathBuf> {
+        let g = self.generator.as_ref()?;
+        let dir = self.config.cache_dir.as_ref()?;
+        Some(projection::cache_path(dir, &projection::cache_key(&g.files.name, &g.files.weights)))
+    }
+
+    fn cached_projection(&self) -> Option<Projection> {
+        let g = self.generator.as_ref()?;
+        projection::load_cached(&self.projection_cache_path()?, g.model.info().latent_channels)
+    }
+
+    /// Fits the generator's latent→RGB projection from the bundled samples (first use only).
+    fn ensure_projection(&mut self) -> Result<(), String> {
+        if self.projection.is_some() {
+            return Ok(());
+        }
+        if let Some(p) = self.cached_projection() {
+            self.projection = Some(p.clone());
+            self.sink.send(Event::ProjectionReady { model: self.generator_name(), projection: p, fit_secs: None });
+            return Ok(());
+        }
+        let Some(g) = &self.generator else { return Err("no generation model is loaded".into()) };
+        let files = g.files.clone();
+        let info = g.model.info().clone();
+        self.status(format!("Fitting the preview projection for {} (first use only)…", files.name));
+        let t0 = Instant::now();
+        let (cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
+        let p = fit_projection(&ae, &cfg, info.scaling_factor, self.config.fit_latent_side, &self.device)?;
+        drop(ae);
+        let secs = t0.elapsed().as_secs_f64();
+        if let Some(path) = self.projection_cache_path() {
+            if let Err(e) = projection::store_cached(&path, &p) {
+                self.error(None, format!("could not cache the preview projection in {}: {e}", path.display()));
+            }
+        }
+        self.projection = Some(p.clone());
+        self.sink.send(Event::ProjectionReady { model: files.name, projection: p, fit_secs: Some(secs) });
+        Ok(())
+    }
+
+    fn generate(&mut self, job: GenerateJob) {
+        let id = job.id;
+        if self.generator.is_none() {
+            self.error(Some(id), "no generation model is loaded — see the Models tab");
+            return;
+        }
+        if job.labels.is_empty() || job.steps == 0 {
+            self.error(Some(id), "nothing to generate (batch size or steps is 0)");
+            return;
+        }
+        if job.preview_latents {
+            if let Err(e) = self.ensure_projection() {
+                // Previews are a convenience: say why they are missing and go on.
+                self.error(Some(id), format!("step previews are off for this run: {e}"));
+            }
+        }
+        if job.cancel.load(Ordering::Relaxed) {
+            self.sink.send(Event::Cancelled { job: id });
+            return;
+        }
+        let Some(g) = &self.generator else { return };
+        let model = &g.model;
+        self.status(format!("Generating with {}…", g.files.name));
+        let sink = self.sink.clone();
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let mut sampling = 0.0f64;
+        let mut callback_err: Option<String> = None;
+        let mut on_step = |step: usize, total: usize, x0: Tensor<B, 4>| {
+            let now = Instant::now();
+            sampling += (now - last).as_secs_f64();
+            if job.preview_latents {
+                let shape: [usize; 4] = x0.dims();
+                match tensor_to_vec(x0.clone()) {
+                    Ok(data) => sink.send(Event::PreviewLatent { job: id, step, total, latents: LatentBatch { data, shape } }),
+                    Err(e) => callback_err = Some(e),
+                }
+            }
+            if job.decode_every > 0 && step % job.decode_every == 0 && step < total {
+                let t = Instant::now();
+                let img = model.decode(x0);
+                let shape: [usize; 4] = img.dims();
+                match tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape)) {
+                    Ok(images) => sink.send(Event::PreviewDecoded { job: id, step, images, secs: t.elapsed().as_secs_f64() }),
+                    Err(e) => callback_err = Some(e),
+                }
+            }
+            sink.send(Event::Progress {
+                job: id,
+                step,
+                total,
+                sec_per_step: sampling / step as f64,
+                elapsed: start.elapsed().as_secs_f64(),
+            });
+            last = Instant::now();
+        };
+        let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, &mut on_step, &job.cancel);
+        if let Some(e) = callback_err {
+            self.error(Some(id), format!("a step preview failed: {e}"));
+        }
+        let (latent, nfe) = match result {
+            Ok(r) => r,
+            Err(GenerateFailure::Cancelled) => {
+                self.sink.send(Event::Cancelled { job: id });
+                return;
+            }
+            Err(GenerateFailure::Failed(e)) => {
+                self.error(Some(id), format!("generation failed: {e}"));
+                return;
+            }
+        };
+        let sampling_secs = start.elapsed().as_secs_f64();
+        self.status("Decoding the final image…");
+        let t = Instant::now();
+        let img = model.decode(latent);
+        let shape: [usize; 4] = img.dims();
+        match tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape)) {
+            Ok(images) => self.sink.send(Event::Generated {
+                job: id,
+                images,
+                nfe,
+                sampling_secs,
+                decode_secs: t.elapsed().as_secs_f64(),
+            }),
+            Err(e) => self.error(Some(id), format!("decoding the final image failed: {e}")),
+        }
+    }
+
+    fn autoencoder(&mut self, files: &ModelFilesRef) -> Result<(), String> {
+        let tick = self.autoencoders.values().map(|v| v.2).max().unwrap_or(0) + 1;
+        if let Some(entry) = self.autoencoders.get_mut(&files.weights) {
+            entry.2 = tick;
+            return Ok(());
+        }
+        while self.autoencoders.len() >= MAX_AUTOENCODERS {
+            let oldest = self.autoencoders.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.autoencoders.remove(&k),
+                None => break,
+            };
+        }
+        self.status(format!("Loading {}…", files.name));
+        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
+        if cfg.name.is_empty() {
+            cfg.name = files.name.clone();
+        }
+        self.autoencoders.insert(files.weights.clone(), (cfg, ae, tick));
+        Ok(())
+    }
+
+    fn reconstruct(&mut self, job: ReconstructJob) {
+        let id = job.id;
+        // The configs first (cheap), so the image is cropped once for the largest factor and
+        // every model is compared on the same pixels.
+        let mut factor = 1usize;
+        for m in &job.models {
+            match api::autoencoder_config(&m.config, &m.name) {
+                Ok(cfg) => factor = factor.max(cfg.factor()),
+                Err(e) => {
+                    self.error(Some(id), format!("{}: {e}", m.name));
+                    return;
+                }
+            }
+        }
+        let original = match api::prepare((*job.image).clone(), factor, job.size) {
+            Ok(img) => img,
+            Err(e) => {
+                self.error(Some(id), format!("cannot prepare the image: {e}"));
+                return;
+            }
+        };
+        self.sink.send(Event::ReconstructInput { job: id, original: original.clone() });
+        let (data, shape) = match api::to_nchw(std::slice::from_ref(&original)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error(Some(id), e);
+                return;
+            }
+        };
+        for m in &job.models {
+            if job.cancel.load(Ordering::Relaxed) {
+                self.sink.send(Event::Cancelled { job: id });
+                return;
+            }
+            if let Err(e) = self.autoencoder(m) {
+                self.error(Some(id), format!("{}: {e}", m.name));
+                continue;
+            }
+            let Some((cfg, ae, _)) = self.autoencoders.get(&m.weights) else { continue };
+            self.status(format!("Reconstructing with {}…", m.name));
+            let x = api::tensor_from_nchw::<B>(data.clone(), shape, &self.device);
+            let t0 = Instant::now();
+            let z = ae.encode(x);
+            let _ = B::sync(&self.device);
+            let encode_secs = t0.elapsed().as_secs_f64();
+            let zdims: [usize; 4] = z.dims();
+            let t1 = Instant::now();
+            let y = ae.decode(z);
+            let ydims: [usize; 4] = y.dims();
+            let y = tensor_to_vec(y);
+            let decode_secs = t1.elapsed().as_secs_f64();
+            let recon = match y.and_then(|d| images_from_nchw(&d, ydims)) {
+                Ok(mut v) if !v.is_empty() => v.remove(0),
+                Ok(_) => continue,
+                Err(e) => {
+                    self.error(Some(id), format!("{}: {e}", m.name));
+                    continue;
+                }
+            };
+            let metrics = api::psnr(&original, &recon)
+                .and_then(|p| api::ssim(&original, &recon).map(|s| (p, s)))
+                .and_then(|(p, s)| api::diff_heatmap(&original, &recon, job.heatmap_gain).map(|h| (p, s, h)));
+            let (psnr, ssim, heatmap) = match metrics {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(Some(id), format!("{}: metrics failed: {e}", m.name));
+                    continue;
+                }
+            };
+            let [_, c, h, w] = zdims;
+            let compression = (3 * shape[2] * shape[3]) as f64 / (c * h * w).max(1) as f64;
+            let _ = cfg;
+            self.sink.send(Event::Reconstructed {
+                job: id,
+                result: ReconResult {
+                    model: m.name.clone(),
+                    recon,
+                    heatmap,
+                    latent_shape: [c, h, w],
+                    compression,
+                    encode_secs,
+                    decode_secs,
+                    psnr,
+                    ssim,
+                },
+            });
+        }
+    }
+}
+
+/// Fits the latent→RGB preview projection of `ae` on the bundled samples (and their mirror
+/// images): each is centre-cropped to `latent_side × factor` pixels, encoded, scaled like the
+/// sampler's latents, and paired with its own box-filtered pixels.
+pub fn fit_projection<B: Backend>(
+    ae: &Dcae<B>,
+    cfg: &DcaeConfig,
+    scaling_factor: f32,
+    latent_side: usize,
+    device: &B::Device,
+) -> Result<Projection, String> {
+    let factor = cfg.factor();
+    let side = (latent_side.max(2) * factor) as u32;
+    let c = cfg.latent_channels;
+    let mut fitter = Fitter::new(c);
+    let mut crops = 0;
+    for (_, _, bytes) in samples::SAMPLES {
+        let img = samples::decode(bytes)?;
+        let img = api::prepare(img, factor, Some(side))?;
+        for flip in [false, true] {
+            let img = if flip { image::imageops::flip_horizontal(&img) } else { img.clone() };
+            let (data, shape) = api::to_nchw(std::slice::from_ref(&img))?;
+            let z = ae.encode(api::tensor_from_nchw::<B>(data, shape, device)) * scaling_factor;
+            let [_, zc, zh, zw] = z.dims();
+            if zc != c {
+                return Err(format!("the encoder gave {zc} channels, the config says {c}"));
+            }
+            let latent = tensor_to_vec(z)?;
+            let (target, th, tw) = projection::box_downsample(&img, factor);
+            if (th, tw) != (zh, zw) {
+                return Err(format!("latent {zh}×{zw} does not match the image grid {th}×{tw}"));
+            }
+            fitter.add(&latent, &target, zh, zw);
+            crops += 1;
+        }
+    }
+    let note = format!(
+        "least squares on {} latent pixels ({crops} crops of {side}×{side} px from {} bundled photos)",
+        fitter.samples(),
+        samples::SAMPLES.len()
+    );
+    fitter.solve(1e-3, note).ok_or_else(|| "the projection fit was singular".to_string())
+}
+
+fn download(repo: String, options: api::hub::HubOptions, cancel: CancelToken, sink: Sink) {
+    let mut progress = |p: api::hub::DownloadProgress| {
+        sink.send(Event::DownloadProgress { repo: repo.clone(), file: p.file, bytes_done: p.bytes_done, bytes_total: p.bytes_total });
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| api::hub::download_model(&repo, &options, &mut progress, &cancel)));
+    let cancelled = cancel.load(Ordering::Relaxed);
+    let result = match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!("the download crashed: {}", panic_message(p.as_ref()))),
+    };
+    sink.send(Event::DownloadFinished { repo, result, cancelled });
+}
+
+/// Reads a folder's config.json to tell a generation model from an autoencoder.
+pub fn is_generator_folder(dir: &Path) -> bool {
+    api::config_is_generator(&dir.join("config.json"))
+}

@@ -1,0 +1,212 @@
+//! The one seam between the app and the engine modules written alongside it (diffusion model,
+//! imaging, labels, hub). Everything the worker and the UI need from them goes through the small
+//! functions here, so a change of signature there is a change in this file only.
+//!
+//! TEMPORARY: until `model::diffusion`, `imaging`, `labels` and `weights::hub` land on main, the
+//! bodies below are stand-ins with the same shapes.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use image::RgbImage;
+
+use crate::model::{Dcae, DcaeConfig};
+
+// ---------------------------------------------------------------------------------------------
+// Generator (class-conditional UViT + its DC-AE)
+// ---------------------------------------------------------------------------------------------
+
+/// What the UI needs to know about a loaded generation model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorInfo {
+    pub name: String,
+    /// Number of real classes; the unconditional (null) id is `num_classes`.
+    pub num_classes: usize,
+    pub latent_channels: usize,
+    /// Latent side (the UViT's `input_size`).
+    pub latent_size: usize,
+    /// Autoencoder downsampling factor.
+    pub factor: usize,
+    pub default_steps: usize,
+    pub scaling_factor: f32,
+}
+
+impl GeneratorInfo {
+    pub fn image_size(&self) -> usize {
+        self.latent_size * self.factor
+    }
+}
+
+pub enum GenerateFailure {
+    Cancelled,
+    Failed(String),
+}
+
+pub struct Generator<B: Backend> {
+    info: GeneratorInfo,
+    ae: Dcae<B>,
+    device: B::Device,
+}
+
+impl<B: Backend> Generator<B> {
+    pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
+        let json = crate::weights::load::read_json(config).map_err(|e| e.to_string())?;
+        let uvit = json.get("uvit").ok_or_else(|| {
+            format!("{} is not a generation model: its config.json has no \"uvit\" section", config.display())
+        })?;
+        let get = |k: &str| uvit.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let (cfg, ae) = crate::weights::load::load_dcae_files::<B>(config, weights, device).map_err(|e| e.to_string())?;
+        let info = GeneratorInfo {
+            name: name.to_string(),
+            num_classes: get("num_classes").unwrap_or(1000),
+            latent_channels: cfg.latent_channels,
+            latent_size: get("input_size").unwrap_or(8),
+            factor: cfg.factor(),
+            default_steps: json.pointer("/sampler/steps").and_then(|v| v.as_u64()).unwrap_or(30) as usize,
+            scaling_factor: cfg.scaling_factor,
+        };
+        Ok(Self { info, ae, device: device.clone() })
+    }
+
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.info
+    }
+
+    /// Samples latents for `labels` (one image each). `on_step(step, total, x0)` is called after
+    /// every solver step with the model's current estimate of the clean latent.
+    pub fn generate(
+        &self,
+        labels: &[usize],
+        _cfg_scale: f32,
+        steps: usize,
+        seed: u64,
+        on_step: &mut dyn FnMut(usize, usize, Tensor<B, 4>),
+        cancel: &AtomicBool,
+    ) -> Result<(Tensor<B, 4>, usize), GenerateFailure> {
+        let i = &self.info;
+        B::seed(&self.device, seed);
+        let shape = [labels.len(), i.latent_channels, i.latent_size, i.latent_size];
+        let noise = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &self.device);
+        let target = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 0.5), &self.device);
+        let mut x = noise;
+        for s in 1..=steps {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(GenerateFailure::Cancelled);
+            }
+            let a = s as f32 / steps as f32;
+            x = x.clone() * (1.0 - a) + target.clone() * a;
+            on_step(s, steps, x.clone());
+        }
+        Ok((x, steps))
+    }
+
+    /// Sampled (scaled) latent → image in about [-1, 1].
+    pub fn decode(&self, latent: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.ae.decode(latent / self.info.scaling_factor)
+    }
+}
+
+/// The generator's autoencoder on its own, for fitting the preview projection.
+pub fn load_autoencoder<B: Backend>(config: &Path, weights: &Path, device: &B::Device) -> Result<(DcaeConfig, Dcae<B>), String> {
+    crate::weights::load::load_dcae_files::<B>(config, weights, device).map_err(|e| e.to_string())
+}
+
+/// Reads a model folder's config.json and says whether it is a generation model.
+pub fn config_is_generator(config: &Path) -> bool {
+    crate::weights::load::read_json(config).map(|j| j.get("uvit").is_some()).unwrap_or(false)
+}
+
+/// The DC-AE config of a config.json (autoencoder or combined diffusion config).
+pub fn autoencoder_config(config: &Path, name: &str) -> Result<DcaeConfig, String> {
+    let json = crate::weights::load::read_json(config).map_err(|e| e.to_string())?;
+    crate::weights::load::dcae_config_from_json(&json, name).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Imaging
+// ---------------------------------------------------------------------------------------------
+
+pub use crate::imaging::GenerationParams;
+use crate::imaging::{self, ImageLimits};
+
+pub fn to_nchw(images: &[RgbImage]) -> Result<(Vec<f32>, [usize; 4]), String> {
+    imaging::to_nchw(images).map_err(|e| e.to_string())
+}
+
+pub fn to_rgb8(chw: &[f32], h: usize, w: usize) -> Result<RgbImage, String> {
+    imaging::to_rgb8(chw, h, w).map_err(|e| e.to_string())
+}
+
+pub fn prepare(img: RgbImage, factor: usize, size: Option<u32>) -> Result<RgbImage, String> {
+    imaging::prepare(img, factor, size).map_err(|e| e.to_string())
+}
+
+pub fn psnr(a: &RgbImage, b: &RgbImage) -> Result<f64, String> {
+    imaging::psnr(a, b).map_err(|e| e.to_string())
+}
+
+pub fn ssim(a: &RgbImage, b: &RgbImage) -> Result<f64, String> {
+    imaging::ssim(a, b).map_err(|e| e.to_string())
+}
+
+pub fn diff_heatmap(a: &RgbImage, b: &RgbImage, gain: f32) -> Result<RgbImage, String> {
+    imaging::diff_heatmap_with_gain(a, b, gain).map_err(|e| e.to_string())
+}
+
+/// Decodes a PNG, JPEG or WebP held in memory (size limits checked before decoding).
+pub fn load_image_bytes(bytes: &[u8]) -> Result<RgbImage, String> {
+    imaging::load_rgb_from_bytes(bytes, &ImageLimits::default()).map_err(|e| e.to_string())
+}
+
+pub fn load_image_file(path: &Path) -> Result<RgbImage, String> {
+    imaging::load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())
+}
+
+/// Saves a PNG with the parameters in its `parameters` text chunk.
+pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams) -> Result<(), String> {
+    let text = params.to_parameters_text();
+    imaging::save_png_with_text(img, path, &[(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")])
+        .map_err(|e| e.to_string())
+}
+
+/// The generation parameters of a PNG's bytes: `Ok(None)` for anything that is not a PNG or
+/// carries no `parameters` entry; an error for a PNG whose entry cannot be read.
+pub fn read_png_params(bytes: &[u8]) -> Result<Option<GenerationParams>, String> {
+    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        return Ok(None);
+    }
+    let entries = imaging::read_png_text_from_bytes(bytes).map_err(|e| e.to_string())?;
+    let Some((_, text)) = entries.iter().find(|(k, _)| k == imaging::PARAMETERS_KEY) else {
+        return Ok(None);
+    };
+    GenerationParams::parse_parameters_text(text)
+        .map(Some)
+        .map_err(|e| format!("its saved parameters cannot be read: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labels
+// ---------------------------------------------------------------------------------------------
+
+pub use crate::labels::{NUM_CLASSES, UNCONDITIONAL};
+
+pub fn class_name(id: usize) -> Option<String> {
+    crate::labels::name(u32::try_from(id).ok()?).map(str::to_string)
+}
+
+/// Classes whose name or id matches `query`, best first.
+pub fn class_search(query: &str, limit: usize) -> Vec<(usize, String)> {
+    crate::labels::search(query, limit).into_iter().map(|(id, name)| (id as usize, name.to_string())).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub
+// ---------------------------------------------------------------------------------------------
+
+pub use crate::weights::hub;
+
+pub fn tensor_from_nchw<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}

@@ -1,0 +1,111 @@
+//! The session history: every finished generation (and every PNG opened from disk), kept in the
+//! App so it survives engine restarts, to revisit, compare and save again.
+
+use std::path::{Path, PathBuf};
+
+use eframe::egui::TextureHandle;
+use image::RgbImage;
+
+use crate::engine::worker::api::{self, GenerationParams};
+
+pub struct HistoryItem {
+    pub id: u64,
+    pub params: GenerationParams,
+    pub images: Vec<RgbImage>,
+    pub textures: Vec<TextureHandle>,
+    /// Seconds: sampling, final decode. Zero for opened files.
+    pub sampling_secs: f64,
+    pub decode_secs: f64,
+    pub nfe: usize,
+    /// Where it was last saved (or opened from).
+    pub saved_to: Option<PathBuf>,
+    /// Opened from a file rather than generated in this session.
+    pub opened: bool,
+    /// The model's class count: id `num_classes` is the unconditional (null) class.
+    pub num_classes: usize,
+}
+
+impl HistoryItem {
+    /// Short description for tooltips and headings.
+    pub fn title(&self) -> String {
+        let classes = class_list(&self.params.classes, self.num_classes);
+        format!("{classes} · cfg {:.1} · {} steps · seed {}", self.params.guidance, self.params.steps, self.params.seed)
+    }
+
+    /// Saves every image: `path` for a single image, `stem-1.png`, `stem-2.png`… for a batch.
+    /// Each file carries the generation parameters as a PNG text chunk.
+    pub fn save(&mut self, path: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut written = Vec::new();
+        let paths = batch_paths(path, self.images.len());
+        for (img, p) in self.images.iter().zip(&paths) {
+            api::save_png_with_params(img, p, &self.params)?;
+            written.push(p.clone());
+        }
+        self.saved_to = Some(path.to_path_buf());
+        Ok(written)
+    }
+}
+
+/// `out.png` → [`out.png`] for one image; [`out-1.png`, `out-2.png`, …] for several.
+pub fn batch_paths(path: &Path, n: usize) -> Vec<PathBuf> {
+    let path = if path.extension().is_none() { path.with_extension("png") } else { path.to_path_buf() };
+    if n <= 1 {
+        return vec![path];
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    (1..=n).map(|i| dir.join(format!("{stem}-{i}.png"))).collect()
+}
+
+/// "207 golden retriever", "unconditional", "3 classes".
+pub fn class_list(classes: &[u32], num_classes: usize) -> String {
+    let mut uniq: Vec<u32> = classes.to_vec();
+    uniq.sort();
+    uniq.dedup();
+    match uniq.as_slice() {
+        [] => "unconditional".into(),
+        [c] => class_label(*c as usize, num_classes),
+        many => format!("{} classes", many.len()),
+    }
+}
+
+/// "207 golden retriever"; the null id (`num_classes`) is "unconditional".
+pub fn class_label(id: usize, num_classes: usize) -> String {
+    if id >= num_classes {
+        return "unconditional".to_string();
+    }
+    match api::class_name(id) {
+        Some(name) => format!("{id} {name}"),
+        None => format!("class {id}"),
+    }
+}
+
+/// A file name made from the parameters: `dcae-207-golden_retriever-s42.png`.
+pub fn suggested_file_name(p: &GenerationParams, num_classes: usize) -> String {
+    let class = match p.classes.first() {
+        Some(&c) if (c as usize) < num_classes => {
+            let name = api::class_name(c as usize).unwrap_or_default();
+            let name: String = name
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' })
+                .collect();
+            format!("{c}-{name}")
+        }
+        _ => "uncond".into(),
+    };
+    format!("dcae-{class}-s{}.png", p.seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_paths_number_files() {
+        assert_eq!(batch_paths(Path::new("/t/a.png"), 1), vec![PathBuf::from("/t/a.png")]);
+        assert_eq!(batch_paths(Path::new("/t/a"), 2), vec![PathBuf::from("/t/a-1.png"), PathBuf::from("/t/a-2.png")]);
+    }
+}

@@ -1,0 +1,94 @@
+//! The settings window: backend (restarts the engine), preview projection cache, output folder,
+//! and a crash test for the engine's recovery.
+
+use eframe::egui::{self, RichText};
+
+use super::Shared;
+use crate::engine::backend::BackendChoice;
+use crate::engine::worker::Job;
+
+#[derive(Default)]
+pub struct SettingsWindow {
+    pub open: bool,
+    pub backend: BackendChoice,
+}
+
+impl SettingsWindow {
+    /// Shows the window; returns a backend to restart the engine on, if the user applied one.
+    pub fn ui(&mut self, ctx: &egui::Context, shared: &mut Shared) -> Option<BackendChoice> {
+        if !self.open {
+            return None;
+        }
+        let mut apply = None;
+        let mut open = self.open;
+        egui::Window::new("Settings").open(&mut open).resizable(false).default_width(420.0).show(ctx, |ui| {
+            ui.label(RichText::new("Backend").strong());
+            ui.horizontal(|ui| {
+                for choice in [BackendChoice::Auto, BackendChoice::Cuda, BackendChoice::Wgpu, BackendChoice::Cpu] {
+                    ui.radio_value(&mut self.backend, choice, choice.to_string());
+                }
+            });
+            ui.label(
+                RichText::new("auto: CUDA if present, else a hardware GPU through wgpu (Vulkan/Metal/DX12), else the CPU. Also --backend on the command line.")
+                    .small()
+                    .weak(),
+            );
+            if let Some(info) = &shared.backend {
+                ui.label(format!("Running: {info}"));
+            }
+            if let Some(note) = &shared.backend_note {
+                ui.label(RichText::new(note).color(ui.visuals().warn_fg_color));
+            }
+            let changed = self.backend != shared.options.backend;
+            if ui
+                .add_enabled(changed, egui::Button::new("Apply and restart the engine"))
+                .on_hover_text("Loaded models are loaded again on the new backend; your history is kept")
+                .clicked()
+            {
+                apply = Some(self.backend);
+            }
+            ui.separator();
+
+            ui.label(RichText::new("Preview projection cache").strong());
+            let dir = shared.worker.config.cache_dir.clone();
+            match &dir {
+                Some(d) => {
+                    ui.label(RichText::new(d.join("preview-projection").display().to_string()).monospace().small());
+                    if ui.button("Clear (refit on next use)").clicked() {
+                        let p = d.join("preview-projection");
+                        match std::fs::remove_dir_all(&p) {
+                            Ok(()) => shared.notices.info("Preview projections cleared; they are refitted on the next generation"),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => shared.notices.error(format!("cannot clear {}: {e}", p.display())),
+                        }
+                        shared.projection = None;
+                    }
+                }
+                None => {
+                    ui.label("no cache folder (fitted again each session)");
+                }
+            }
+            if let Some(note) = &shared.projection_note {
+                ui.label(RichText::new(note).small().weak());
+            }
+            ui.separator();
+            ui.label(RichText::new("Hugging Face").strong());
+            ui.label(RichText::new(format!("cache: {}", shared.hub.cache_dir.display())).small());
+            ui.label(RichText::new(format!("endpoint: {}", shared.hub.endpoint)).small());
+            ui.checkbox(&mut shared.hub.offline, "Offline (never contact the hub)");
+            ui.separator();
+            egui::CollapsingHeader::new("Diagnostics").show(ui, |ui| {
+                ui.label(RichText::new(format!("preview path: {}", shared.preview.kind())).small());
+                if ui
+                    .button("Crash test: make the engine panic")
+                    .on_hover_text("Checks that the engine recovers from an internal error; your images are kept")
+                    .clicked()
+                {
+                    shared.worker.send(Job::DebugPanic);
+                }
+            });
+        });
+        self.open = open;
+        apply
+    }
+}

@@ -1,0 +1,358 @@
+//! The app, driven through its real UI with egui_kittest (no rendering, no GPU): the tiny
+//! fixture models from tests/fixtures on the CPU backend.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dcae::engine::backend::BackendChoice;
+use dcae::engine::worker::api::hub::HubOptions;
+use dcae::ui::{AppOptions, GeneratorState, StudioApp, Tab};
+use eframe::egui;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The app on the CPU, models from `model_dir`, an empty offline hub cache and a private
+/// projection cache, so nothing outside the temp folder is read or written.
+fn app(model_dir: PathBuf, tmp: &Path) -> Harness<'static, StudioApp> {
+    let options = AppOptions {
+        model_dir: Some(model_dir),
+        backend: BackendChoice::Cpu,
+        cache_dir: Some(tmp.join("cache")),
+        hub: Some(HubOptions::new(tmp.join("hf")).with_offline(true)),
+        auto_load: true,
+        fit_latent_side: 8,
+    };
+    let mut harness = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).build_eframe(move |cc| {
+        let mut app = StudioApp::new(cc, options);
+        app.generate.output_dir = None;
+        app
+    });
+    harness.step();
+    harness
+}
+
+fn errors(app: &StudioApp) -> Vec<String> {
+    app.shared.notices.errors().map(str::to_string).collect()
+}
+
+/// Steps frames until `cond` holds (the engine works on its own thread meanwhile).
+fn wait_for(h: &mut Harness<'_, StudioApp>, what: &str, secs: f64, cond: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    while !cond(h.state()) {
+        assert!(start.elapsed().as_secs_f64() < secs, "timed out after {secs} s waiting for {what}; errors: {:?}", errors(h.state()));
+        h.step();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.step();
+}
+
+fn wait_ready(h: &mut Harness<'_, StudioApp>) {
+    wait_for(h, "the generation model", 30.0, |a| matches!(a.shared.generator, GeneratorState::Ready(_)));
+}
+
+#[test]
+fn ui_generate_preview_result_cancel_and_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.get_by_label_contains("model: uvit-tiny");
+
+    // Pick class 3 through the search box of the class picker.
+    h.get_by_role(egui::accesskit::Role::TextInput).type_text("3");
+    h.step();
+    h.get_by_label_contains("3 · ").click();
+    h.step();
+    assert_eq!(h.state().generate.class, Some(3));
+    h.get_by_label_contains("Selected: 3");
+
+    {
+        let g = &mut h.state_mut().generate;
+        g.steps = 12;
+        g.decode_every = 4;
+        g.batch = 2;
+    }
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "the first result", 30.0, |a| a.shared.history.len() == 1);
+    let app = h.state();
+    assert!(app.generate.previews_projected > 0, "no projected step preview was shown");
+    assert!(app.generate.previews_decoded > 0, "no full-decode step preview was shown");
+    assert!(app.shared.projection.is_some(), "the preview projection was not fitted");
+    let item = &app.shared.history[0];
+    assert_eq!(item.images.len(), 2);
+    assert_eq!((item.images[0].width(), item.images[0].height()), (16, 16));
+    assert_eq!(item.params.classes, vec![3, 3]);
+    assert!(errors(app).is_empty(), "{:?}", errors(app));
+    // The result and the history strip are on screen.
+    assert!(h.get_all_by_label_contains("cfg 6.0 · 12 steps").next().is_some());
+    h.get_by_label_contains("1 this session");
+
+    // A long run, cancelled after its first step.
+    h.state_mut().generate.steps = 200;
+    h.state_mut().generate.decode_every = 1;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "the first step", 30.0, |a| a.generate.run.as_ref().is_some_and(|r| r.step >= 1));
+    h.get_by_label("⏹ Cancel").click();
+    wait_for(&mut h, "the cancellation", 30.0, |a| a.generate.run.is_none());
+    assert_eq!(h.state().shared.history.len(), 1, "a cancelled run must not add a result");
+    assert!(h.get_all_by_label_contains("cancelled").next().is_some());
+
+    // And again, unconditional.
+    h.get_by_label_contains("unconditional (no class)").click();
+    h.state_mut().generate.steps = 6;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "the second result", 30.0, |a| a.shared.history.len() == 2);
+    assert_eq!(h.state().shared.history[1].params.classes, vec![1000, 1000], "unconditional is saved as the null class 1000");
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+#[test]
+fn ui_reconstruct_dropped_png_and_rejects_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    h.get_by_label("🔍 Reconstruct").click();
+    h.step();
+    assert_eq!(h.state().tab, Tab::Reconstruct);
+    assert!(!h.state().reconstruct.selected.is_empty(), "no autoencoder selected by default");
+
+    h.input_mut().dropped_files.push(egui::DroppedFile {
+        path: Some(fixtures().join("ae-tiny-in/input.png")),
+        ..Default::default()
+    });
+    h.step();
+    let n = h.state().reconstruct.selected.len();
+    wait_for(&mut h, "the reconstructions", 30.0, |a| !a.reconstruct.is_running() && a.reconstruct.results.len() == n);
+    let r = &h.state().reconstruct.results[0].result;
+    assert_eq!(r.latent_shape, [4, 12, 20]);
+    assert!((r.compression - 12.0).abs() < 1e-9, "3·48·80 / (4·12·20) = 12, got {}", r.compression);
+    assert!(r.psnr.is_finite() && r.ssim.is_finite());
+    assert!(h.get_all_by_label_contains(" dB").count() >= 1);
+    h.get_by_label("Difference").click();
+    h.step();
+    h.get_by_label("A/B split").click();
+    h.step();
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+
+    let txt = tmp.path().join("notes.txt");
+    std::fs::write(&txt, "not a picture").unwrap();
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(txt), ..Default::default() });
+    h.step();
+    h.step();
+    let errs = errors(h.state());
+    assert!(errs.iter().any(|e| e.contains("notes.txt") && e.contains("not an image")), "{errs:?}");
+    assert!(h.get_all_by_label_contains("notes.txt is not an image").next().is_some());
+    // The earlier results are still there.
+    assert_eq!(h.state().reconstruct.results.len(), n);
+}
+
+#[test]
+fn ui_missing_model_offline_says_what_to_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("models");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut h = app(empty, tmp.path());
+    h.step();
+    assert_eq!(h.state().shared.generator, GeneratorState::Missing);
+    assert!(h.get_all_by_label_contains("is not on this computer").next().is_some());
+    assert!(h.get_all_by_label_contains("dcae download mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").next().is_some());
+    assert!(h.get_all_by_label_contains("Offline mode is on").next().is_some());
+    h.get_by_label("📦 Models").click();
+    h.step();
+    assert!(h.get_all_by_label_contains("not downloaded").count() >= 8);
+}
+
+#[test]
+fn ui_engine_recovers_from_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.state_mut().generate.steps = 3;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
+
+    h.get_by_label("⚙ Settings").click();
+    h.step();
+    h.get_by_label("Diagnostics").click();
+    h.step();
+    h.get_by_label("Crash test: make the engine panic").click();
+    wait_for(&mut h, "the restart", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.contains("restarted")));
+    wait_ready(&mut h);
+    assert_eq!(h.state().shared.history.len(), 1, "the history survives the restart");
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result after the restart", 30.0, |a| a.shared.history.len() == 2);
+}
+
+/// Preview cost per step: the latent→RGB projection (CPU, and the WGSL shader when a wgpu
+/// adapter exists) against a full DC-AE decode of x0. Not part of the normal run:
+/// `cargo test --test integration ui_preview_cost -- --ignored --nocapture`
+/// (`DCAE_BENCH_BIG=1` adds dc-ae-f64c128 with random weights at 512×512; `DCAE_BACKEND` picks
+/// the backend of the decodes).
+#[test]
+#[ignore]
+fn ui_preview_cost() {
+    use burn::tensor::{backend::Backend, Distribution, Tensor};
+    use dcae::engine::backend::{run_on, BackendInfo, BackendTask};
+    use dcae::engine::worker::projection::Projection;
+    use dcae::engine::worker::{fit_projection, LatentBatch};
+    use dcae::model::{Dcae, DcaeConfig};
+
+    fn time<R>(n: usize, mut f: impl FnMut() -> R) -> f64 {
+        f(); // warm-up
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(f());
+        }
+        t.elapsed().as_secs_f64() / n as f64
+    }
+
+    struct Bench;
+    impl BackendTask for Bench {
+        type Output = Vec<(String, Projection, [usize; 4], f64)>;
+        fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
+            println!("backend: {info}");
+            let mut out = Vec::new();
+            let dir = fixtures().join("uvit-tiny");
+            let (cfg, ae) = dcae::weights::load::load_dcae_files::<B>(&dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
+            let t = Instant::now();
+            let p = fit_projection(&ae, &cfg, cfg.scaling_factor, 8, &device).unwrap();
+            println!("tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
+            let shape = [1, cfg.latent_channels, 4, 4];
+            let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let dec = time(20, || {
+                let y = ae.decode(z.clone());
+                y.into_data()
+            });
+            out.push(("uvit-tiny (f4c4, 16×16 px)".to_string(), p, shape, dec));
+            if std::env::var("DCAE_BENCH_BIG").is_ok() {
+                let cfg = DcaeConfig::published("dc-ae-f64c128-in-1.0").unwrap();
+                let ae = Dcae::<B>::load(&mut dcae::weights::RandomWeights::new(&device), &cfg);
+                let shape = [1, 128, 8, 8];
+                let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+                let dec = time(2, || {
+                    let y = ae.decode(z.clone());
+                    y.into_data()
+                });
+                let p = Projection {
+                    channels: 128,
+                    weights: (0..3 * 128).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect(),
+                    bias: [0.0; 3],
+                    note: "random".into(),
+                    rmse: 0.0,
+                    version: 0,
+                };
+                out.push(("dc-ae-f64c128 random weights (512×512 px)".to_string(), p, shape, dec));
+            }
+            out
+        }
+    }
+    let choice = BackendChoice::from_env().unwrap_or(BackendChoice::Cpu);
+    for (name, p, shape, decode) in run_on(choice, Bench).unwrap() {
+        let n: usize = shape.iter().product();
+        let latents = LatentBatch { data: (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect(), shape };
+        let cpu = time(200, || p.to_rgba(latents.image(0), shape[2], shape[3]));
+        println!("{name}: full decode {:.3} ms · CPU projection {:.4} ms", decode * 1e3, cpu * 1e3);
+        #[cfg(feature = "wgpu")]
+        gpu_projection_cost(&name, &p, &latents);
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn gpu_projection_cost(name: &str, p: &Projection, latents: &LatentBatch) {
+        use dcae::ui::preview::LatentRgbGpu;
+        use eframe::wgpu;
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let Ok(adapter) = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
+            println!("{name}: no wgpu adapter, GPU projection not measured");
+            return;
+        };
+        let Ok((device, queue)) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
+            println!("{name}: no wgpu device");
+            return;
+        };
+        let mut gpu = LatentRgbGpu::new(&device, &queue);
+        let [_, _, h, w] = latents.shape;
+        let s = LatentRgbGpu::scale_for(h, w);
+        let slot = gpu.new_slot(((w * s) as u32, (h * s) as u32));
+        let mut slots = [slot];
+        let mut once = || {
+            let idx = gpu.dispatch(latents, p, &mut slots);
+            device.poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None }).unwrap();
+        };
+        once();
+        let t = Instant::now();
+        for _ in 0..100 {
+            once();
+        }
+        let per = t.elapsed().as_secs_f64() / 100.0;
+        // The shader and the CPU path agree (the shader upsamples; compare at a latent pixel centre).
+        let rgba = gpu.read_back(&slots[0]).unwrap();
+        let cpu = p.to_rgba(latents.image(0), h, w);
+        let (ox, oy) = (s / 2, s / 2);
+        let gi = ((oy * w * s) + ox) * 4;
+        let diff = (0..3).map(|k| (rgba[gi + k] as i32 - cpu[k] as i32).abs()).max().unwrap();
+        println!(
+            "{name}: GPU projection (upload + dispatch + wait, {}×{} px out) {:.3} ms on {:?} · max |GPU−CPU| at a centre {diff}",
+            w * s,
+            h * s,
+            per * 1e3,
+            adapter.get_info().name
+        );
+        assert!(diff <= 2, "the shader disagrees with the CPU projection by {diff}");
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn ui_saved_png_restores_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    {
+        let g = &mut h.state_mut().generate;
+        g.class = Some(7);
+        g.guidance = 1.5;
+        g.steps = 5;
+        g.seed = 4242;
+        g.seed_locked = true;
+        g.output_dir = Some(tmp.path().join("out"));
+    }
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
+    h.get_by_label("⚡ Quick save").click();
+    h.step();
+    let saved: Vec<_> = std::fs::read_dir(tmp.path().join("out")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].file_name().unwrap().to_string_lossy().ends_with("-s4242.png"));
+
+    // Change everything, then drop the saved file on the window.
+    {
+        let g = &mut h.state_mut().generate;
+        g.class = None;
+        g.guidance = 9.0;
+        g.steps = 30;
+        g.seed = 1;
+        g.seed_locked = false;
+    }
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(saved[0].clone()), ..Default::default() });
+    h.step();
+    h.step();
+    let g = &h.state().generate;
+    assert_eq!((g.class, g.guidance, g.steps, g.seed, g.seed_locked), (Some(7), 1.5, 5, 4242, true));
+    assert_eq!(h.state().shared.history.len(), 2, "the opened PNG joins the history");
+    assert!(h.get_all_by_label_contains("Restored the settings").next().is_some());
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
