@@ -334,9 +334,11 @@ impl BackendTask for EngineTask<'_> {
     type Output = Exit;
 
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Exit {
+        let backend_kind = info.kind;
         self.sink.send(Event::BackendReady(info));
         let mut engine = Engine::<B> {
             device,
+            backend_kind,
             sink: self.sink.clone(),
             config: self.config.clone(),
             generator: None,
@@ -432,6 +434,8 @@ struct LoadedGenerator<B: Backend> {
 
 struct Engine<B: Backend> {
     device: B::Device,
+    /// `cpu`, `wgpu` or `cuda`.
+    backend_kind: &'static str,
     sink: Sink,
     config: WorkerConfig,
     generator: Option<LoadedGenerator<B>>,
@@ -538,7 +542,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Fits the generator's latent→RGB projection from the bundled samples (first use only).
-    fn ensure_projection(&mut self) -> Result<(), String> {
+    fn ensure_projection(&mut self, cancel: &AtomicBool) -> Result<(), String> {
         if self.projection.is_some() {
             return Ok(());
         }
@@ -550,11 +554,21 @@ impl<B: Backend> Engine<B> {
         let Some(g) = &self.generator else { return Err("no generation model is loaded".into()) };
         let files = g.files.clone();
         let info = g.model.info().clone();
-        self.status(format!("Fitting the preview projection for {} (first use only)…", files.name));
         let t0 = Instant::now();
-        let (cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
-        let p = fit_projection(&ae, &cfg, info.scaling_factor, self.config.fit_latent_side, &self.device)?;
-        drop(ae);
+        let (ae, cfg) = g.model.autoencoder();
+        // On the CPU an f64c128 encode of a 512 px crop takes about a minute: fit on the four
+        // photos only there, and on their mirror images too where encodes are cheap.
+        let mirrored = self.backend_kind != "cpu";
+        let sink = self.sink.clone();
+        let name = files.name.clone();
+        let mut on_crop = |i: usize, n: usize| {
+            sink.send(Event::Status(format!(
+                "Fitting the preview projection for {name} (first use only): encoding sample {}/{n}…",
+                i + 1
+            )));
+            !cancel.load(Ordering::Relaxed)
+        };
+        let p = fit_projection(ae, cfg, info.scaling_factor, self.config.fit_latent_side, mirrored, &mut on_crop, &self.device)?;
         let secs = t0.elapsed().as_secs_f64();
         if let Some(path) = self.projection_cache_path() {
             if let Err(e) = projection::store_cached(&path, &p) {
@@ -577,7 +591,11 @@ impl<B: Backend> Engine<B> {
             return;
         }
         if job.preview_latents {
-            if let Err(e) = self.ensure_projection() {
+            if let Err(e) = self.ensure_projection(&job.cancel) {
+                if job.cancel.load(Ordering::Relaxed) {
+                    self.sink.send(Event::Cancelled { job: id });
+                    return;
+                }
                 // Previews are a convenience: say why they are missing and go on.
                 self.error(Some(id), format!("step previews are off for this run: {e}"));
             }
@@ -766,14 +784,22 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// The error [`fit_projection`] returns when `on_crop` stopped it.
+pub const FIT_STOPPED: &str = "stopped";
+
 /// Fits the latent→RGB preview projection of `ae` on the bundled samples (and their mirror
 /// images): each is centre-cropped to `latent_side × factor` pixels, encoded, scaled like the
 /// sampler's latents, and paired with its own box-filtered pixels.
+///
+/// `mirrored` doubles the data (and the cost) with the mirror images; `on_crop(i, n)` hears
+/// about each encode before it starts and stops the fit by returning false.
 pub fn fit_projection<B: Backend>(
     ae: &Dcae<B>,
     cfg: &DcaeConfig,
     scaling_factor: f32,
     latent_side: usize,
+    mirrored: bool,
+    on_crop: &mut dyn FnMut(usize, usize) -> bool,
     device: &B::Device,
 ) -> Result<Projection, String> {
     let factor = cfg.factor();
@@ -781,10 +807,15 @@ pub fn fit_projection<B: Backend>(
     let c = cfg.latent_channels;
     let mut fitter = Fitter::new(c);
     let mut crops = 0;
+    let flips: &[bool] = if mirrored { &[false, true] } else { &[false] };
+    let total = samples::SAMPLES.len() * flips.len();
     for (_, _, bytes) in samples::SAMPLES {
         let img = samples::decode(bytes)?;
         let img = api::prepare(img, factor, Some(side))?;
-        for flip in [false, true] {
+        for &flip in flips {
+            if !on_crop(crops, total) {
+                return Err(FIT_STOPPED.to_string());
+            }
             let img = if flip { image::imageops::flip_horizontal(&img) } else { img.clone() };
             let (data, shape) = api::to_nchw(std::slice::from_ref(&img))?;
             let z = ae.encode(api::tensor_from_nchw::<B>(data, shape, device)) * scaling_factor;

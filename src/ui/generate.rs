@@ -202,7 +202,7 @@ impl GeneratePanel {
             cancel,
             params,
             step: 0,
-            total: self.steps,
+            total: 0,
             sec_per_step: 0.0,
             started: Instant::now(),
             projected: Vec::new(),
@@ -455,7 +455,8 @@ impl GeneratePanel {
 
         egui::Grid::new("gen_numbers").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
             ui.label("Steps");
-            ui.add(egui::DragValue::new(&mut self.steps).range(1..=200)).on_hover_text("DPM-Solver++ steps; the authors use 30");
+            ui.add(egui::DragValue::new(&mut self.steps).range(1..=200))
+                .on_hover_text("Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps");
             ui.end_row();
             ui.label("Seed");
             ui.horizontal(|ui| {
@@ -478,7 +479,7 @@ impl GeneratePanel {
             ui.horizontal(|ui| {
                 ui.label("Full decode every");
                 ui.add(egui::DragValue::new(&mut self.decode_every).range(0..=self.steps.max(1)));
-                ui.label("steps");
+                ui.label("solver steps");
             })
             .response
             .on_hover_text("0 = off. A full DC-AE decode is exact but costs about as much as many sampling steps.");
@@ -526,7 +527,7 @@ impl GeneratePanel {
                 "decoding the final image…".to_string()
             } else {
                 let left = run.sec_per_step * (run.total - run.step) as f64;
-                format!("Step {}/{} · {:.2} s/step · {} left", run.step, run.total, run.sec_per_step, widgets::secs(left))
+                format!("Step {}/{} · {} · {} left", run.step, run.total, per_step(run.sec_per_step), widgets::secs(left))
             };
             ui.add(egui::ProgressBar::new(frac).text(text).animate(true));
             ui.label(RichText::new(format!("elapsed {}", widgets::secs(run.started.elapsed().as_secs_f64()))).small().weak());
@@ -759,6 +760,15 @@ impl GeneratePanel {
                 self.shown = Shown::Current;
             }
         }
+    }
+}
+
+/// "0.41 s/step", "35 ms/step".
+fn per_step(secs: f64) -> String {
+    if secs >= 1.0 {
+        format!("{secs:.2} s/step")
+    } else {
+        format!("{:.0} ms/step", secs * 1e3)
     }
 }
 

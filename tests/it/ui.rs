@@ -197,7 +197,6 @@ fn ui_preview_cost() {
     use dcae::engine::backend::{run_on, BackendInfo, BackendTask};
     use dcae::engine::worker::projection::Projection;
     use dcae::engine::worker::{fit_projection, LatentBatch};
-    use dcae::model::{Dcae, DcaeConfig};
 
     fn time<R>(n: usize, mut f: impl FnMut() -> R) -> f64 {
         f(); // warm-up
@@ -208,6 +207,27 @@ fn ui_preview_cost() {
         t.elapsed().as_secs_f64() / n as f64
     }
 
+    /// Seconds per solver step and per full decode of x0, and how long reading x0 back takes.
+    fn sampling<B: Backend>(g: &dcae::engine::worker::api::Generator<B>, nfe: usize) -> (f64, f64, f64) {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let mut solver_steps = 0;
+        let mut readback = 0.0;
+        let mut last_x0 = None;
+        let t = Instant::now();
+        let mut cb = |_s: usize, _t: usize, x0: Tensor<B, 4>| {
+            solver_steps += 1;
+            let r = Instant::now();
+            let _ = x0.clone().into_data();
+            readback += r.elapsed().as_secs_f64();
+            last_x0 = Some(x0);
+        };
+        let (latent, _) = g.generate(&[1], 6.0, nfe, 0, &mut cb, &never).ok().expect("sampling failed");
+        let total = t.elapsed().as_secs_f64() - readback;
+        let x0 = last_x0.unwrap_or(latent);
+        let decode = time(2, || g.decode(x0.clone()).into_data());
+        (total / solver_steps.max(1) as f64, decode, readback / solver_steps.max(1) as f64)
+    }
+
     struct Bench;
     impl BackendTask for Bench {
         type Output = Vec<(String, Projection, [usize; 4], f64)>;
@@ -215,26 +235,32 @@ fn ui_preview_cost() {
             println!("backend: {info}");
             let mut out = Vec::new();
             let dir = fixtures().join("uvit-tiny");
-            let (cfg, ae) = dcae::weights::load::load_dcae_files::<B>(&dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
+            let g = dcae::engine::worker::api::Generator::<B>::load("uvit-tiny", &dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
+            let (ae, cfg) = g.autoencoder();
             let t = Instant::now();
-            let p = fit_projection(&ae, &cfg, cfg.scaling_factor, 8, &device).unwrap();
-            println!("tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
-            let shape = [1, cfg.latent_channels, 4, 4];
-            let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let dec = time(20, || {
-                let y = ae.decode(z.clone());
-                y.into_data()
-            });
-            out.push(("uvit-tiny (f4c4, 16×16 px)".to_string(), p, shape, dec));
+            let p = fit_projection(ae, cfg, g.info().scaling_factor, 8, true, &mut |_, _| true, &device).unwrap();
+            println!("uvit-tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
+            let (step, decode, readback) = sampling(&g, 30);
+            println!(
+                "uvit-tiny: {:.3} ms per solver step (30 NFE, CFG 6), x0 read-back {:.4} ms, full decode of x0 {:.3} ms = {:.1} solver steps",
+                step * 1e3,
+                readback * 1e3,
+                decode * 1e3,
+                decode / step
+            );
+            let i = g.info();
+            out.push(("uvit-tiny (f4c4, 16×16 px)".to_string(), p, [1, i.latent_channels, i.latent_size, i.latent_size], decode));
             if std::env::var("DCAE_BENCH_BIG").is_ok() {
-                let cfg = DcaeConfig::published("dc-ae-f64c128-in-1.0").unwrap();
-                let ae = Dcae::<B>::load(&mut dcae::weights::RandomWeights::new(&device), &cfg);
-                let shape = [1, 128, 8, 8];
-                let z = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-                let dec = time(2, || {
-                    let y = ae.decode(z.clone());
-                    y.into_data()
-                });
+                let name = "dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k";
+                let g = dcae::engine::worker::api::Generator::<B>::random(name, &device).unwrap();
+                let (step, decode, readback) = sampling(&g, 3);
+                println!(
+                    "{name} (random weights, 512 px): {:.2} s per solver step (3 NFE, CFG 6), x0 read-back {:.3} ms, full decode of x0 {:.2} s = {:.1} solver steps",
+                    step,
+                    readback * 1e3,
+                    decode,
+                    decode / step
+                );
                 let p = Projection {
                     channels: 128,
                     weights: (0..3 * 128).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect(),
@@ -243,7 +269,7 @@ fn ui_preview_cost() {
                     rmse: 0.0,
                     version: 0,
                 };
-                out.push(("dc-ae-f64c128 random weights (512×512 px)".to_string(), p, shape, dec));
+                out.push((format!("{name} random weights (512×512 px)"), p, [1, 128, 8, 8], decode));
             }
             out
         }

@@ -2,16 +2,16 @@
 //! imaging, labels, hub). Everything the worker and the UI need from them goes through the small
 //! functions here, so a change of signature there is a change in this file only.
 //!
-//! TEMPORARY: until `model::diffusion`, `imaging`, `labels` and `weights::hub` land on main, the
-//! bodies below are stand-ins with the same shapes.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use image::RgbImage;
 
+use crate::model::diffusion::{DiffusionConfig, DiffusionModel, GenerateError, GenerateRequest};
 use crate::model::{Dcae, DcaeConfig};
+use crate::sampler::StepUpdate;
 
 // ---------------------------------------------------------------------------------------------
 // Generator (class-conditional UViT + its DC-AE)
@@ -43,67 +43,73 @@ pub enum GenerateFailure {
     Failed(String),
 }
 
+/// A loaded class-conditional diffusion model (UViT + its DC-AE).
 pub struct Generator<B: Backend> {
     info: GeneratorInfo,
-    ae: Dcae<B>,
-    device: B::Device,
+    model: DiffusionModel<B>,
 }
 
 impl<B: Backend> Generator<B> {
     pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
-        let json = crate::weights::load::read_json(config).map_err(|e| e.to_string())?;
-        let uvit = json.get("uvit").ok_or_else(|| {
-            format!("{} is not a generation model: its config.json has no \"uvit\" section", config.display())
-        })?;
-        let get = |k: &str| uvit.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let (cfg, ae) = crate::weights::load::load_dcae_files::<B>(config, weights, device).map_err(|e| e.to_string())?;
-        let info = GeneratorInfo {
-            name: name.to_string(),
-            num_classes: get("num_classes").unwrap_or(1000),
-            latent_channels: cfg.latent_channels,
-            latent_size: get("input_size").unwrap_or(8),
-            factor: cfg.factor(),
-            default_steps: json.pointer("/sampler/steps").and_then(|v| v.as_u64()).unwrap_or(30) as usize,
-            scaling_factor: cfg.scaling_factor,
-        };
-        Ok(Self { info, ae, device: device.clone() })
+        let model = DiffusionModel::<B>::load_files(config, weights, device).map_err(|e| e.to_string())?;
+        Ok(Self::wrap(name, model))
     }
 
     pub fn info(&self) -> &GeneratorInfo {
         &self.info
     }
 
+    /// A registered model (e.g. `dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k`) with random
+    /// weights: its real cost without its files (benchmarks).
+    pub fn random(name: &str, device: &B::Device) -> Result<Self, String> {
+        let config = DiffusionConfig::registered(name).map_err(|e| e.to_string())?;
+        let model = DiffusionModel::<B>::load_random(config, device).map_err(|e| e.to_string())?;
+        Ok(Self::wrap(name, model))
+    }
+
+    fn wrap(name: &str, model: DiffusionModel<B>) -> Self {
+        let c = &model.config;
+        let info = GeneratorInfo {
+            name: name.to_string(),
+            num_classes: c.uvit.num_classes,
+            latent_channels: c.uvit.in_channels,
+            latent_size: c.uvit.input_size,
+            factor: c.autoencoder.factor(),
+            default_steps: c.sampler.steps.max(1),
+            scaling_factor: c.scaling_factor,
+        };
+        Self { info, model }
+    }
+
+    /// The model's autoencoder and its config (the preview projection is fitted with it).
+    pub fn autoencoder(&self) -> (&Dcae<B>, &DcaeConfig) {
+        (&self.model.autoencoder, &self.model.config.autoencoder)
+    }
+
     /// Samples latents for `labels` (one image each). `on_step(step, total, x0)` is called after
-    /// every solver step with the model's current estimate of the clean latent.
+    /// every solver step with the model's current estimate of the clean latent. Returns the
+    /// latent (still multiplied by the scaling factor) and the number of network evaluations.
     pub fn generate(
         &self,
         labels: &[usize],
-        _cfg_scale: f32,
+        cfg_scale: f32,
         steps: usize,
         seed: u64,
         on_step: &mut dyn FnMut(usize, usize, Tensor<B, 4>),
         cancel: &AtomicBool,
     ) -> Result<(Tensor<B, 4>, usize), GenerateFailure> {
-        let i = &self.info;
-        B::seed(&self.device, seed);
-        let shape = [labels.len(), i.latent_channels, i.latent_size, i.latent_size];
-        let noise = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &self.device);
-        let target = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 0.5), &self.device);
-        let mut x = noise;
-        for s in 1..=steps {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(GenerateFailure::Cancelled);
-            }
-            let a = s as f32 / steps as f32;
-            x = x.clone() * (1.0 - a) + target.clone() * a;
-            on_step(s, steps, x.clone());
+        let req = GenerateRequest::<B> { labels: labels.to_vec(), cfg_scale, steps, seed, noise: None };
+        let mut cb = |u: StepUpdate<B>| on_step(u.step, u.total, u.x0);
+        match self.model.generate(&req, &mut cb, cancel) {
+            Ok(out) => Ok((out.latent, out.nfe)),
+            Err(GenerateError::Cancelled) => Err(GenerateFailure::Cancelled),
+            Err(e) => Err(GenerateFailure::Failed(e.to_string())),
         }
-        Ok((x, steps))
     }
 
     /// Sampled (scaled) latent → image in about [-1, 1].
     pub fn decode(&self, latent: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.ae.decode(latent / self.info.scaling_factor)
+        self.model.decode_latent(latent)
     }
 }
 
@@ -112,9 +118,11 @@ pub fn load_autoencoder<B: Backend>(config: &Path, weights: &Path, device: &B::D
     crate::weights::load::load_dcae_files::<B>(config, weights, device).map_err(|e| e.to_string())
 }
 
-/// Reads a model folder's config.json and says whether it is a generation model.
+/// Reads a model folder's config.json and says whether it is a generation model (a diffusion
+/// config, or the `model_name` of a registered one).
 pub fn config_is_generator(config: &Path) -> bool {
-    crate::weights::load::read_json(config).map(|j| j.get("uvit").is_some()).unwrap_or(false)
+    let Ok(json) = crate::weights::load::read_json(config) else { return false };
+    json.get("uvit").is_some() || DiffusionConfig::from_json(&json, "").is_ok()
 }
 
 /// The DC-AE config of a config.json (autoencoder or combined diffusion config).
