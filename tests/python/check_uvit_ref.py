@@ -24,11 +24,9 @@ import uvit_ref  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
-# first existing one wins: the repo's fixture copy, then a shared/ golden set in or beside the checkout
+# the repo's fixture copy of the golden case (pass --golden to use another folder)
 GOLDEN_CANDIDATES = [
     os.path.join(REPO, "tests", "fixtures", "uvit-tiny"),
-    os.path.join(REPO, "shared", "golden", "uvit-tiny"),
-    os.path.join(REPO, "..", "shared", "golden", "uvit-tiny"),
 ]
 
 
@@ -118,7 +116,7 @@ def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--golden", default=None,
-                    help="golden case folder (default: tests/fixtures/uvit-tiny, else shared/golden/uvit-tiny)")
+                    help="golden case folder (default: tests/fixtures/uvit-tiny)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-image", action="store_true", help="skip the AutoencoderDC decode check")
     args = ap.parse_args()
