@@ -512,6 +512,12 @@ impl StudioApp {
 }
 
 impl eframe::App for StudioApp {
+    /// Closing the window stops a running job at its next step instead of letting it finish.
+    fn on_exit(&mut self) {
+        self.generate.abort_run();
+        self.reconstruct.abort_run();
+    }
+
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         for ev in self.shared.worker.poll() {
             self.handle_event(ev);

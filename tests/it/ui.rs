@@ -383,3 +383,85 @@ fn ui_saved_png_restores_parameters() {
     assert!(h.get_all_by_label_contains("Restored the settings").next().is_some());
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
+
+/// shaders/latent_rgb.wgsl against a CPU reference of the same projection + bilinear upsampling,
+/// on whatever wgpu adapter exists (Mesa's lavapipe in CI); skipped when there is none.
+#[cfg(feature = "wgpu")]
+#[test]
+fn ui_preview_shader_matches_cpu_projection() {
+    use dcae::engine::worker::projection::Projection;
+    use dcae::engine::worker::LatentBatch;
+    use dcae::ui::preview::LatentRgbGpu;
+    use eframe::wgpu;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let Ok(adapter) = block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
+        eprintln!("no wgpu adapter: shader test skipped");
+        return;
+    };
+    let Ok((device, queue)) = block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
+        eprintln!("no wgpu device: shader test skipped");
+        return;
+    };
+    let mut gpu = LatentRgbGpu::new(&device, &queue);
+    let mut seed = 7u32;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    };
+    for (b, c, h, w) in [(2usize, 4usize, 4usize, 6usize), (1, 128, 8, 8)] {
+        let p = Projection {
+            channels: c,
+            weights: (0..3 * c).map(|_| rnd() * 0.8 / (c as f32).sqrt()).collect(),
+            bias: [rnd() * 0.2, rnd() * 0.2, rnd() * 0.2],
+            note: String::new(),
+            rmse: 0.0,
+            version: 0,
+        };
+        let latents = LatentBatch { data: (0..b * c * h * w).map(|_| rnd()).collect(), shape: [b, c, h, w] };
+        let s = LatentRgbGpu::scale_for(h, w);
+        let (ow, oh) = (w * s, h * s);
+        let mut slots: Vec<_> = (0..b).map(|_| gpu.new_slot((ow as u32, oh as u32))).collect();
+        let idx = gpu.dispatch(&latents, &p, &mut slots);
+        device.poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None }).unwrap();
+        for (i, slot) in slots.iter().enumerate() {
+            let got = gpu.read_back(slot).unwrap();
+            // CPU reference: project each latent pixel, interpolate like the shader.
+            let z = latents.image(i);
+            let proj = |x: usize, y: usize, k: usize| {
+                p.bias[k] + (0..c).map(|ch| p.weights[k * c + ch] * z[ch * h * w + y * w + x]).sum::<f32>()
+            };
+            let mut worst = 0i32;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let sx = ((ox as f32 + 0.5) * w as f32 / ow as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+                    let sy = ((oy as f32 + 0.5) * h as f32 / oh as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+                    let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+                    let (tx, ty) = (sx - x0 as f32, sy - y0 as f32);
+                    for k in 0..3 {
+                        let top = proj(x0, y0, k) * (1.0 - tx) + proj(x1, y0, k) * tx;
+                        let bottom = proj(x0, y1, k) * (1.0 - tx) + proj(x1, y1, k) * tx;
+                        let v = top * (1.0 - ty) + bottom * ty;
+                        let want = (((v * 127.5 + 128.0) / 255.0).clamp(0.0, 1.0) * 255.0).round() as i32;
+                        let have = got[(oy * ow + ox) * 4 + k] as i32;
+                        worst = worst.max((want - have).abs());
+                    }
+                }
+            }
+            assert!(worst <= 1, "image {i} of {b}×{c}×{h}×{w}: the shader differs from the CPU reference by {worst} levels");
+        }
+    }
+}
