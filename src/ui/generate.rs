@@ -246,7 +246,7 @@ impl GeneratePanel {
                 self.previews_decoded += 1;
             }
             Event::Generated { job, images, nfe, sampling_secs, decode_secs } if job == run.id => {
-                let run = self.run.take().expect("checked above");
+                let Some(run) = self.run.take() else { return };
                 self.last_sec_per_step = Some(run.sec_per_step);
                 let textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("result-{job}-{i}"), img)).collect();
                 shared.history.push(HistoryItem {
