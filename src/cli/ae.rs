@@ -93,6 +93,16 @@ fn to_vec<B: Backend>(t: Tensor<B, 4>) -> anyhow::Result<Vec<f32>> {
     t.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back failed: {e:?}"))
 }
 
+/// Runs one model stage and reads its output back: values, shape and seconds. The read-back is
+/// inside the timing because GPU backends only finish the work when the result is read.
+fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Result<(Vec<f32>, [usize; 4], f64)> {
+    let t = Instant::now();
+    let out = stage();
+    let shape = out.dims();
+    let values = to_vec(out)?;
+    Ok((values, shape, t.elapsed().as_secs_f64()))
+}
+
 /// Loads the model named by `common.model` on this backend.
 fn load<B: Backend>(model: &str, device: &B::Device) -> anyhow::Result<(DcaeConfig, Dcae<B>)> {
     let files = model_files(model)?;
@@ -121,11 +131,8 @@ impl BackendTask for Encode {
             images.push(imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
         }
         let (data, shape) = imaging::to_nchw(&images)?;
-        let t = Instant::now();
-        let latent = model.encode(to_tensor::<B>(data, shape, &device));
-        let lshape = latent.dims();
-        let values = to_vec(latent)?;
-        eprintln!("encoded {} image(s) {:?} → latent {:?} in {:.3} s", images.len(), shape, lshape, t.elapsed().as_secs_f64());
+        let (values, lshape, secs) = timed_stage(|| model.encode(to_tensor::<B>(data, shape, &device)))?;
+        eprintln!("encoded {} image(s) {:?} → latent {:?} in {secs:.3} s", images.len(), shape, lshape);
         prepare_output(&a.out)?;
         let names: Vec<_> = a.images.iter().map(|p| p.display().to_string()).collect();
         write_f32(
@@ -158,10 +165,9 @@ impl BackendTask for Decode {
         if a.scaled {
             z = z / cfg.scaling_factor;
         }
-        let t = Instant::now();
-        let img = to_vec(model.decode(z))?;
+        let (img, _, secs) = timed_stage(|| model.decode(z))?;
         let (ho, wo) = (h * cfg.factor(), w * cfg.factor());
-        eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {:.3} s", t.elapsed().as_secs_f64());
+        eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {secs:.3} s");
         if non_finite(&img) > 0 {
             eprintln!("warning: the decoder produced {} non-finite values (shown as black)", non_finite(&img));
         }
@@ -196,14 +202,9 @@ impl BackendTask for Reconstruct {
         let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
         let x = to_tensor::<B>(data, shape, &device);
 
-        let t = Instant::now();
-        let latent = model.encode(x);
-        let lshape = latent.dims();
-        let latent_v = to_vec(latent.clone())?;
-        let encode_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let recon_v = to_vec(model.decode(latent))?;
-        let decode_s = t.elapsed().as_secs_f64();
+        let (latent_v, lshape, encode_s) = timed_stage(|| model.encode(x))?;
+        let latent = to_tensor::<B>(latent_v.clone(), lshape, &device);
+        let (recon_v, _, decode_s) = timed_stage(|| model.decode(latent))?;
         if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
             bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");
         }

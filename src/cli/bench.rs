@@ -48,21 +48,30 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Timings of repeated runs.
+/// Wall-clock seconds of repeated runs (NaN statistics when there were none).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Timings {
     pub median_s: f64,
     pub min_s: f64,
     pub mean_s: f64,
     pub runs: usize,
+    /// Every run, in the order they ran.
+    pub all_s: Vec<f64>,
 }
 
 impl Timings {
-    pub fn from_samples(mut s: Vec<f64>) -> Self {
+    pub fn from_samples(all_s: Vec<f64>) -> Self {
+        let mut s = all_s.clone();
         s.sort_by(f64::total_cmp);
-        let n = s.len().max(1);
-        let median = if s.is_empty() { 0.0 } else if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-        Self { median_s: median, min_s: s.first().copied().unwrap_or(0.0), mean_s: s.iter().sum::<f64>() / n as f64, runs: s.len() }
+        let n = s.len();
+        let median = match n {
+            0 => f64::NAN,
+            n if n % 2 == 1 => s[n / 2],
+            n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+        };
+        let min = s.first().copied().unwrap_or(f64::NAN);
+        let mean = if n == 0 { f64::NAN } else { s.iter().sum::<f64>() / n as f64 };
+        Self { median_s: median, min_s: min, mean_s: mean, runs: n, all_s }
     }
 }
 
@@ -151,6 +160,5 @@ fn bench_diffusion<B: Backend>(a: &BenchArgs, device: &B::Device) -> anyhow::Res
     let forward = a.task == BenchTask::Forward;
     (o.forward_runs, o.generate_runs) = if forward { (a.runs, 0) } else { (0, a.runs) };
     let r = bench_generate_on::<B>(&o, device)?;
-    let t = if forward { r.forward } else { r.generate };
-    Ok(Timings::from_samples(t.all_s))
+    Ok(if forward { r.forward } else { r.generate })
 }

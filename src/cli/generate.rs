@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use serde::Serialize;
 
+use super::bench::Timings;
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
 use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
@@ -251,29 +252,6 @@ impl GenerateBenchOptions {
     }
 }
 
-/// Wall-clock times of repeated runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct Timing {
-    pub median_s: f64,
-    pub runs: usize,
-    pub all_s: Vec<f64>,
-}
-
-impl Timing {
-    fn of(mut all_s: Vec<f64>) -> Self {
-        let runs = all_s.len();
-        let mut sorted = all_s.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median_s = match runs {
-            0 => f64::NAN,
-            n if n % 2 == 1 => sorted[n / 2],
-            n => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
-        };
-        all_s.shrink_to_fit();
-        Self { median_s, runs, all_s }
-    }
-}
-
 /// What `bench --task generate` measured. The integrator prints it as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateBench {
@@ -285,9 +263,9 @@ pub struct GenerateBench {
     pub steps: usize,
     pub cfg_scale: f32,
     /// One UViT forward pass at the batch size.
-    pub forward: Timing,
+    pub forward: Timings,
     /// A full `steps`-step sampling run with guidance (no decode).
-    pub generate: Timing,
+    pub generate: Timings,
     /// UViT passes per sampling run.
     pub network_calls: usize,
     /// Seconds to build the random-weight UViT.
@@ -336,7 +314,7 @@ pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::De
         start.elapsed().as_secs_f64()
     };
     forward_once(); // warm-up: kernel compilation / autotune
-    let forward = Timing::of((0..opts.forward_runs).map(|_| forward_once()).collect());
+    let forward = Timings::from_samples((0..opts.forward_runs).map(|_| forward_once()).collect());
 
     let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None };
     let cancel = AtomicBool::new(false);
@@ -357,7 +335,7 @@ pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::De
         steps: opts.steps,
         cfg_scale: opts.cfg_scale,
         forward,
-        generate: Timing::of(times),
+        generate: Timings::from_samples(times),
         network_calls,
         build_s,
     })

@@ -159,9 +159,11 @@ pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
     infos
 }
 
+/// Runs a wgpu future to completion on this thread. wgpu's native futures (adapter and device
+/// requests, adapter enumeration) resolve without an external reactor, so a polling loop is a
+/// complete executor and saves a dependency.
 #[cfg(feature = "wgpu")]
-fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
-    // enumerate_adapters resolves immediately on native targets; a minimal executor suffices.
+pub fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
     use std::task::{Context, Poll, Waker};
     let mut f = std::pin::pin!(f);
     let mut cx = Context::from_waker(Waker::noop());

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, Tensor};
 use image::RgbImage;
 
-use self::api::{GenerateFailure, Generator, GeneratorInfo};
+use self::api::{GenerateFailure, GenerateOutput, Generator, GeneratorInfo};
 use self::projection::{Fitter, Projection};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::model::{Dcae, DcaeConfig};
@@ -132,7 +132,7 @@ pub enum Event {
     Progress { job: u64, step: usize, total: usize, sec_per_step: f64, elapsed: f64 },
     PreviewLatent { job: u64, step: usize, total: usize, latents: LatentBatch },
     PreviewDecoded { job: u64, step: usize, images: Vec<RgbImage>, secs: f64 },
-    Generated { job: u64, images: Vec<RgbImage>, nfe: usize, sampling_secs: f64, decode_secs: f64 },
+    Generated { job: u64, images: Vec<RgbImage>, nfe: usize, network_calls: usize, sampling_secs: f64, decode_secs: f64 },
     Cancelled { job: u64 },
     /// The prepared (cropped) original every reconstruction of the job is compared against.
     ReconstructInput { job: u64, original: RgbImage },
@@ -644,7 +644,7 @@ impl<B: Backend> Engine<B> {
         if let Some(e) = callback_err {
             self.error(Some(id), format!("a step preview failed: {e}"));
         }
-        let (latent, nfe) = match result {
+        let GenerateOutput { latent, nfe, network_calls } = match result {
             Ok(r) => r,
             Err(GenerateFailure::Cancelled) => {
                 self.sink.send(Event::Cancelled { job: id });
@@ -665,6 +665,7 @@ impl<B: Backend> Engine<B> {
                 job: id,
                 images,
                 nfe,
+                network_calls,
                 sampling_secs,
                 decode_secs: t.elapsed().as_secs_f64(),
             }),

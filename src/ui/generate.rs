@@ -245,7 +245,7 @@ impl GeneratePanel {
                 self.last_decode_secs = Some(secs);
                 self.previews_decoded += 1;
             }
-            Event::Generated { job, images, nfe, sampling_secs, decode_secs } if job == run.id => {
+            Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs } if job == run.id => {
                 let Some(run) = self.run.take() else { return };
                 self.last_sec_per_step = Some(run.sec_per_step);
                 let textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("result-{job}-{i}"), img)).collect();
@@ -257,6 +257,7 @@ impl GeneratePanel {
                     sampling_secs,
                     decode_secs,
                     nfe,
+                    network_calls,
                     saved_to: None,
                     opened: false,
                     num_classes: self.num_classes,
@@ -326,6 +327,7 @@ impl GeneratePanel {
                 sampling_secs: 0.0,
                 decode_secs: 0.0,
                 nfe: 0,
+                network_calls: 0,
                 saved_to: Some(PathBuf::from(name)),
                 opened: true,
                 num_classes: self.num_classes,
@@ -642,10 +644,11 @@ impl GeneratePanel {
                 format!("opened from {}", item.saved_to.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
             } else {
                 format!(
-                    "{} · sampling {} ({} NFE) · decode {}",
+                    "{} · sampling {} ({} guided predictions, {} network calls) · decode {}",
                     item.params.model,
                     widgets::secs(item.sampling_secs),
                     item.nfe,
+                    item.network_calls,
                     widgets::secs(item.decode_secs)
                 )
             };

@@ -16,7 +16,9 @@ pub struct HistoryItem {
     /// Seconds: sampling, final decode. Zero for opened files.
     pub sampling_secs: f64,
     pub decode_secs: f64,
+    /// Guided noise predictions (= steps) and UViT forward passes (2× under guidance).
     pub nfe: usize,
+    pub network_calls: usize,
     /// Where it was last saved (or opened from).
     pub saved_to: Option<PathBuf>,
     /// Opened from a file rather than generated in this session.

@@ -86,10 +86,13 @@ fn ui_generate_preview_result_cancel_and_again() {
     assert_eq!(item.images.len(), 2);
     assert_eq!((item.images[0].width(), item.images[0].height()), (16, 16));
     assert_eq!(item.params.classes, vec![3, 3]);
+    // Guidance at 6.0 doubles the UViT passes: one conditional and one unconditional per step.
+    assert_eq!((item.nfe, item.network_calls), (12, 24));
     assert!(errors(app).is_empty(), "{:?}", errors(app));
     // The result and the history strip are on screen.
     assert!(h.get_all_by_label_contains("cfg 6.0 · 12 steps").next().is_some());
     h.get_by_label_contains("1 this session");
+    h.get_by_label_contains("(12 guided predictions, 24 network calls)");
 
     // A long run, cancelled after its first step.
     h.state_mut().generate.steps = 200;
@@ -194,7 +197,7 @@ fn ui_engine_recovers_from_a_panic() {
 #[test]
 #[ignore]
 fn ui_preview_cost() {
-    use burn::tensor::{backend::Backend, Distribution, Tensor};
+    use burn::tensor::{backend::Backend, Tensor};
     use dcae::engine::backend::{run_on, BackendInfo, BackendTask};
     use dcae::engine::worker::projection::Projection;
     use dcae::engine::worker::{fit_projection, LatentBatch};
@@ -222,7 +225,7 @@ fn ui_preview_cost() {
             readback += r.elapsed().as_secs_f64();
             last_x0 = Some(x0);
         };
-        let (latent, _) = g.generate(&[1], 6.0, nfe, 0, &mut cb, &never).ok().expect("sampling failed");
+        let latent = g.generate(&[1], 6.0, nfe, 0, &mut cb, &never).ok().expect("sampling failed").latent;
         let total = t.elapsed().as_secs_f64() - readback;
         let x0 = last_x0.unwrap_or(latent);
         let decode = time(2, || g.decode(x0.clone()).into_data());
@@ -287,6 +290,7 @@ fn ui_preview_cost() {
 
     #[cfg(feature = "wgpu")]
     fn gpu_projection_cost(name: &str, p: &Projection, latents: &LatentBatch) {
+        use dcae::engine::backend::pollster_block;
         use dcae::ui::preview::LatentRgbGpu;
         use eframe::wgpu;
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -327,19 +331,6 @@ fn ui_preview_cost() {
             adapter.get_info().name
         );
         assert!(diff <= 2, "the shader disagrees with the CPU projection by {diff}");
-    }
-
-    #[cfg(feature = "wgpu")]
-    fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
-        use std::task::{Context, Poll, Waker};
-        let mut f = std::pin::pin!(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 }
 
@@ -391,27 +382,16 @@ fn ui_saved_png_restores_parameters() {
 fn ui_preview_shader_matches_cpu_projection() {
     use dcae::engine::worker::projection::Projection;
     use dcae::engine::worker::LatentBatch;
+    use dcae::engine::backend::pollster_block;
     use dcae::ui::preview::LatentRgbGpu;
     use eframe::wgpu;
 
-    fn block<F: std::future::Future>(f: F) -> F::Output {
-        use std::task::{Context, Poll, Waker};
-        let mut f = std::pin::pin!(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let Ok(adapter) = block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
+    let Ok(adapter) = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
         eprintln!("no wgpu adapter: shader test skipped");
         return;
     };
-    let Ok((device, queue)) = block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
+    let Ok((device, queue)) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
         eprintln!("no wgpu device: shader test skipped");
         return;
     };

@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use image::RgbImage;
 
 use crate::model::diffusion::{DiffusionConfig, DiffusionModel, GenerateError, GenerateRequest};
+pub use crate::model::diffusion::GenerateOutput;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::StepUpdate;
 
@@ -88,7 +89,8 @@ impl<B: Backend> Generator<B> {
 
     /// Samples latents for `labels` (one image each). `on_step(step, total, x0)` is called after
     /// every solver step with the model's current estimate of the clean latent. Returns the
-    /// latent (still multiplied by the scaling factor) and the number of network evaluations.
+    /// latent (still multiplied by the scaling factor) with its count of guided predictions and
+    /// of UViT forward passes (twice as many under guidance).
     pub fn generate(
         &self,
         labels: &[usize],
@@ -97,11 +99,11 @@ impl<B: Backend> Generator<B> {
         seed: u64,
         on_step: &mut dyn FnMut(usize, usize, Tensor<B, 4>),
         cancel: &AtomicBool,
-    ) -> Result<(Tensor<B, 4>, usize), GenerateFailure> {
+    ) -> Result<GenerateOutput<B>, GenerateFailure> {
         let req = GenerateRequest::<B> { labels: labels.to_vec(), cfg_scale, steps, seed, noise: None };
         let mut cb = |u: StepUpdate<B>| on_step(u.step, u.total, u.x0);
         match self.model.generate(&req, &mut cb, cancel) {
-            Ok(out) => Ok((out.latent, out.nfe)),
+            Ok(out) => Ok(out),
             Err(GenerateError::Cancelled) => Err(GenerateFailure::Cancelled),
             Err(e) => Err(GenerateFailure::Failed(e.to_string())),
         }
