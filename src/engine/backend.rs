@@ -8,12 +8,16 @@ use std::fmt;
 
 use burn::tensor::backend::Backend;
 
-/// burn's `flex` CPU backend: the fastest correct CPU backend we measured for these convolutions.
+/// burn's `flex` CPU backend, with our own GEMM-based kernels for the convolutions, Linear layers
+/// and RMSNorm that dominate the models' time (`model::cpu_kernels`).
 pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "wgpu")]
 pub type Gpu = burn::backend::Wgpu;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
+/// burn's older CPU backend, built only for benchmarks (`--features ndarray`).
+#[cfg(feature = "ndarray")]
+pub type Ndarray = burn::backend::NdArray;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum BackendChoice {
@@ -23,6 +27,9 @@ pub enum BackendChoice {
     Cpu,
     Wgpu,
     Cuda,
+    /// burn's ndarray CPU backend, for comparing CPU backends (`--features ndarray`).
+    #[value(hide = true)]
+    Ndarray,
 }
 
 impl fmt::Display for BackendChoice {
@@ -32,6 +39,7 @@ impl fmt::Display for BackendChoice {
             BackendChoice::Cpu => "cpu",
             BackendChoice::Wgpu => "wgpu",
             BackendChoice::Cuda => "cuda",
+            BackendChoice::Ndarray => "ndarray",
         })
     }
 }
@@ -65,6 +73,8 @@ pub enum BackendError {
     CudaNotBuilt,
     #[error("the wgpu backend is not built in; rebuild with the default features")]
     WgpuNotBuilt,
+    #[error("the ndarray backend is not built in; rebuild with `--features ndarray`")]
+    NdarrayNotBuilt,
     #[error("no CUDA device could be opened: {0}")]
     NoCuda(String),
     #[error("no wgpu adapter could be opened: {0}")]
@@ -85,6 +95,8 @@ pub fn run_on<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Outpu
         Resolved::Wgpu(device, info) => Ok(task.run::<Gpu>(device, info)),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(device, info) => Ok(task.run::<Cuda>(device, info)),
+        #[cfg(feature = "ndarray")]
+        Resolved::Ndarray(info) => Ok(task.run::<Ndarray>(Default::default(), info)),
     }
 }
 
@@ -94,6 +106,8 @@ enum Resolved {
     Wgpu(burn::backend::wgpu::WgpuDevice, BackendInfo),
     #[cfg(feature = "cuda")]
     Cuda(burn::backend::cuda::CudaDevice, BackendInfo),
+    #[cfg(feature = "ndarray")]
+    Ndarray(BackendInfo),
 }
 
 fn cpu_info() -> BackendInfo {
@@ -104,6 +118,10 @@ fn cpu_info() -> BackendInfo {
 fn resolve(choice: BackendChoice) -> Result<Resolved, BackendError> {
     match choice {
         BackendChoice::Cpu => Ok(Resolved::Cpu(cpu_info())),
+        #[cfg(feature = "ndarray")]
+        BackendChoice::Ndarray => Ok(Resolved::Ndarray(BackendInfo { kind: "cpu", name: "CPU (burn ndarray)".into() })),
+        #[cfg(not(feature = "ndarray"))]
+        BackendChoice::Ndarray => Err(BackendError::NdarrayNotBuilt),
         BackendChoice::Cuda => cuda(),
         BackendChoice::Wgpu => wgpu_any(),
         BackendChoice::Auto => {

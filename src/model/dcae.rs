@@ -6,12 +6,12 @@
 //! dc-ae-f64c128 at 512².
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, Tensor};
 
 use super::config::{BlockType, DcaeConfig, Downsample, Upsample};
 use super::layers::{
+    Conv,
     channel_average, conv2d, pixel_shuffle, pixel_unshuffle, repeat_channels, upsample_nearest2, Act, Norm, NormKind,
     RmsNorm2d,
 };
@@ -27,42 +27,50 @@ const ATTN_EPS: f64 = 1e-15;
 /// `y = x + norm(conv3x3(act(conv3x3(x) + b)))`.
 #[derive(Module, Debug)]
 pub struct ResBlock<B: Backend> {
-    conv1: Conv2d<B>,
-    conv2: Conv2d<B>,
-    norm: Norm<B>,
+    conv1: Conv<B>,
+    conv2: Conv<B>,
+    /// `None` when the norm was a BatchNorm, folded into `conv2` at load.
+    norm: Option<Norm<B>>,
     #[module(skip)]
     act: Act,
 }
 
 impl<B: Backend> ResBlock<B> {
     fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize, norm: NormKind, act: Act) -> Self {
-        Self {
-            conv1: conv2d(w, &format!("{key}.main.conv1.conv"), c, c, 3, 1, 1, true),
-            conv2: conv2d(w, &format!("{key}.main.conv2.conv"), c, c, 3, 1, 1, false),
-            norm: Norm::load(w, &format!("{key}.main.conv2.norm"), norm, c),
-            act,
-        }
+        let conv1 = conv2d(w, &format!("{key}.main.conv1.conv"), c, c, 3, 1, 1, true);
+        let conv2 = conv2d(w, &format!("{key}.main.conv2.conv"), c, c, 3, 1, 1, false);
+        let (conv2, norm) = match Norm::load(w, &format!("{key}.main.conv2.norm"), norm, c) {
+            // An eval-mode BatchNorm is a per-channel affine map: fold it into the conv, one
+            // pass over the activations fewer.
+            Norm::Batch(bn) => (conv2.then_affine(bn.scale.val(), bn.shift.val()), None),
+            rms => (conv2, Some(rms)),
+        };
+        Self { conv1, conv2, norm, act }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.act.apply(self.conv1.forward(x.clone()));
-        x + self.norm.forward(self.conv2.forward(h))
+        let h = self.conv1.forward_act(x.clone(), Some(self.act));
+        let h = self.conv2.forward(h);
+        x + match &self.norm {
+            Some(n) => n.forward(h),
+            None => h,
+        }
     }
 }
 
 /// Multi-scale aggregation branch: depthwise k×k, then a grouped 1×1 (one group per q/k/v head slice).
 #[derive(Module, Debug)]
 struct Aggregation<B: Backend> {
-    depthwise: Conv2d<B>,
-    pointwise: Conv2d<B>,
+    depthwise: Conv<B>,
+    pointwise: Conv<B>,
 }
 
 /// Lightweight multi-scale linear attention with ReLU kernels.
 #[derive(Module, Debug)]
 pub struct LiteMla<B: Backend> {
-    qkv: Conv2d<B>,
+    qkv: Conv<B>,
     aggreg: Vec<Aggregation<B>>,
-    proj: Conv2d<B>,
+    proj: Conv<B>,
     norm: Norm<B>,
     #[module(skip)]
     heads: usize,
@@ -136,9 +144,9 @@ pub fn quadratic_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tens
 /// Gated inverted bottleneck: 1×1 expand ×8 (act) → depthwise 3×3 → value · act(gate) → 1×1 → norm.
 #[derive(Module, Debug)]
 pub struct GluMbConv<B: Backend> {
-    inverted: Conv2d<B>,
-    depthwise: Conv2d<B>,
-    point: Conv2d<B>,
+    inverted: Conv<B>,
+    depthwise: Conv<B>,
+    point: Conv<B>,
     norm: Norm<B>,
     #[module(skip)]
     act: Act,
@@ -157,7 +165,7 @@ impl<B: Backend> GluMbConv<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.act.apply(self.inverted.forward(x)); // [B, 8C, H, W], act on all channels
+        let h = self.inverted.forward_act(x, Some(self.act)); // [B, 8C, H, W], act on all channels
         let h = self.depthwise.forward(h);
         let mid = h.dims()[1] / 2;
         let value = h.clone().narrow(1, 0, mid);
@@ -208,7 +216,7 @@ impl<B: Backend> Block<B> {
 /// ×½ resolution, C_in → C_out, with the channel-averaging residual shortcut.
 #[derive(Module, Debug)]
 pub struct DownBlock<B: Backend> {
-    conv: Conv2d<B>,
+    conv: Conv<B>,
     /// The conv outputs C_out/4 channels that a pixel-unshuffle turns into C_out (in / mix);
     /// otherwise it is a stride-2 conv (sana).
     #[module(skip)]
@@ -237,7 +245,7 @@ impl<B: Backend> DownBlock<B> {
 /// ×2 resolution, C_in → C_out, with the channel-duplicating residual shortcut.
 #[derive(Module, Debug)]
 pub struct UpBlock<B: Backend> {
-    conv: Conv2d<B>,
+    conv: Conv<B>,
     /// Conv to 4·C_out then pixel-shuffle (in / mix); otherwise nearest ×2 then conv (sana).
     #[module(skip)]
     shuffle: bool,
@@ -269,13 +277,13 @@ impl<B: Backend> UpBlock<B> {
 
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
-    project_in: Conv2d<B>,
+    project_in: Conv<B>,
     #[module(skip)]
     project_in_unshuffle: bool,
     /// Blocks then (except in the last stage) the downsample, in run order.
     stages: Vec<Vec<Block<B>>>,
     downs: Vec<Option<DownBlock<B>>>,
-    project_out: Conv2d<B>,
+    project_out: Conv<B>,
     #[module(skip)]
     out_group: usize,
 }
@@ -337,14 +345,14 @@ impl<B: Backend> Encoder<B> {
 
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
-    project_in: Conv2d<B>,
+    project_in: Conv<B>,
     #[module(skip)]
     in_repeats: usize,
     /// In run order (last stage first): the upsample (if any), then the blocks.
     ups: Vec<Option<UpBlock<B>>>,
     stages: Vec<Vec<Block<B>>>,
     out_norm: RmsNorm2d<B>,
-    out_conv: Conv2d<B>,
+    out_conv: Conv<B>,
     #[module(skip)]
     out_shuffle: bool,
 }

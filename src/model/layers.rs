@@ -2,6 +2,8 @@
 //! norms, activations, and the parameter-free resampling ops whose channel orders must match
 //! PyTorch exactly for the pretrained weights to mean anything.
 
+use std::sync::OnceLock;
+
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -9,6 +11,50 @@ use burn::tensor::activation::{relu, silu};
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::weights::WeightSource;
+
+/// A "same"-padded convolution. Dense stride-1 ones take the fast CPU path of
+/// [`super::cpu_kernels`] on the CPU backend; everything else is burn's `Conv2d`.
+#[derive(Module, Debug)]
+pub struct Conv<B: Backend> {
+    inner: Conv2d<B>,
+    /// The fast path's rearranged copy of the weights, made on first use.
+    #[module(skip)]
+    cpu_taps: OnceLock<Vec<f32>>,
+}
+
+impl<B: Backend> Conv<B> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, None)
+    }
+
+    /// The convolution followed by `y · scale[c] + shift[c]`, as one convolution.
+    pub fn then_affine(self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> Self {
+        let c = self.inner;
+        let [c_out, ..] = c.weight.dims();
+        let weight = c.weight.val() * scale.clone().reshape([c_out, 1, 1, 1]);
+        let bias = match &c.bias {
+            Some(b) => b.val() * scale + shift,
+            None => shift,
+        };
+        let inner = Conv2d { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)), ..c };
+        Self { inner, cpu_taps: OnceLock::new() }
+    }
+
+    /// `act(conv(x))`; the fast path applies `act` while the tile is still in cache.
+    pub fn forward_act(&self, x: Tensor<B, 4>, act: Option<Act>) -> Tensor<B, 4> {
+        let c = &self.inner;
+        if c.groups == 1 && c.stride == [1, 1] {
+            let bias = c.bias.as_ref().map(|b| b.val());
+            if let Some(y) = super::cpu_kernels::conv2d_same(&x, &c.weight.val(), bias.as_ref(), act, &self.cpu_taps) {
+                return y;
+            }
+        }
+        match act {
+            Some(a) => a.apply(c.forward(x)),
+            None => c.forward(x),
+        }
+    }
+}
 
 /// A stride-`stride` "same"-padded convolution, `[out, in/groups, k, k]` weight, read from `key.weight`
 /// (and `key.bias` when `bias`).
@@ -22,11 +68,11 @@ pub fn conv2d<B: Backend, W: WeightSource<B>>(
     stride: usize,
     groups: usize,
     bias: bool,
-) -> Conv2d<B> {
+) -> Conv<B> {
     let weight = w.tensor(&format!("{key}.weight"), [c_out, c_in / groups, kernel, kernel]);
     let bias = bias.then(|| Param::from_tensor(w.tensor(&format!("{key}.bias"), [c_out])));
     let pad = kernel / 2;
-    Conv2d {
+    let inner = Conv2d {
         weight: Param::from_tensor(weight),
         bias,
         stride: [stride, stride],
@@ -34,7 +80,8 @@ pub fn conv2d<B: Backend, W: WeightSource<B>>(
         dilation: [1, 1],
         groups,
         padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
-    }
+    };
+    Conv { inner, cpu_taps: OnceLock::new() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +95,14 @@ impl Act {
         match self {
             Act::Relu => relu(x),
             Act::Silu => silu(x),
+        }
+    }
+
+    /// The same, in place on plain values (the CPU convolution's epilogue).
+    pub fn apply_slice(self, v: &mut [f32]) {
+        match self {
+            Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Act::Silu => v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
         }
     }
 }
@@ -79,6 +134,9 @@ impl<B: Backend> RmsNorm2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if let Some(y) = super::cpu_kernels::rms_norm2d(&x, &self.weight.val(), &self.bias.val(), Self::EPS as f32) {
+            return y;
+        }
         let [_, c, _, _] = x.dims();
         let inv_rms = (x.clone().square().mean_dim(1) + Self::EPS).sqrt().recip(); // [B,1,H,W]
         let w = self.weight.val().reshape([1, c, 1, 1]);

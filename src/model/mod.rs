@@ -2,6 +2,7 @@
 //! UI, files or threads; weights arrive through [`crate::weights::WeightSource`].
 
 pub mod config;
+pub mod cpu_kernels;
 pub mod dcae;
 pub mod diffusion;
 pub mod layers;

@@ -213,6 +213,13 @@ fn linear<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d_in: usize, d_o
     Linear { weight: Param::from_tensor(weight), bias }
 }
 
+/// `l.forward(x)`, through the CPU backend's own GEMM split when it applies
+/// ([`super::cpu_kernels::linear`]).
+fn lin<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let bias = l.bias.as_ref().map(|b| b.val());
+    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| l.forward(x))
+}
+
 /// The same values in a fresh row-major tensor.
 fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let device = t.device();
@@ -251,7 +258,7 @@ impl<B: Backend> Attention<B> {
         let [b, l, d] = x.dims();
         let h = self.num_heads;
         let hd = d / h;
-        let qkv = self.qkv.forward(x); // [B, L, 3D] = [B, L, (K H hd)]
+        let qkv = lin(&self.qkv, x); // [B, L, 3D] = [B, L, (K H hd)]
         let heads = |k: usize| {
             qkv.clone()
                 .narrow(2, k * d, d) // [B, L, D]
@@ -265,7 +272,7 @@ impl<B: Backend> Attention<B> {
         let out = attn.matmul(v) // [B, H, L, hd]
             .swap_dims(1, 2) // [B, L, H, hd]
             .reshape([b, l, d]);
-        self.proj.forward(out) // [B, L, D]
+        lin(&self.proj, out) // [B, L, D]
     }
 }
 
@@ -278,7 +285,7 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        lin(&self.fc2, gelu(lin(&self.fc1, x)))
     }
 }
 
@@ -307,7 +314,7 @@ impl<B: Backend> UvitBlock<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>, skip: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let x = match (&self.skip_linear, skip) {
-            (Some(fuse), Some(skip)) => fuse.forward(Tensor::cat(vec![x, skip], 2)), // [B, T, 2D] → [B, T, D]
+            (Some(fuse), Some(skip)) => lin(fuse, Tensor::cat(vec![x, skip], 2)), // [B, T, 2D] → [B, T, D]
             _ => x,
         };
         let x = x.clone() + self.attn.forward(self.norm1.forward(x));
@@ -385,7 +392,7 @@ impl<B: Backend> Uvit<B> {
             h = block.forward(h, skips.pop());
         }
 
-        let out = self.decoder_pred.forward(self.norm.forward(h)); // [B, 2+L, p·p·C]
+        let out = lin(&self.decoder_pred, self.norm.forward(h)); // [B, 2+L, p·p·C]
         unpatchify(out.narrow(1, EXTRAS, g * g), c, p) // [B, C, S, S]
     }
 
@@ -399,7 +406,7 @@ impl<B: Backend> Uvit<B> {
             .reshape([b, c, gh, p, gw, p]) // [B, C, gh, p1, gw, p2]
             .permute([0, 2, 4, 1, 3, 5]) // [B, gh, gw, C, p1, p2]
             .reshape([b, gh * gw, c * p * p]); // [B, L, (C p1 p2)]
-        self.patch_embed.forward(patches)
+        lin(&self.patch_embed, patches)
     }
 }
 
