@@ -290,17 +290,11 @@ fn ui_preview_cost() {
 
     #[cfg(feature = "wgpu")]
     fn gpu_projection_cost(name: &str, p: &Projection, latents: &LatentBatch) {
-        use dcae::engine::backend::pollster_block;
         use dcae::ui::preview::LatentRgbGpu;
         use eframe::wgpu;
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let Ok(adapter) = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
-            println!("{name}: no wgpu adapter, GPU projection not measured");
-            return;
-        };
-        let Ok((device, queue)) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
-            println!("{name}: no wgpu device");
-            return;
+        let (device, queue, adapter_name) = match wgpu_device() {
+            Ok(d) => d,
+            Err(e) => return println!("{name}: {e}, GPU projection not measured"),
         };
         let mut gpu = LatentRgbGpu::new(&device, &queue);
         let [_, _, h, w] = latents.shape;
@@ -328,7 +322,7 @@ fn ui_preview_cost() {
             w * s,
             h * s,
             per * 1e3,
-            adapter.get_info().name
+            adapter_name
         );
         assert!(diff <= 2, "the shader disagrees with the CPU projection by {diff}");
     }
@@ -375,6 +369,17 @@ fn ui_saved_png_restores_parameters() {
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
 
+/// A device and queue on whatever wgpu adapter exists (Mesa's lavapipe in CI).
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<(eframe::wgpu::Device, eframe::wgpu::Queue, String), &'static str> {
+    use dcae::engine::backend::pollster_block;
+    use eframe::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).map_err(|_| "no wgpu adapter")?;
+    let (device, queue) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())).map_err(|_| "no wgpu device")?;
+    Ok((device, queue, adapter.get_info().name))
+}
+
 /// shaders/latent_rgb.wgsl against a CPU reference of the same projection + bilinear upsampling,
 /// on whatever wgpu adapter exists (Mesa's lavapipe in CI); skipped when there is none.
 #[cfg(feature = "wgpu")]
@@ -382,18 +387,12 @@ fn ui_saved_png_restores_parameters() {
 fn ui_preview_shader_matches_cpu_projection() {
     use dcae::engine::worker::projection::Projection;
     use dcae::engine::worker::LatentBatch;
-    use dcae::engine::backend::pollster_block;
     use dcae::ui::preview::LatentRgbGpu;
     use eframe::wgpu;
 
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let Ok(adapter) = pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())) else {
-        eprintln!("no wgpu adapter: shader test skipped");
-        return;
-    };
-    let Ok((device, queue)) = pollster_block(adapter.request_device(&wgpu::DeviceDescriptor::default())) else {
-        eprintln!("no wgpu device: shader test skipped");
-        return;
+    let (device, queue, _) = match wgpu_device() {
+        Ok(d) => d,
+        Err(e) => return eprintln!("{e}: shader test skipped"),
     };
     let mut gpu = LatentRgbGpu::new(&device, &queue);
     let mut seed = 7u32;
