@@ -285,7 +285,11 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        lin(&self.fc2, gelu(lin(&self.fc1, x)))
+        let h = match super::cpu_kernels::linear_gelu(&x, &self.fc1.weight.val(), self.fc1.bias.as_ref().map(|b| b.val()).as_ref()) {
+            Some(h) => h,
+            None => gelu(lin(&self.fc1, x)),
+        };
+        lin(&self.fc2, h)
     }
 }
 
