@@ -42,7 +42,7 @@ pub fn conv2d_same<B: Backend>(
     act: Option<Act>,
     taps: &OnceLock<Vec<f32>>,
 ) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>() || !enabled() {
+    if !takes_fast_path::<B>() {
         return None;
     }
     let [c_out, c_in, kh, kw] = weight.dims();
@@ -72,10 +72,11 @@ pub fn conv2d_same<B: Backend>(
     Some(from_vec::<B, 4>(out, [batch, c_out, h, w]))
 }
 
-/// `DCAE_CPU_CONV=burn` turns this path off, to benchmark burn-flex's own convolution.
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DCAE_CPU_CONV").map_or(true, |v| v != "burn"))
+/// Whether `B` is the CPU backend and these kernels are on (`DCAE_CPU_CONV=burn` turns them
+/// off, to benchmark burn-flex's own ops).
+fn takes_fast_path<B: Backend>() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    TypeId::of::<B>() == TypeId::of::<Flex>() && *ON.get_or_init(|| std::env::var("DCAE_CPU_CONV").map_or(true, |v| v != "burn"))
 }
 
 /// The CPU backend's tensor behind `t` (a cheap reference-counted clone), if `B` is that backend.
@@ -228,7 +229,7 @@ pub fn conv_same_f32(
 /// two passes over memory, when `B` is the CPU backend (burn's ops take eight, each allocating;
 /// the norm ran at 5 % of the encoder's time after the convolutions got fast).
 pub fn rms_norm2d<B: Backend>(x: &Tensor<B, 4>, weight: &Tensor<B, 1>, bias: &Tensor<B, 1>, eps: f32) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>() || !enabled() {
+    if !takes_fast_path::<B>() {
         return None;
     }
     let [batch, c, h, w] = x.dims();
@@ -280,7 +281,7 @@ pub fn linear_gelu<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor
 }
 
 fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>, gelu: bool) -> Option<Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>() || !enabled() || D < 2 {
+    if !takes_fast_path::<B>() || D < 2 {
         return None;
     }
     let dims = x.dims();

@@ -220,6 +220,13 @@ fn lin<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, 
     super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| l.forward(x))
 }
 
+/// `gelu(l.forward(x))`, the GELU fused into the CPU kernel when it applies
+/// ([`super::cpu_kernels::linear_gelu`]).
+fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let bias = l.bias.as_ref().map(|b| b.val());
+    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(l.forward(x)))
+}
+
 /// The same values in a fresh row-major tensor.
 fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let device = t.device();
@@ -285,11 +292,7 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = match super::cpu_kernels::linear_gelu(&x, &self.fc1.weight.val(), self.fc1.bias.as_ref().map(|b| b.val()).as_ref()) {
-            Some(h) => h,
-            None => gelu(lin(&self.fc1, x)),
-        };
-        lin(&self.fc2, h)
+        lin(&self.fc2, lin_gelu(&self.fc1, x))
     }
 }
 

@@ -102,6 +102,12 @@ fn resolve_with_progress(
     (result, events)
 }
 
+/// A hub serving `REPO` in the original layout (config.json + model.safetensors), answering at
+/// most `max_requests` requests.
+fn serve_original(weights: Vec<u8>, max_requests: usize) -> FakeHub {
+    FakeHub::start(hosted_model(REPO, EFFICIENTVIT_CONFIG, "model.safetensors", weights), max_requests)
+}
+
 fn hosted_model(repo: &str, config: &[u8], weights_name: &str, weights: Vec<u8>) -> Vec<Hosted> {
     vec![
         Hosted::small(repo, "config.json", config.to_vec()),
@@ -214,15 +220,7 @@ fn models_view_lists_cached_dc_ae_repos() {
 #[test]
 fn downloads_into_the_cache_then_reuses_it_without_requests() {
     let weights = tiny_safetensors(1000);
-    let hub = FakeHub::start(
-        hosted_model(
-            REPO,
-            EFFICIENTVIT_CONFIG,
-            "model.safetensors",
-            weights.clone(),
-        ),
-        20,
-    );
+    let hub = serve_original(weights.clone(), 20);
     let cache = tempfile::tempdir().unwrap();
     let opts = options(cache.path(), &hub.endpoint());
 
@@ -326,15 +324,7 @@ fn falls_back_to_the_other_weights_name_when_the_repo_lacks_the_first() {
 #[test]
 fn only_the_missing_weights_are_fetched_when_the_config_is_cached() {
     let weights = tiny_safetensors(16);
-    let hub = FakeHub::start(
-        hosted_model(
-            REPO,
-            EFFICIENTVIT_CONFIG,
-            "model.safetensors",
-            weights.clone(),
-        ),
-        20,
-    );
+    let hub = serve_original(weights.clone(), 20);
     let cache = tempfile::tempdir().unwrap();
     put_in_cache(cache.path(), REPO, "config.json", EFFICIENTVIT_CONFIG);
     let files = resolve(REPO, &options(cache.path(), &hub.endpoint())).unwrap();
@@ -352,15 +342,7 @@ fn only_the_missing_weights_are_fetched_when_the_config_is_cached() {
 
 #[test]
 fn offline_and_not_cached_says_what_is_missing_and_how_to_get_it() {
-    let hub = FakeHub::start(
-        hosted_model(
-            REPO,
-            EFFICIENTVIT_CONFIG,
-            "model.safetensors",
-            tiny_safetensors(4),
-        ),
-        5,
-    );
+    let hub = serve_original(tiny_safetensors(4), 5);
     let cache = tempfile::tempdir().unwrap();
     let opts = options(cache.path(), &hub.endpoint()).with_offline(true);
 
@@ -434,15 +416,7 @@ fn unreachable_hub_says_so_and_mentions_the_way_out() {
 fn cancelled_download_keeps_its_bytes_and_resumes() {
     let weights = tiny_safetensors(1 << 20); // 4 MiB: several progress reports long.
     let etag = fake_etag(&weights);
-    let hub = FakeHub::start(
-        hosted_model(
-            REPO,
-            EFFICIENTVIT_CONFIG,
-            "model.safetensors",
-            weights.clone(),
-        ),
-        20,
-    );
+    let hub = serve_original(weights.clone(), 20);
     let cache = tempfile::tempdir().unwrap();
     let opts = options(cache.path(), &hub.endpoint());
 
