@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 use super::{model_files, prepare_output, Common};
+use crate::engine::host::{read_back, upload};
 use crate::engine::{run_on, BackendInfo, BackendTask};
 use crate::imaging::{self, ImageLimits};
 use crate::model::{Dcae, DcaeConfig};
@@ -85,13 +86,6 @@ pub struct ReconstructArgs {
     pub json: bool,
 }
 
-fn to_tensor<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn to_vec<B: Backend>(t: Tensor<B, 4>) -> anyhow::Result<Vec<f32>> {
-    t.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back failed: {e:?}"))
-}
 
 /// Runs one model stage and reads its output back: values, shape and seconds. The read-back is
 /// inside the timing because GPU backends only finish the work when the result is read.
@@ -99,7 +93,7 @@ fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Resu
     let t = Instant::now();
     let out = stage();
     let shape = out.dims();
-    let values = to_vec(out)?;
+    let values = read_back(out)?;
     Ok((values, shape, t.elapsed().as_secs_f64()))
 }
 
@@ -131,7 +125,7 @@ impl BackendTask for Encode {
             images.push(imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
         }
         let (data, shape) = imaging::to_nchw(&images)?;
-        let (values, lshape, secs) = timed_stage(|| model.encode(to_tensor::<B>(data, shape, &device)))?;
+        let (values, lshape, secs) = timed_stage(|| model.encode(upload::<B, 4>(data, shape, &device)))?;
         eprintln!("encoded {} image(s) {:?} → latent {:?} in {secs:.3} s", images.len(), shape, lshape);
         prepare_output(&a.out)?;
         let names: Vec<_> = a.images.iter().map(|p| p.display().to_string()).collect();
@@ -161,7 +155,7 @@ impl BackendTask for Decode {
         if c != cfg.latent_channels {
             bail!("{} holds a latent with {c} channels; {} expects {}", a.latents.display(), cfg.name, cfg.latent_channels);
         }
-        let mut z = to_tensor::<B>(latent.data, latent.shape, &device);
+        let mut z = upload::<B, 4>(latent.data, latent.shape, &device);
         if a.scaled {
             z = z / cfg.scaling_factor;
         }
@@ -200,10 +194,10 @@ impl BackendTask for Reconstruct {
         let img = imaging::load_rgb(&a.input, &a.image.limits())?;
         let img = imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| a.input.display().to_string())?;
         let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
-        let x = to_tensor::<B>(data, shape, &device);
+        let x = upload::<B, 4>(data, shape, &device);
 
         let (latent_v, lshape, encode_s) = timed_stage(|| model.encode(x))?;
-        let latent = to_tensor::<B>(latent_v.clone(), lshape, &device);
+        let latent = upload::<B, 4>(latent_v.clone(), lshape, &device);
         let (recon_v, _, decode_s) = timed_stage(|| model.decode(latent))?;
         if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
             bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");

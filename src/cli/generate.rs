@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::bench::Timings;
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::engine::host::{read_back, upload};
 use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
 use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
 use crate::model::uvit::Uvit;
@@ -199,7 +200,7 @@ fn progress_bar(step: usize, total: usize, elapsed_s: f64) {
 /// `clamp(127.5·x + 128, 0, 255)` truncated ([`imaging::to_rgb8`]).
 pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, text: &[(&str, &str)]) -> anyhow::Result<()> {
     let shape = images.dims();
-    let values = images.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the image back: {e:?}"))?;
+    let values = read_back(images.clone())?;
     let tiles = imaging::from_nchw(&values, shape)?;
     super::prepare_output(&path.to_path_buf())?;
     imaging::save_png_with_text(&imaging::grid(&tiles, 0), path, text)?;
@@ -209,13 +210,13 @@ pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, text: &[(&str, 
 /// Reads the f32 4-D tensor `name` from a safetensors file.
 pub fn read_tensor_f32<B: Backend>(path: &Path, name: &str, device: &B::Device) -> anyhow::Result<Tensor<B, 4>> {
     let t = crate::weights::tensor_file::read_nchw(path, name)?;
-    Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
+    Ok(upload(t.data, t.shape, device))
 }
 
 /// Writes one f32 NCHW tensor as a safetensors file.
 pub fn write_tensor_f32<B: Backend>(path: &Path, name: &str, tensor: Tensor<B, 4>) -> anyhow::Result<()> {
     let shape = tensor.dims();
-    let values = tensor.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the tensor back: {e:?}"))?;
+    let values = read_back(tensor)?;
     crate::weights::tensor_file::write_f32(path, &[(name, &values, &shape)], &[])?;
     Ok(())
 }

@@ -449,7 +449,7 @@ struct Engine<B: Backend> {
 const MAX_AUTOENCODERS: usize = 3;
 
 fn tensor_to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
-    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("could not read a tensor back: {e:?}"))
+    Ok(super::host::read_back(t)?)
 }
 
 fn images_from_nchw(data: &[f32], shape: [usize; 4]) -> Result<Vec<RgbImage>, String> {
@@ -735,7 +735,7 @@ impl<B: Backend> Engine<B> {
             }
             let Some((cfg, ae, _)) = self.autoencoders.get(&m.weights) else { continue };
             self.status(format!("Reconstructing with {}…", m.name));
-            let x = api::tensor_from_nchw::<B>(data.clone(), shape, &self.device);
+            let x = super::host::upload::<B, 4>(data.clone(), shape, &self.device);
             let t0 = Instant::now();
             let z = ae.encode(x);
             let _ = B::sync(&self.device);
@@ -819,7 +819,7 @@ pub fn fit_projection<B: Backend>(
             }
             let img = if flip { image::imageops::flip_horizontal(&img) } else { img.clone() };
             let (data, shape) = api::to_nchw(std::slice::from_ref(&img))?;
-            let z = ae.encode(api::tensor_from_nchw::<B>(data, shape, device)) * scaling_factor;
+            let z = ae.encode(super::host::upload::<B, 4>(data, shape, device)) * scaling_factor;
             let [_, zc, zh, zw] = z.dims();
             if zc != c {
                 return Err(format!("the encoder gave {zc} channels, the config says {c}"));

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 use image::RgbImage;
 
 use crate::model::diffusion::{DiffusionConfig, DiffusionModel, GenerateError, GenerateRequest};
@@ -217,6 +217,3 @@ pub fn class_search(query: &str, limit: usize) -> Vec<(usize, String)> {
 
 pub use crate::weights::hub;
 
-pub fn tensor_from_nchw<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
