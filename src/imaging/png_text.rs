@@ -147,25 +147,17 @@ fn read_text_named(bytes: &[u8], name: &str) -> Result<Vec<(String, String)>> {
     for chunk in &info.uncompressed_latin1_text {
         entries.push((chunk.keyword.clone(), chunk.text.clone()));
     }
-    for chunk in &info.compressed_latin1_text {
-        let mut chunk = chunk.clone();
-        chunk
-            .decompress_text_with_limit(MAX_TEXT_BYTES)
-            .map_err(|e| read_err(e.to_string()))?;
-        entries.push((
-            chunk.keyword.clone(),
-            chunk.get_text().map_err(|e| read_err(e.to_string()))?,
-        ));
+    // zTXt and iTXt are different types with the same two methods (png has no trait for them).
+    macro_rules! push_decompressed {
+        ($chunks:expr) => {
+            for chunk in $chunks {
+                let mut chunk = chunk.clone();
+                chunk.decompress_text_with_limit(MAX_TEXT_BYTES).map_err(|e| read_err(e.to_string()))?;
+                entries.push((chunk.keyword.clone(), chunk.get_text().map_err(|e| read_err(e.to_string()))?));
+            }
+        };
     }
-    for chunk in &info.utf8_text {
-        let mut chunk = chunk.clone();
-        chunk
-            .decompress_text_with_limit(MAX_TEXT_BYTES)
-            .map_err(|e| read_err(e.to_string()))?;
-        entries.push((
-            chunk.keyword.clone(),
-            chunk.get_text().map_err(|e| read_err(e.to_string()))?,
-        ));
-    }
+    push_decompressed!(&info.compressed_latin1_text);
+    push_decompressed!(&info.utf8_text);
     Ok(entries)
 }
