@@ -2,14 +2,13 @@
 //! norms, activations, and the parameter-free resampling ops whose channel orders must match
 //! PyTorch exactly for the pretrained weights to mean anything.
 
-use std::sync::OnceLock;
-
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{relu, silu};
 use burn::tensor::{backend::Backend, Tensor};
 
+use super::cpu_kernels::ConvWeights;
 use crate::weights::WeightSource;
 
 /// A "same"-padded convolution. Dense stride-1 ones take the fast CPU path of
@@ -17,9 +16,9 @@ use crate::weights::WeightSource;
 #[derive(Module, Debug)]
 pub struct Conv<B: Backend> {
     inner: Conv2d<B>,
-    /// The fast path's rearranged copy of the weights, made on first use.
+    /// The fast path's rearranged copies of the weights, made on first use.
     #[module(skip)]
-    cpu_taps: OnceLock<Vec<f32>>,
+    cpu_weights: ConvWeights,
 }
 
 impl<B: Backend> Conv<B> {
@@ -37,7 +36,7 @@ impl<B: Backend> Conv<B> {
             None => shift,
         };
         let inner = Conv2d { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)), ..c };
-        Self { inner, cpu_taps: OnceLock::new() }
+        Self { inner, cpu_weights: ConvWeights::default() }
     }
 
     /// `act(conv(x))`; the fast path applies `act` while the tile is still in cache.
@@ -45,7 +44,7 @@ impl<B: Backend> Conv<B> {
         let c = &self.inner;
         if c.groups == 1 && c.stride == [1, 1] {
             let bias = c.bias.as_ref().map(|b| b.val());
-            if let Some(y) = super::cpu_kernels::conv2d_same(&x, &c.weight.val(), bias.as_ref(), act, &self.cpu_taps) {
+            if let Some(y) = super::cpu_kernels::conv2d_same(&x, &c.weight.val(), bias.as_ref(), act, &self.cpu_weights) {
                 return y;
             }
         }
@@ -81,7 +80,7 @@ pub fn conv2d<B: Backend, W: WeightSource<B>>(
         groups,
         padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
     };
-    Conv { inner, cpu_taps: OnceLock::new() }
+    Conv { inner, cpu_weights: ConvWeights::default() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

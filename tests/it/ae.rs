@@ -60,6 +60,19 @@ fn parity_with_goldens_both_layouts() {
     }
 }
 
+/// A model wide enough for the CPU backend's Winograd convolutions (its ResBlocks: 32 channels
+/// at 64×64, 64 at 32×32), which the tiny goldens never reach. Reference from diffusers
+/// (tests/python/make_ae_wide.py), whose own f32-vs-f64 spread is 5.1e-7 / 6.7e-7 relative.
+#[test]
+fn parity_on_a_model_that_takes_the_winograd_path() {
+    let expected = "ae-wide/expected.safetensors";
+    let (_, model) = load("ae-wide", "diffusion_pytorch_model.safetensors");
+    let latent = values(model.encode(tensor4(expected, "image")));
+    check("ae-wide latent", &latent, &read4(expected, "latent").0);
+    let recon = values(model.decode(tensor4(expected, "latent")));
+    check("ae-wide recon", &recon, &read4(expected, "recon").0);
+}
+
 fn dcae_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dcae"))
 }

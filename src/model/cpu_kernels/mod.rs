@@ -11,7 +11,8 @@
 //! (`W + 2p` columns, the extra `2p` thrown away) makes every shifted `X` an ordinary strided
 //! matrix inside the padded buffer, so each tap is one GEMM that reads the input in place: no
 //! im2col buffer, and only `2p / W` wasted work. Output rows are split into tiles that run on
-//! rayon's pool; a tile's accumulator stays in cache across its k² GEMMs.
+//! rayon's pool; a tile's accumulator stays in cache across its k² GEMMs. Large 3×3 inputs
+//! take Winograd's F(2×2, 3×3) instead ([`winograd`]): 2.25× fewer multiplications.
 //!
 //! Other backends and other convolution shapes take burn's own path; the result is the same
 //! to float rounding (checked against burn's convolution in the tests).
@@ -27,20 +28,58 @@ use rayon::prelude::*;
 
 use super::layers::Act;
 
+mod winograd;
+
 /// Output columns (on the padded width) per tile: big enough for efficient GEMMs, small enough
 /// that `c_out × TILE` floats of accumulator stay in L2 and that 64×64 images make several tiles.
 const TILE_COLUMNS: usize = 512;
 
+/// A convolution's weights rearranged for these kernels, made on first use and kept with the
+/// layer: tap-major (`[k·k, c_out, c_in]`, see [`taps_major`]) for the direct path, and
+/// Winograd-transformed ([`winograd::weights`]) for large 3×3 inputs.
+#[derive(Debug, Default)]
+pub struct ConvWeights {
+    taps: OnceLock<Vec<f32>>,
+    winograd: OnceLock<Vec<f32>>,
+}
+
+/// A cloned module starts with an empty cache: it is cheap to rebuild, and a clone whose
+/// weights get replaced must not keep the old ones.
+impl Clone for ConvWeights {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// The contents of `slot`, filled on first use with `f` of the contiguous weights.
+fn prepared<'a, B: Backend>(slot: &'a OnceLock<Vec<f32>>, weight: &Tensor<B, 4>, f: impl FnOnce(&[f32]) -> Vec<f32>) -> Option<&'a [f32]> {
+    if slot.get().is_none() {
+        let wt = flex(weight)?.to_contiguous();
+        let _ = slot.set(f(wt.as_slice::<f32>()?));
+    }
+    slot.get().map(Vec::as_slice)
+}
+
+/// Winograd pays for its transforms only with enough tiles and channels. Measured on DC-AE's
+/// layers (2 cores): from 32×32 on it wins (512→2048 at 32²: 0.25 vs 0.31 s per three
+/// encodes; 256→256 at 128²: 1.62 vs 2.79), at 16×16 and below the direct path does
+/// (1024→2048 at 16²: 0.27 vs 0.21; 2048→4096 at 4²: 2.2 vs 0.87), and so with 12 output
+/// channels (256→12 at 128²: 0.053 vs 0.048).
+const MIN_C: usize = 32;
+const MIN_HW: usize = 32 * 32;
+fn winograd_fits(k: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> bool {
+    k == 3 && c_in >= MIN_C && c_out >= MIN_C && h * w >= MIN_HW && conv_choice() == ConvChoice::Auto
+}
+
 /// `act(conv2d(x, weight, bias))` with stride 1, dilation 1, one group and "same" padding
 /// `k / 2`, when `B` is the CPU backend and the tensors are f32; `None` otherwise (the caller
-/// then uses burn's convolution). `taps` caches the weights rearranged tap-major
-/// (`[k·k, c_out, c_in]`, see [`taps_major`]) across calls.
+/// then uses burn's convolution). `cache` keeps the rearranged weights across calls.
 pub fn conv2d_same<B: Backend>(
     x: &Tensor<B, 4>,
     weight: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
     act: Option<Act>,
-    taps: &OnceLock<Vec<f32>>,
+    cache: &ConvWeights,
 ) -> Option<Tensor<B, 4>> {
     if !takes_fast_path::<B>() {
         return None;
@@ -56,27 +95,42 @@ pub fn conv2d_same<B: Backend>(
         None => None,
     };
     let x_data = x.as_slice::<f32>()?;
-    let w_data = match taps.get() {
-        Some(t) => t,
-        None => {
-            let wt = flex(weight)?.to_contiguous();
-            let t = taps_major(wt.as_slice::<f32>()?, c_out, c_in, kh);
-            taps.get_or_init(|| t)
-        }
-    };
     let b_data = match &bias {
         Some(b) => Some(b.as_slice::<f32>()?),
         None => None,
     };
-    let out = conv_same_f32(x_data, [batch, c_in, h, w], w_data, c_out, kh, b_data, act);
+    let out = if winograd_fits(kh, c_in, c_out, h, w) {
+        let u = prepared(&cache.winograd, weight, |wt| winograd::weights(wt, c_out, c_in))?;
+        winograd::conv3x3(x_data, [batch, c_in, h, w], u, c_out, b_data, act)
+    } else {
+        let taps = prepared(&cache.taps, weight, |wt| taps_major(wt, c_out, c_in, kh))?;
+        conv_same_f32(x_data, [batch, c_in, h, w], taps, c_out, kh, b_data, act)
+    };
     Some(from_vec::<B, 4>(out, [batch, c_out, h, w]))
 }
 
-/// Whether `B` is the CPU backend and these kernels are on (`DCAE_CPU_CONV=burn` turns them
-/// off, to benchmark burn-flex's own ops).
+/// Which convolution code the CPU backend runs, from `DCAE_CPU_CONV` (read once), for
+/// benchmarking one against another: unset, these kernels with Winograd where it pays;
+/// `direct`, these kernels without Winograd; `burn`, burn-flex's own ops (and no kernel here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvChoice {
+    Auto,
+    Direct,
+    Burn,
+}
+
+fn conv_choice() -> ConvChoice {
+    static CHOICE: OnceLock<ConvChoice> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("DCAE_CPU_CONV").as_deref() {
+        Ok("burn") => ConvChoice::Burn,
+        Ok("direct") => ConvChoice::Direct,
+        _ => ConvChoice::Auto,
+    })
+}
+
+/// Whether `B` is the CPU backend and these kernels are on.
 fn takes_fast_path<B: Backend>() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    TypeId::of::<B>() == TypeId::of::<Flex>() && *ON.get_or_init(|| std::env::var("DCAE_CPU_CONV").map_or(true, |v| v != "burn"))
+    TypeId::of::<B>() == TypeId::of::<Flex>() && conv_choice() != ConvChoice::Burn
 }
 
 /// The CPU backend's tensor behind `t` (a cheap reference-counted clone), if `B` is that backend.
@@ -270,6 +324,13 @@ pub fn rms_norm2d<B: Backend>(x: &Tensor<B, 4>, weight: &Tensor<B, 1>, bias: &Te
 /// core nearly idle (91 GFLOP/s for 66×1536·1536×6144 on 2 cores). Splitting the *output
 /// columns* between rayon's threads, one single-threaded GEMM each, ran the same product at
 /// 204 GFLOP/s, and 132-token (guided) batches no slower (242 vs 241).
+///
+/// Each thread computes its block *transposed*, `outᵀ = weightᵀ · xᵀ`, which is the same memory
+/// (only the strides change). The AVX-512 kernel is 64 rows × 6 columns: with tokens as rows,
+/// 66 tokens fill 64 + 16 rows (82 %); as columns they fill 11 × 6 exactly, and the weight, read
+/// once from memory anyway, becomes the side `gemm` streams in 64-row panels. Measured with
+/// 2 GB of weights cycling (2 threads, 66 tokens): 182 → 216 GFLOP/s for 1152 → 4608,
+/// 124 → 206 for 1152 → 1152.
 pub fn linear<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, D>> {
     linear_then(x, weight, bias, false)
 }
@@ -279,6 +340,9 @@ pub fn linear<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2
 pub fn linear_gelu<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, D>> {
     linear_then(x, weight, bias, true)
 }
+
+/// Rows of the AVX-512 `gemm` kernel (16 lanes × 4).
+const PANEL: usize = 64;
 
 fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>, gelu: bool) -> Option<Tensor<B, D>> {
     if !takes_fast_path::<B>() || D < 2 {
@@ -305,29 +369,30 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
         out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(bv));
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let parts = rayon::current_num_threads().clamp(1, n.div_ceil(16));
-    // Column ranges in multiples of 16 (one AVX-512 register).
-    let step = n.div_ceil(parts).div_ceil(16) * 16;
+    let parts = rayon::current_num_threads().clamp(1, n.div_ceil(PANEL));
+    // Column ranges in whole kernel panels.
+    let step = n.div_ceil(parts).div_ceil(PANEL) * PANEL;
     (0..n.div_ceil(step)).into_par_iter().for_each(|p| {
         let (n0, n1) = (p * step, ((p + 1) * step).min(n));
         let out_ptr = out_ptr;
         // SAFETY: columns n0..n1 of the m × n output belong to this part only; the operands
-        // are m × k and k × n row-major slices of exactly those sizes.
+        // are m × k and k × n row-major slices of exactly those sizes. Transposed: the
+        // (n1 - n0) × m result has row stride 1 and column stride n in `out`, and so on.
         unsafe {
             gemm::gemm(
-                m,
                 n1 - n0,
+                m,
                 k,
                 out_ptr.0.add(n0),
-                1,
                 n as isize,
+                1,
                 bv.is_some(),
-                xv.as_ptr(),
-                1,
-                k as isize,
                 wv.as_ptr().add(n0),
-                1,
                 n as isize,
+                1,
+                xv.as_ptr(),
+                k as isize,
+                1,
                 1.0f32,
                 1.0f32,
                 false,
@@ -418,23 +483,59 @@ mod tests {
     }
 
     #[test]
+    fn winograd_matches_direct_convolution() {
+        // The ResBlocks of tests/fixtures/ae-wide, whose model-level parity test relies on it.
+        assert!(winograd_fits(3, 32, 32, 64, 64) && winograd_fits(3, 64, 64, 32, 32));
+        // Odd and even sizes (partial tiles on the right and bottom), batches, one block and
+        // several (including a short last one), with and without bias and activation.
+        for &(b, ci, co, h, w, with_bias, act) in &[
+            (1, 64, 48, 21, 19, true, None),
+            (2, 5, 7, 8, 10, false, Some(Act::Silu)),
+            (1, 3, 4, 1, 1, true, Some(Act::Relu)),
+            (1, 6, 3, 2, 9, true, None),
+        ] {
+            let x = values(b * ci * h * w, 1);
+            let wt = values(co * ci * 9, 2);
+            let bias = values(co, 3);
+            let bias = with_bias.then_some(&bias[..]);
+            let mut want = naive(&x, [b, ci, h, w], &wt, co, 3, bias);
+            if let Some(act) = act {
+                act.apply_slice(&mut want);
+            }
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let u = winograd::weights(&wt, co, ci);
+            for rows in [1, 3, usize::MAX] {
+                let got = winograd::conv3x3_blocks(&x, [b, ci, h, w], &u, co, bias, act, rows);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                // The direct path's rounding is ~1e-7 of the scale here; Winograd's transforms
+                // add a few more roundings per product.
+                assert!(err <= 2e-6 * scale, "{b}×{ci}→{co} {h}×{w}, {rows} rows a block: max error {err} at scale {scale}");
+            }
+        }
+    }
+
+    #[test]
     fn cpu_backend_takes_this_path_and_agrees_with_burn() {
         use burn::tensor::module::conv2d;
         use burn::tensor::ops::ConvOptions;
         use burn::tensor::{Distribution, Tensor};
         let device = Default::default();
-        let x = Tensor::<Flex, 4>::random([2, 8, 13, 10], Distribution::Uniform(-1.0, 1.0), &device);
-        let w = Tensor::<Flex, 4>::random([6, 8, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
-        let b = Tensor::<Flex, 1>::random([6], Distribution::Uniform(-1.0, 1.0), &device);
-        let taps = OnceLock::new();
-        for act in [None, Some(Act::Relu), Some(Act::Silu)] {
-            let fast = conv2d_same(&x, &w, Some(&b), act, &taps).expect("the CPU backend must take the fast path");
-            let mut reference = conv2d(x.clone(), w.clone(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
-            if let Some(act) = act {
-                reference = act.apply(reference);
+        // The direct path, then a shape large enough for Winograd.
+        for ([n, c_in, h, w], c_out) in [([2, 8, 13, 10], 6), ([1, 32, 33, 32], 40)] {
+            assert_eq!(winograd_fits(3, c_in, c_out, h, w), c_in == 32);
+            let x = Tensor::<Flex, 4>::random([n, c_in, h, w], Distribution::Uniform(-1.0, 1.0), &device);
+            let wt = Tensor::<Flex, 4>::random([c_out, c_in, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let b = Tensor::<Flex, 1>::random([c_out], Distribution::Uniform(-1.0, 1.0), &device);
+            let cache = ConvWeights::default();
+            for act in [None, Some(Act::Relu), Some(Act::Silu)] {
+                let fast = conv2d_same(&x, &wt, Some(&b), act, &cache).expect("the CPU backend must take the fast path");
+                let mut reference = conv2d(x.clone(), wt.clone(), Some(b.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+                if let Some(act) = act {
+                    reference = act.apply(reference);
+                }
+                let err: f32 = (fast - reference).abs().max().into_scalar();
+                assert!(err < 1e-4, "{c_in}→{c_out} {h}×{w} {act:?}: max error {err}");
             }
-            let err: f32 = (fast - reference).abs().max().into_scalar();
-            assert!(err < 1e-4, "{act:?}: max error {err}");
         }
     }
 
@@ -457,15 +558,15 @@ mod tests {
     fn linear_agrees_with_burn_matmul() {
         use burn::tensor::{Distribution, Tensor};
         let device = Default::default();
-        // 66 tokens as in UViT-H at 512 px; 40 outputs split into 16-column parts and a tail.
+        // 66 tokens as in UViT-H at 512 px; 150 outputs split into 64-row panels and a tail.
         let x = Tensor::<Flex, 3>::random([2, 66, 24], Distribution::Uniform(-1.0, 1.0), &device);
-        let w = Tensor::<Flex, 2>::random([24, 40], Distribution::Uniform(-1.0, 1.0), &device);
-        let b = Tensor::<Flex, 1>::random([40], Distribution::Uniform(-1.0, 1.0), &device);
+        let w = Tensor::<Flex, 2>::random([24, 150], Distribution::Uniform(-1.0, 1.0), &device);
+        let b = Tensor::<Flex, 1>::random([150], Distribution::Uniform(-1.0, 1.0), &device);
         for bias in [None, Some(&b)] {
             let fast = linear(&x, &w, bias).expect("the CPU backend must take the fast path");
             let mut reference = x.clone().matmul(w.clone().unsqueeze::<3>());
             if let Some(b) = bias {
-                reference = reference + b.clone().reshape([1, 1, 40]);
+                reference = reference + b.clone().reshape([1, 1, 150]);
             }
             let err: f32 = (fast - reference.clone()).abs().max().into_scalar();
             assert!(err < 1e-4, "bias {}: max error {err}", bias.is_some());
