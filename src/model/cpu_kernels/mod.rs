@@ -405,13 +405,38 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
             for r in 0..m {
                 // SAFETY: as above, this part's columns of row r.
                 let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * n + n0), n1 - n0) };
-                row.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2)));
+                row.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2)));
             }
         }
     });
     let mut shape = dims;
     shape[D - 1] = n;
     Some(from_vec::<B, D>(out, shape))
+}
+
+/// `erf(x)` as `x · P(x²) / Q(x²)` on [-4, 4] (±1 beyond, where erf rounds to ±1 in f32):
+/// no branch and no `exp`, so the GELU epilogue vectorizes. libm's `erff` took 6 % of a UViT-H
+/// forward. The rational function was fitted here (weighted least squares in a Chebyshev basis,
+/// iterated towards minimax; 3.7e-9 in f64); in f32 it is within 5e-7 of erf, and GELU within
+/// 1.6e-6 of exact at |x| ≤ 8 (2e-7 relative), against 4.5e-7 with a correctly rounded erf.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: [f32; 8] = [
+        1.128_379_2,
+        0.173_067_88,
+        0.051_728_57,
+        0.003_248_535_6,
+        0.000_320_490_74,
+        2.632_479_7e-6,
+        1.079_965_5e-8,
+        -2.181_572_1e-10,
+    ];
+    const Q: [f32; 6] = [1.0, 0.486_710_76, 0.108_080_06, 0.014_044_418, 0.001_115_683_6, 4.790_433e-5];
+    let x = x.clamp(-4.0, 4.0);
+    let s = x * x;
+    let p = P.iter().rev().fold(0.0, |acc, &c| acc * s + c);
+    let q = Q.iter().rev().fold(0.0, |acc, &c| acc * s + c);
+    x * (p / q)
 }
 
 /// A CPU-backend tensor from plain values (`B` is known to be the CPU backend here).
@@ -552,6 +577,21 @@ mod tests {
         let reference = x * inv * g.reshape([1, 5, 1, 1]) + b.reshape([1, 5, 1, 1]);
         let err: f32 = (fast - reference).abs().max().into_scalar();
         assert!(err < 1e-5, "max error {err}");
+    }
+
+    #[test]
+    fn erf_is_within_5e_7_of_libm() {
+        let mut worst = 0.0f32;
+        for i in -800_000..=800_000 {
+            let x = i as f32 * 1e-5;
+            worst = worst.max((erf(x) - libm::erff(x)).abs());
+            // Tiny arguments keep their relative precision (erf(x) ≈ 2x/√π).
+            let t = x * 1e-6;
+            let rel = (erf(t) - libm::erff(t)).abs() / libm::erff(t).abs().max(f32::MIN_POSITIVE);
+            assert!(t == 0.0 || rel < 1e-6, "erf({t}): relative error {rel}");
+        }
+        assert!(worst < 5e-7, "max error {worst}");
+        assert_eq!((erf(100.0), erf(-100.0), erf(0.0)), (1.0, -1.0, 0.0));
     }
 
     #[test]

