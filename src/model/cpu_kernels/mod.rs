@@ -101,7 +101,7 @@ pub fn conv2d_same<B: Backend>(
     };
     let out = if winograd_fits(kh, c_in, c_out, h, w) {
         let u = prepared(&cache.winograd, weight, |wt| winograd::weights(wt, c_out, c_in))?;
-        winograd::conv3x3(x_data, [batch, c_in, h, w], u, c_out, b_data, act)
+        winograd::conv3x3(x_data, [batch, c_in, h, w], u, c_out, b_data, act, None)
     } else {
         let taps = prepared(&cache.taps, weight, |wt| taps_major(wt, c_out, c_in, kh))?;
         conv_same_f32(x_data, [batch, c_in, h, w], taps, c_out, kh, b_data, act)
@@ -138,6 +138,51 @@ fn flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
     let prim: Box<dyn Any> = Box::new(t.clone().into_primitive().tensor());
     let t = *prim.downcast::<FlexTensor>().ok()?;
     (t.dtype() == DType::F32).then_some(t)
+}
+
+/// `dst = lhs · rhs` (`dst += lhs · rhs` when `accumulate`) for an m×k by k×n product, each
+/// matrix given as a pointer and its (row, column) strides in elements.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its allocation, and `dst` must not overlap
+/// the operands or be written by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    [dst_rs, dst_cs]: [usize; 2],
+    accumulate: bool,
+    lhs: *const f32,
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: *const f32,
+    [rhs_rs, rhs_cs]: [usize; 2],
+    parallelism: gemm::Parallelism,
+) {
+    let s = |v: usize| v as isize;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            s(dst_cs),
+            s(dst_rs),
+            accumulate,
+            lhs,
+            s(lhs_cs),
+            s(lhs_rs),
+            rhs,
+            s(rhs_cs),
+            s(rhs_rs),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// Raw pointer that tiles use to write their disjoint output rows from rayon's threads.
@@ -231,25 +276,15 @@ pub fn conv_same_f32(
                 // c_out × n, the tap's weights c_out × c_in, and the input window
                 // c_in planes of `n` elements from `x_off` (asserted above, slack included).
                 unsafe {
-                    gemm::gemm(
-                        c_out,
-                        n,
-                        c_in,
+                    matmul(
+                        [c_out, n, c_in],
                         acc.as_mut_ptr(),
-                        1,
-                        n as isize,
+                        [n, 1],
                         read_dst,
                         weight.as_ptr().add(tap * c_out * c_in),
-                        1,
-                        c_in as isize,
+                        [c_in, 1],
                         xp.as_ptr().add(x_off),
-                        1,
-                        plane as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                        [plane, 1],
                         gemm_par,
                     );
                 }
@@ -379,25 +414,15 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
         // are m × k and k × n row-major slices of exactly those sizes. Transposed: the
         // (n1 - n0) × m result has row stride 1 and column stride n in `out`, and so on.
         unsafe {
-            gemm::gemm(
-                n1 - n0,
-                m,
-                k,
+            matmul(
+                [n1 - n0, m, k],
                 out_ptr.0.add(n0),
-                n as isize,
-                1,
+                [1, n],
                 bv.is_some(),
                 wv.as_ptr().add(n0),
-                n as isize,
-                1,
+                [1, n],
                 xv.as_ptr(),
-                k as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+                [1, k],
                 gemm::Parallelism::None,
             );
         }
@@ -529,12 +554,12 @@ mod tests {
             }
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let u = winograd::weights(&wt, co, ci);
-            for rows in [1, 3, usize::MAX] {
-                let got = winograd::conv3x3_blocks(&x, [b, ci, h, w], &u, co, bias, act, rows);
+            for rows in [Some(1), Some(3), None] {
+                let got = winograd::conv3x3(&x, [b, ci, h, w], &u, co, bias, act, rows);
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                 // The direct path's rounding is ~1e-7 of the scale here; Winograd's transforms
                 // add a few more roundings per product.
-                assert!(err <= 2e-6 * scale, "{b}×{ci}→{co} {h}×{w}, {rows} rows a block: max error {err} at scale {scale}");
+                assert!(err <= 2e-6 * scale, "{b}×{ci}→{co} {h}×{w}, {rows:?} rows a block: max error {err} at scale {scale}");
             }
         }
     }

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::{matmul, OutPtr};
 use crate::model::layers::Act;
 
 /// Positions in a transformed tile (4×4).
@@ -50,7 +50,10 @@ pub fn weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     u
 }
 
-/// `act(conv3x3(x) + bias)`, stride 1, padding 1, NCHW f32; `u` from [`weights`].
+/// `act(conv3x3(x) + bias)`, stride 1, padding 1, NCHW f32; `u` from [`weights`]. Tiles go
+/// `block_rows` tile rows at a time, or with `None` as many as keep a block's buffers within
+/// `BLOCK_BYTES` (at least one row).
+#[allow(clippy::too_many_arguments)]
 pub fn conv3x3(
     x: &[f32],
     [batch, c_in, h, w]: [usize; 4],
@@ -58,29 +61,12 @@ pub fn conv3x3(
     c_out: usize,
     bias: Option<&[f32]>,
     act: Option<Act>,
-) -> Vec<f32> {
-    assert_eq!(x.len(), batch * c_in * h * w, "input length");
-    assert_eq!(u.len(), POS * c_out * c_in, "transformed weight length");
-    let block_tiles = BLOCK_BYTES / (POS * (c_in + c_out) * 4);
-    let rows_per_block = block_tiles / w.div_ceil(2);
-    conv3x3_blocks(x, [batch, c_in, h, w], u, c_out, bias, act, rows_per_block)
-}
-
-/// [`conv3x3`], `rows_per_block` tile rows at a time (at least one).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn conv3x3_blocks(
-    x: &[f32],
-    [batch, c_in, h, w]: [usize; 4],
-    u: &[f32],
-    c_out: usize,
-    bias: Option<&[f32]>,
-    act: Option<Act>,
-    rows_per_block: usize,
+    block_rows: Option<usize>,
 ) -> Vec<f32> {
     assert_eq!(x.len(), batch * c_in * h * w, "input length");
     assert_eq!(u.len(), POS * c_out * c_in, "transformed weight length");
     let (tiles_y, tiles_x) = (h.div_ceil(2), w.div_ceil(2));
-    let rows_per_block = rows_per_block.clamp(1, tiles_y.max(1));
+    let rows_per_block = block_rows.unwrap_or(BLOCK_BYTES / (POS * (c_in + c_out) * 4) / tiles_x.max(1)).clamp(1, tiles_y.max(1));
     let block = POS * rows_per_block * tiles_x;
     let mut out = vec![0.0f32; batch * c_out * h * w];
     with_scratch(block * c_in, block * c_out, |v, m| {
@@ -97,25 +83,15 @@ pub(super) fn conv3x3_blocks(
                     // SAFETY: position p reads its c_in × tiles slice of `v` and writes its own
                     // c_out × tiles slice of `m`; both buffers hold POS such slices.
                     unsafe {
-                        gemm::gemm(
-                            c_out,
-                            tiles,
-                            c_in,
+                        matmul(
+                            [c_out, tiles, c_in],
                             mp.0.add(p * c_out * tiles),
-                            1,
-                            tiles as isize,
+                            [tiles, 1],
                             false,
                             u.as_ptr().add(p * c_out * c_in),
-                            1,
-                            c_in as isize,
+                            [c_in, 1],
                             vp.0.add(p * c_in * tiles),
-                            1,
-                            tiles as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
+                            [tiles, 1],
                             gemm::Parallelism::None,
                         );
                     }
