@@ -87,14 +87,14 @@ pub struct ReconstructArgs {
 }
 
 
-/// Runs one model stage and reads its output back: values, shape and seconds. The read-back is
-/// inside the timing because GPU backends only finish the work when the result is read.
-fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Result<(Vec<f32>, [usize; 4], f64)> {
+/// Runs one model stage and reads its output back: the output, its values and the seconds. The
+/// read-back is inside the timing because GPU backends only finish the work when the result is
+/// read.
+fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Result<(Tensor<B, 4>, Vec<f32>, f64)> {
     let t = Instant::now();
     let out = stage();
-    let shape = out.dims();
-    let values = read_back(out)?;
-    Ok((values, shape, t.elapsed().as_secs_f64()))
+    let values = read_back(out.clone())?;
+    Ok((out, values, t.elapsed().as_secs_f64()))
 }
 
 /// Loads the model named by `common.model` on this backend.
@@ -125,7 +125,8 @@ impl BackendTask for Encode {
             images.push(imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
         }
         let (data, shape) = imaging::to_nchw(&images)?;
-        let (values, lshape, secs) = timed_stage(|| model.encode(upload::<B, 4>(data, shape, &device)))?;
+        let (latent, values, secs) = timed_stage(|| model.encode(upload::<B, 4>(data, shape, &device)))?;
+        let lshape = latent.dims();
         eprintln!("encoded {} image(s) {:?} → latent {:?} in {secs:.3} s", images.len(), shape, lshape);
         prepare_output(&a.out)?;
         let names: Vec<_> = a.images.iter().map(|p| p.display().to_string()).collect();
@@ -159,7 +160,7 @@ impl BackendTask for Decode {
         if a.scaled {
             z = z / cfg.scaling_factor;
         }
-        let (img, _, secs) = timed_stage(|| model.decode(z))?;
+        let (_, img, secs) = timed_stage(|| model.decode(z))?;
         let (ho, wo) = (h * cfg.factor(), w * cfg.factor());
         eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {secs:.3} s");
         if non_finite(&img) > 0 {
@@ -196,9 +197,9 @@ impl BackendTask for Reconstruct {
         let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
         let x = upload::<B, 4>(data, shape, &device);
 
-        let (latent_v, lshape, encode_s) = timed_stage(|| model.encode(x))?;
-        let latent = upload::<B, 4>(latent_v.clone(), lshape, &device);
-        let (recon_v, _, decode_s) = timed_stage(|| model.decode(latent))?;
+        let (latent, latent_v, encode_s) = timed_stage(|| model.encode(x))?;
+        let lshape = latent.dims();
+        let (_, recon_v, decode_s) = timed_stage(|| model.decode(latent))?;
         if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
             bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");
         }

@@ -724,6 +724,8 @@ impl<B: Backend> Engine<B> {
                 return;
             }
         };
+        // One upload for every model of the job.
+        let x = super::host::upload::<B, 4>(data, shape, &self.device);
         for m in &job.models {
             if job.cancel.load(Ordering::Relaxed) {
                 self.sink.send(Event::Cancelled { job: id });
@@ -735,9 +737,8 @@ impl<B: Backend> Engine<B> {
             }
             let Some((cfg, ae, _)) = self.autoencoders.get(&m.weights) else { continue };
             self.status(format!("Reconstructing with {}…", m.name));
-            let x = super::host::upload::<B, 4>(data.clone(), shape, &self.device);
             let t0 = Instant::now();
-            let z = ae.encode(x);
+            let z = ae.encode(x.clone());
             let _ = B::sync(&self.device);
             let encode_secs = t0.elapsed().as_secs_f64();
             let zdims: [usize; 4] = z.dims();

@@ -11,8 +11,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::config::{BlockType, DcaeConfig, Downsample, Upsample};
 use super::layers::{
-    Conv,
-    channel_average, conv2d, pixel_shuffle, pixel_unshuffle, repeat_channels, upsample_nearest2, Act, Norm, NormKind,
+    channel_average, conv2d, pixel_shuffle, pixel_unshuffle, repeat_channels, upsample_nearest2, Act, Conv, Norm, NormKind,
     RmsNorm2d,
 };
 use crate::weights::WeightSource;

@@ -54,7 +54,7 @@ impl Clone for ConvWeights {
 /// The contents of `slot`, filled on first use with `f` of the contiguous weights.
 fn prepared<'a, B: Backend>(slot: &'a OnceLock<Vec<f32>>, weight: &Tensor<B, 4>, f: impl FnOnce(&[f32]) -> Vec<f32>) -> Option<&'a [f32]> {
     if slot.get().is_none() {
-        let wt = flex(weight)?.to_contiguous();
+        let wt = contiguous(weight)?;
         let _ = slot.set(f(wt.as_slice::<f32>()?));
     }
     slot.get().map(Vec::as_slice)
@@ -89,16 +89,10 @@ pub fn conv2d_same<B: Backend>(
     if kh != kw || kh % 2 == 0 || xc != c_in || h == 0 || w == 0 {
         return None;
     }
-    let x = flex(x)?.to_contiguous();
-    let bias = match bias {
-        Some(b) => Some(flex(b)?.to_contiguous()),
-        None => None,
-    };
+    let x = contiguous(x)?;
+    let bias = optional(bias, contiguous)?;
     let x_data = x.as_slice::<f32>()?;
-    let b_data = match &bias {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
+    let b_data = optional(bias.as_ref(), |b| b.as_slice::<f32>())?;
     let out = if winograd_fits(kh, c_in, c_out, h, w) {
         let u = prepared(&cache.winograd, weight, |wt| winograd::weights(wt, c_out, c_in))?;
         winograd::conv3x3(x_data, [batch, c_in, h, w], u, c_out, b_data, act, None)
@@ -138,6 +132,19 @@ fn flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
     let prim: Box<dyn Any> = Box::new(t.clone().into_primitive().tensor());
     let t = *prim.downcast::<FlexTensor>().ok()?;
     (t.dtype() == DType::F32).then_some(t)
+}
+
+/// [`flex`], row-major (copied only when it is not already), for reading as a slice.
+fn contiguous<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    Some(flex(t)?.to_contiguous())
+}
+
+/// `f` of an optional operand (a bias): `Some(None)` without one, `None` when `f` fails on it.
+fn optional<T, U>(t: Option<T>, f: impl FnOnce(T) -> Option<U>) -> Option<Option<U>> {
+    match t {
+        None => Some(None),
+        Some(t) => f(t).map(Some),
+    }
 }
 
 /// `dst = lhs · rhs` (`dst += lhs · rhs` when `accumulate`) for an m×k by k×n product, each
@@ -185,10 +192,11 @@ unsafe fn matmul(
     }
 }
 
-/// Raw pointer that tiles use to write their disjoint output rows from rayon's threads.
+/// Raw pointer through which rayon's jobs write disjoint parts of one output buffer.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: every tile writes a distinct set of (batch, row) positions; see `conv_same_f32`.
+// SAFETY: each use gives every job its own elements (tiles of rows, column blocks, Winograd
+// positions or channels), as the SAFETY comment at each write says.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -322,7 +330,7 @@ pub fn rms_norm2d<B: Backend>(x: &Tensor<B, 4>, weight: &Tensor<B, 1>, bias: &Te
         return None;
     }
     let [batch, c, h, w] = x.dims();
-    let (xt, wt, bt) = (flex(x)?.to_contiguous(), flex(weight)?.to_contiguous(), flex(bias)?.to_contiguous());
+    let (xt, wt, bt) = (contiguous(x)?, contiguous(weight)?, contiguous(bias)?);
     let (xv, wv, bv) = (xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, bt.as_slice::<f32>()?);
     let hw = h * w;
     const CHUNK: usize = 1024;
@@ -389,16 +397,10 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
         return None;
     }
     let m: usize = dims[..D - 1].iter().product();
-    let (xt, wt) = (flex(x)?.to_contiguous(), flex(weight)?.to_contiguous());
-    let bt = match bias {
-        Some(b) => Some(flex(b)?.to_contiguous()),
-        None => None,
-    };
+    let (xt, wt) = (contiguous(x)?, contiguous(weight)?);
+    let bt = optional(bias, contiguous)?;
     let (xv, wv) = (xt.as_slice::<f32>()?, wt.as_slice::<f32>()?);
-    let bv = match &bt {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
+    let bv = optional(bt.as_ref(), |b| b.as_slice::<f32>())?;
     let mut out = vec![0.0f32; m * n];
     if let Some(bv) = bv {
         out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(bv));
