@@ -9,10 +9,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::layers::{contiguous, lin, lin_gelu, linear};
 use crate::weights::WeightSource;
 
 /// `UViTConfig` fields that shape the network (the rest of the original config is training
@@ -199,38 +200,6 @@ const fn reg(
 pub fn registered_uvit(name: &str) -> Option<&'static RegisteredUvit> {
     let base = name.trim_start_matches("mit-han-lab/");
     UVIT_MODELS.iter().find(|m| m.name == base)
-}
-
-/// A Linear layer from a PyTorch `[out, in]` weight (transposed to burn's `[in, out]`).
-///
-/// The transpose is materialised once here (a round trip through host memory, the only
-/// backend-independent way burn 0.21 offers to make a tensor contiguous): a transposed *view*
-/// made every UViT-H matmul on the CPU backend about 2× slower (a whole forward 8 s instead of
-/// 2.6 s on 2 cores).
-fn linear<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d_in: usize, d_out: usize, bias: bool) -> Linear<B> {
-    let weight = contiguous(w.tensor(&format!("{key}.weight"), [d_out, d_in]).transpose());
-    let bias = bias.then(|| Param::from_tensor(w.tensor(&format!("{key}.bias"), [d_out])));
-    Linear { weight: Param::from_tensor(weight), bias }
-}
-
-/// `l.forward(x)`, through the CPU backend's own GEMM split when it applies
-/// ([`super::cpu_kernels::linear`]).
-fn lin<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| l.forward(x))
-}
-
-/// `gelu(l.forward(x))`, the GELU fused into the CPU kernel when it applies
-/// ([`super::cpu_kernels::linear_gelu`]).
-fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(l.forward(x)))
-}
-
-/// The same values in a fresh row-major tensor.
-fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    let device = t.device();
-    Tensor::from_data(t.into_data(), &device)
 }
 
 /// `nn.LayerNorm(d)`: affine, eps 1e-5 (burn's default, as in PyTorch).
