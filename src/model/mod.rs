@@ -6,6 +6,7 @@ pub mod cpu_kernels;
 pub mod dcae;
 pub mod diffusion;
 pub mod layers;
+pub mod sana;
 pub mod uvit;
 
 pub use config::DcaeConfig;

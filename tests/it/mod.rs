@@ -5,5 +5,7 @@ mod hub;
 mod imaging;
 mod labels;
 mod sampler;
+mod sana;
+mod sana_text;
 mod ui;
 mod uvit;
