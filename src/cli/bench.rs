@@ -15,10 +15,15 @@ use crate::weights::RandomWeights;
 pub enum BenchTask {
     Encode,
     Decode,
-    /// One UViT forward pass.
+    /// One UViT forward pass, or one SANA transformer call for a SANA model.
     Forward,
     /// A full sampling run (DPM-Solver, CFG).
     Generate,
+    /// SANA text-to-image: text encoding, sampling and decoding (steps and guidance from
+    /// --steps / --cfg, default the model's).
+    T2i,
+    /// One Gemma-2-2B pass over --tokens tokens (SANA's text encoder).
+    TextEncode,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -38,9 +43,12 @@ pub struct BenchArgs {
     /// Sampling steps (generate).
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
-    /// Guidance scale (generate).
-    #[arg(long, default_value_t = 6.0)]
-    pub cfg: f32,
+    /// Guidance scale (generate: 6; t2i: 4.5).
+    #[arg(long)]
+    pub cfg: Option<f32>,
+    /// Tokens of the text encoder's positive pass (SANA's instruction + prompt).
+    #[arg(long, default_value_t = 540)]
+    pub tokens: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
     /// Print one JSON line.
@@ -128,6 +136,8 @@ impl BackendTask for Bench {
                     time_runs(a.runs, || sync(model.decode(z.clone())))
                 }
             }
+            BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
+            BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
             BenchTask::Forward | BenchTask::Generate => bench_diffusion::<B>(&a, &device)?,
         };
         let out = serde_json::json!({
@@ -151,12 +161,43 @@ impl BackendTask for Bench {
     }
 }
 
+/// The SANA tasks (see [`super::bench_sana`]), printed like the others plus the phases of t2i.
+fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> anyhow::Result<()> {
+    use super::bench_sana::{SanaBench, SanaBenchArgs};
+    let task = match a.task {
+        BenchTask::T2i => SanaBench::T2i,
+        BenchTask::TextEncode => SanaBench::TextEncode,
+        _ => SanaBench::Forward,
+    };
+    let model = if task == SanaBench::TextEncode && crate::model::sana::registry::registered_sana(&a.model).is_none() {
+        "Sana_600M_512px_diffusers".to_string()
+    } else {
+        a.model.clone()
+    };
+    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens };
+    let r = super::bench_sana::run::<B>(&args, device)?;
+    let t = &r.timings;
+    let out = serde_json::json!({
+        "impl": "burn", "backend": info.kind, "device": info.name, "model": a.model, "task": a.task,
+        "res": a.res, "batch": a.batch, "runs": t.runs, "tokens": a.tokens,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "median_s": t.median_s, "min_s": t.min_s, "mean_s": t.mean_s, "all_s": t.all_s, "build_s": r.build_s,
+        "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{} {:?} @{}² on {info}: median {:.3} s (min {:.3}, {} runs), phases {:?}, peak RSS {:.0} MiB", a.model, a.task, a.res, t.median_s, t.min_s, t.runs, r.phases, r.peak_rss_mib.unwrap_or(f64::NAN));
+    }
+    Ok(())
+}
+
 /// `forward`: one UViT pass; `generate`: a full guided sampling run (no decode). Random weights.
 fn bench_diffusion<B: Backend>(a: &BenchArgs, device: &B::Device) -> anyhow::Result<Timings> {
     use super::generate::{bench_generate_on, GenerateBenchOptions};
     let mut o = GenerateBenchOptions::new(&a.model, a.res, a.steps);
     o.batch = a.batch;
-    o.cfg_scale = a.cfg;
+    o.cfg_scale = a.cfg.unwrap_or(6.0);
     let forward = a.task == BenchTask::Forward;
     (o.forward_runs, o.generate_runs) = if forward { (a.runs, 0) } else { (0, a.runs) };
     let r = bench_generate_on::<B>(&o, device)?;

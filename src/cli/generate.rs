@@ -25,22 +25,65 @@ use crate::weights::load::read_json;
 use crate::weights::{Checkpoint, RandomWeights};
 
 /// `dcae generate`
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct GenerateArgs {
-    /// A local folder (config.json + model.safetensors) or a Hugging Face repo id of a DC-AE
-    /// diffusion model (e.g. mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k).
+    /// A local folder or a Hugging Face repo id: a DC-AE diffusion model (config.json +
+    /// model.safetensors, e.g. mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k) for
+    /// --class, or a SANA diffusers pipeline (model_index.json + component folders, e.g.
+    /// Efficient-Large-Model/Sana_600M_512px_diffusers; a bare Sana_… name means that owner) for
+    /// --prompt.
     #[arg(long, short)]
     pub model: String,
     /// Class to draw: an ImageNet id (0–999) or name ("goldfish", "Arctic fox"), or
     /// "unconditional". Repeat for several images.
-    #[arg(long = "class", required = true, value_name = "CLASS")]
+    #[arg(long = "class", value_name = "CLASS", required_unless_present = "prompts")]
     pub classes: Vec<String>,
-    /// Classifier-free guidance scale (1 = no guidance, one network pass per step).
-    #[arg(long, default_value_t = 6.0)]
-    pub cfg: f32,
-    /// Network evaluations of the solver [default: the model's, 30 for the published ones].
+    /// Text prompt (SANA models). Repeat for several images.
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// Negative prompt for classifier-free guidance (SANA; default empty).
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+    /// Image size in pixels, multiples of 32 [default: the model's training size].
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Guidance scale: classifier-free guidance (1 = none, one network pass per step), or
+    /// Sprint's guidance input [default: 6 for the UViTs, 4.5 for SANA].
+    #[arg(long)]
+    pub cfg: Option<f32>,
+    /// Network evaluations of the solver [default: the model's: 30 UViT, 20 SANA, 2 Sprint].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// SANA sampler [default: the model's scheduler: dpm for SANA, scm for Sprint].
+    #[arg(long, value_enum)]
+    pub sampler: Option<crate::sampler::flow::FlowSolver>,
+    /// Flow shift of the dpm / euler samplers [default: the model's, 3.0].
+    #[arg(long)]
+    pub flow_shift: Option<f64>,
+    /// Do not prepend SANA's complex human instruction to the prompt.
+    #[arg(long)]
+    pub no_instruction: bool,
+    /// Generate at exactly --width × --height instead of the closest resolution bin.
+    #[arg(long)]
+    pub no_binning: bool,
+    /// Sprint's per-step noise: tensor `noise` [steps, B, C, h, w] in a safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub step_noise: Option<PathBuf>,
+    /// Sprint's first TrigFlow angle (the pipeline's max_timesteps, 1.5708).
+    #[arg(long)]
+    pub max_timestep: Option<f64>,
+    /// Sprint's intermediate angle for 2 steps (intermediate_timesteps, 1.3).
+    #[arg(long)]
+    pub intermediate_timestep: Option<f64>,
+    /// Write prompt_embeds / prompt_attention_mask (and the negative pair with guidance) to
+    /// this safetensors file, as diffusers' encode_prompt returns them.
+    #[arg(long, value_name = "FILE")]
+    pub text_embeds_out: Option<PathBuf>,
+    /// Weight-file variant of the SANA components (fp16, bf16) where the repo has one.
+    #[arg(long)]
+    pub variant: Option<String>,
     /// Seed of the initial noise (ignored with --noise).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -79,6 +122,9 @@ pub fn class_arg(s: &str) -> anyhow::Result<ClassArg> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if !args.prompts.is_empty() {
+        return super::t2i::run(args);
+    }
     let classes = args.classes.iter().map(|c| class_arg(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let files = super::model_files(&args.model)?;
     let backend = args.backend;
@@ -121,7 +167,8 @@ impl BackendTask for GenerateTask {
         drop(ckpt);
         eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
 
-        let req = GenerateRequest { labels: labels.clone(), cfg_scale: args.cfg, steps, seed: args.seed, noise };
+        let cfg_scale = args.cfg.unwrap_or(6.0);
+        let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise };
         let cancel = AtomicBool::new(false);
         let mut step_error: Option<anyhow::Error> = None;
         let t0 = Instant::now();
@@ -160,7 +207,7 @@ impl BackendTask for GenerateTask {
         let image = model.decode_latent(out.latent);
         let params = GenerationParams {
             classes: labels.iter().map(|&l| l as u32).collect(),
-            guidance: args.cfg,
+            guidance: cfg_scale,
             steps,
             seed: args.seed,
             model: model.config.name.clone(),

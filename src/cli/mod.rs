@@ -3,7 +3,9 @@
 
 pub mod ae;
 pub mod bench;
+pub mod bench_sana;
 pub mod generate;
+pub mod t2i;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +31,8 @@ pub enum Command {
     Decode(ae::DecodeArgs),
     /// Encode and decode one image; print PSNR, SSIM, latent shape, compression and timings.
     Reconstruct(ae::ReconstructArgs),
-    /// Generate class-conditional images with a DC-AE diffusion model (UViT + DPM-Solver).
+    /// Generate images: from classes with a DC-AE diffusion model (UViT + DPM-Solver), or from
+    /// text prompts with SANA / SANA-Sprint.
     Generate(generate::GenerateArgs),
     /// Time a model with random weights (no download); one JSON line with --json.
     Bench(bench::BenchArgs),

@@ -20,6 +20,7 @@ mod load;
 mod metrics;
 mod params;
 mod png_text;
+mod prompt_params;
 mod preprocess;
 mod resample;
 mod tensor;
@@ -32,6 +33,7 @@ pub use params::{GenerationParams, PARAMETERS_KEY};
 pub use png_text::{
     encode_png_with_text, read_png_text, read_png_text_from_bytes, save_png_with_text,
 };
+pub use prompt_params::PromptParams;
 pub use preprocess::{default_size, dm_crop, prepare};
 pub use resample::{resize, ResampleFilter};
 pub use tensor::{from_nchw, to_nchw, to_rgb8};

@@ -95,7 +95,7 @@ fn err(message: &str) -> ImagingError {
     ImagingError::Parameters(message.to_owned())
 }
 
-fn strip_prefix_ci<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+pub(super) fn strip_prefix_ci<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
     let head = line.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| line[prefix.len()..].trim())
@@ -126,7 +126,7 @@ fn parse_classes(line: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-fn parse_number<T: std::str::FromStr>(value: &str, key: &str) -> Result<T> {
+pub(super) fn parse_number<T: std::str::FromStr>(value: &str, key: &str) -> Result<T> {
     value
         .trim()
         .parse()
@@ -151,7 +151,7 @@ fn needs_quotes(value: &str) -> bool {
     depth != 0 || value.trim() != value
 }
 
-fn quote_if_needed(value: &str) -> String {
+pub(super) fn quote_if_needed(value: &str) -> String {
     if needs_quotes(value) {
         serde_json::to_string(value).unwrap_or_else(|_| format!("{value:?}"))
     } else {
@@ -195,7 +195,7 @@ fn split_top_level(line: &str) -> Result<Vec<String>> {
 }
 
 /// `Key: value, Key: "quoted, value"` into pairs, unquoting JSON strings.
-fn split_fields(line: &str) -> Result<Vec<(String, String)>> {
+pub(super) fn split_fields(line: &str) -> Result<Vec<(String, String)>> {
     split_top_level(line)?
         .into_iter()
         .map(|part| {

@@ -279,26 +279,36 @@ impl<B: Backend> DiffusionModel<B> {
     pub fn load_checkpoint(ckpt: &Checkpoint, config: DiffusionConfig, device: &B::Device) -> Result<Self, ModelError> {
         config.validate()?;
         let ae_layout = ckpt.layout(AE_PREFIX).unwrap_or(Layout::Original);
-        let mut ae_loader = CheckpointLoader::<B>::new(ckpt, AE_PREFIX, ae_layout, device);
-        let autoencoder = Dcae::load(&mut ae_loader, &config.autoencoder);
-        let mut uvit_loader = CheckpointLoader::<B>::new(ckpt, UVIT_PREFIX, Layout::Original, device);
-        let uvit = Uvit::load(&mut uvit_loader, &config.uvit);
-
-        let mut problems: Vec<Problem> = Vec::new();
-        for result in [ae_loader.finish(&config.autoencoder.name), uvit_loader.finish("UViT")] {
-            match result {
-                Ok(()) => {}
-                Err(LoadError::Mismatch { problems: p, .. }) => problems.extend(p),
-                Err(other) => return Err(other.into()),
+        // Both parts, and keys that belong to neither, reported together; checked before any
+        // weight is read (see `load_strict`).
+        let build = |check_only: bool| -> Result<(Dcae<B>, Uvit<B>), ModelError> {
+            let loader = |prefix: &str, layout: Layout| match check_only {
+                true => CheckpointLoader::<B>::check_only(ckpt, prefix, layout, device),
+                false => CheckpointLoader::<B>::new(ckpt, prefix, layout, device),
+            };
+            let mut ae_loader = loader(AE_PREFIX, ae_layout);
+            let autoencoder = Dcae::load(&mut ae_loader, &config.autoencoder);
+            let mut uvit_loader = loader(UVIT_PREFIX, Layout::Original);
+            let uvit = Uvit::load(&mut uvit_loader, &config.uvit);
+            let mut problems: Vec<Problem> = Vec::new();
+            for result in [ae_loader.finish(&config.autoencoder.name), uvit_loader.finish("UViT")] {
+                match result {
+                    Ok(()) => {}
+                    Err(LoadError::Mismatch { problems: p, .. }) => problems.extend(p),
+                    Err(other) => return Err(other.into()),
+                }
             }
-        }
-        for key in ckpt.keys().filter(|k| !k.starts_with(AE_PREFIX) && !k.starts_with(UVIT_PREFIX)) {
-            let shape = ckpt.shape(key).unwrap_or_default().to_vec();
-            problems.push(Problem::Unexpected { key: key.to_string(), shape });
-        }
-        if !problems.is_empty() {
-            return Err(LoadError::Mismatch { path: ckpt.path().to_path_buf(), model: config.name.clone(), problems }.into());
-        }
+            for key in ckpt.keys().filter(|k| !k.starts_with(AE_PREFIX) && !k.starts_with(UVIT_PREFIX)) {
+                let shape = ckpt.shape(key).unwrap_or_default().to_vec();
+                problems.push(Problem::Unexpected { key: key.to_string(), shape });
+            }
+            if !problems.is_empty() {
+                return Err(LoadError::Mismatch { path: ckpt.path().to_path_buf(), model: config.name.clone(), problems }.into());
+            }
+            Ok((autoencoder, uvit))
+        };
+        build(true)?;
+        let (autoencoder, uvit) = build(false)?;
         Ok(Self { config, autoencoder, uvit })
     }
 

@@ -1,11 +1,13 @@
-//! Samplers for the class-conditional diffusion models: the DPM-Solver the DC-AE UViTs were
-//! evaluated with, its noise schedule, and the sampler settings of a model's config.json.
+//! Samplers: for the class-conditional diffusion models the DPM-Solver the DC-AE UViTs were
+//! evaluated with, its noise schedule and the sampler settings of a model's config.json; for
+//! SANA the flow-matching samplers of [`flow`].
 //!
 //! Nothing here knows about the UViT: the solver drives a closure that returns noise
 //! predictions, so guidance, cancellation and progress stay with the caller
 //! ([`crate::model::diffusion`]).
 
 pub mod dpm_solver;
+pub mod flow;
 pub mod schedule;
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,8 @@
-//! Strict loading of safetensors checkpoints, memory-mapped.
+//! Strict loading of safetensors checkpoints, memory-mapped: one file, or the shards named by a
+//! `*.safetensors.index.json` (how diffusers and transformers store models over a few GB).
 //!
-//! A file is mapped once; tensors are converted to f32 one at a time as the model asks for them,
-//! so peak memory is the model plus one tensor, not the model plus the file.
+//! Files are mapped once; tensors are converted to f32 one at a time as the model asks for them,
+//! so peak memory is the model plus one tensor, not the model plus the files.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -15,9 +16,11 @@ use safetensors::{Dtype, SafeTensors};
 use super::keys::{to_diffusers, Stored};
 use super::WeightSource;
 
-/// One tensor's place in the file.
+/// One tensor's place in the files.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Index into [`Checkpoint::files`].
+    file: usize,
     dtype: Dtype,
     shape: Vec<usize>,
     /// Byte range inside the mapped file (header included in the offset).
@@ -25,12 +28,16 @@ struct Entry {
     end: usize,
 }
 
-/// A mapped safetensors file and its table of contents.
+/// Mapped safetensors files and their joint table of contents.
 pub struct Checkpoint {
+    /// The file given to [`Checkpoint::open`], or the index of a sharded checkpoint.
     path: PathBuf,
-    map: Mmap,
+    files: Vec<(PathBuf, Mmap)>,
     entries: BTreeMap<String, Entry>,
 }
+
+/// Bigger shard indexes than this are not real ones (the 4.8B transformer's is 110 kB).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// What went wrong with one key.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +71,8 @@ pub enum LoadError {
     Mismatch { path: PathBuf, model: String, problems: Vec<Problem> },
     #[error("{path}: {reason}")]
     Layout { path: PathBuf, reason: String },
+    #[error("{shard} is missing: the shard index {index} names it; download the model again (an interrupted download leaves shards out)")]
+    MissingShard { index: PathBuf, shard: PathBuf },
 }
 
 fn mismatch_message(path: &Path, model: &str, problems: &[Problem]) -> String {
@@ -93,13 +102,74 @@ fn mismatch_message(path: &Path, model: &str, problems: &[Problem]) -> String {
 }
 
 impl Checkpoint {
+    /// Maps one safetensors file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LoadError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let mut ckpt = Self { path: path.clone(), files: Vec::new(), entries: BTreeMap::new() };
+        ckpt.add_file(&path, None)?;
+        Ok(ckpt)
+    }
+
+    /// Maps every shard a `*.safetensors.index.json` names (its `weight_map`: key → file name
+    /// beside the index). The index must agree with the shards: a key it places in a shard
+    /// that lacks it, or a shard that is not there, is an error naming both.
+    pub fn open_index(index: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let index = index.as_ref().to_path_buf();
+        let corrupt = |reason: String| LoadError::Corrupt { path: index.clone(), reason };
+        let io = |source| LoadError::Io { path: index.clone(), source };
+        let len = std::fs::metadata(&index).map_err(io)?.len();
+        if len > MAX_INDEX_BYTES {
+            return Err(corrupt(format!("the index is {len} bytes, far more than any shard index")));
+        }
+        let text = std::fs::read(&index).map_err(|source| LoadError::Io { path: index.clone(), source })?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("it is not valid JSON ({e})")))?;
+        let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+            return Err(corrupt("it has no `weight_map` object".into()));
+        };
+        let dir = index.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Shards in the order they first appear, each with the keys the index puts there.
+        let mut shards: Vec<(String, Vec<String>)> = Vec::new();
+        for (key, file) in map {
+            let Some(file) = file.as_str() else {
+                return Err(corrupt(format!("`weight_map` entry `{key}` is not a file name")));
+            };
+            // A shard name is a plain file name beside the index: nothing that climbs out of it.
+            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+                return Err(corrupt(format!("`weight_map` entry `{key}` names `{file}`, which is not a file beside the index")));
+            }
+            match shards.iter_mut().find(|(f, _)| f == file) {
+                Some((_, keys)) => keys.push(key.clone()),
+                None => shards.push((file.to_string(), vec![key.clone()])),
+            }
+        }
+        if shards.is_empty() {
+            return Err(corrupt("its `weight_map` is empty".into()));
+        }
+        let mut ckpt = Self { path: index.clone(), files: Vec::new(), entries: BTreeMap::new() };
+        for (file, keys) in &shards {
+            let shard = dir.join(file);
+            if !shard.is_file() {
+                return Err(LoadError::MissingShard { index: index.clone(), shard });
+            }
+            ckpt.add_file(&shard, Some(&index))?;
+            let n = ckpt.files.len() - 1;
+            if let Some(key) = keys.iter().find(|k| ckpt.entries.get(k.as_str()).is_none_or(|e| e.file != n)) {
+                return Err(corrupt(format!(
+                    "it places `{key}` in {file}, which does not hold it: the index and the shards come from different downloads — delete the folder and download it again"
+                )));
+            }
+        }
+        Ok(ckpt)
+    }
+
+    /// Maps `path` and adds its tensors; a key already seen in another shard is an error.
+    fn add_file(&mut self, path: &Path, index: Option<&Path>) -> Result<(), LoadError> {
+        let file = File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
         // SAFETY: the map is read-only; a file changed by another process while mapped is the one
         // case this cannot guard against, as with every mmap-based loader (PyTorch's included).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.clone(), source })?;
-        let corrupt = |reason: String| LoadError::Corrupt { path: path.clone(), reason };
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let corrupt = |reason: String| LoadError::Corrupt { path: path.to_path_buf(), reason };
         let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer => corrupt(format!(
                 "its header describes more (or less) data than the {} bytes present: the file is truncated",
@@ -108,23 +178,34 @@ impl Checkpoint {
             other => corrupt(other.to_string()),
         })?;
         let data_start = 8 + header_len;
-        let mut entries = BTreeMap::new();
+        let n = self.files.len();
         for (name, info) in meta.tensors() {
             let (a, b) = info.data_offsets;
-            let (start, end) = (data_start + a, data_start + b);
+            let (start, end) = (data_start.saturating_add(a), data_start.saturating_add(b));
             if end > map.len() {
                 return Err(corrupt(format!(
                     "tensor `{name}` ends at byte {end} but the file has {} bytes (truncated?)",
                     map.len()
                 )));
             }
-            let elems: usize = info.shape.iter().product();
-            if elems * info.dtype.bitsize() / 8 != b - a {
-                return Err(corrupt(format!("tensor `{name}` has {} bytes for shape {:?}", b - a, info.shape)));
+            let elems = info.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            if elems.and_then(|e| e.checked_mul(info.dtype.bitsize())).map(|bits| bits / 8) != Some(b.wrapping_sub(a)) {
+                return Err(corrupt(format!("tensor `{name}` has {} bytes for shape {:?}", b.wrapping_sub(a), info.shape)));
             }
-            entries.insert(name.clone(), Entry { dtype: info.dtype, shape: info.shape.clone(), start, end });
+            if let Some(prev) = self.entries.get(&name) {
+                let other = self.files[prev.file].0.display().to_string();
+                let what = index.map(|i| format!(" (shards of {})", i.display())).unwrap_or_default();
+                return Err(corrupt(format!("tensor `{name}` is also stored in {other}{what}")));
+            }
+            self.entries.insert(name.clone(), Entry { file: n, dtype: info.dtype, shape: info.shape.clone(), start, end });
         }
-        Ok(Self { path, map, entries })
+        self.files.push((path.to_path_buf(), map));
+        Ok(())
+    }
+
+    /// The dtype `key` is stored in, as safetensors names it (`F32`, `BF16`, …).
+    pub fn dtype(&self, key: &str) -> Option<String> {
+        self.entries.get(key).map(|e| format!("{:?}", e.dtype))
     }
 
     pub fn path(&self) -> &Path {
@@ -142,17 +223,17 @@ impl Checkpoint {
     /// The tensor's values as f32 (f16, bf16 and f64 are converted). `None` if absent.
     pub fn read_f32(&self, key: &str) -> Option<Result<Vec<f32>, Problem>> {
         let e = self.entries.get(key)?;
-        let bytes = &self.map[e.start..e.end];
-        Some(match e.dtype {
+        let map = &self.files[e.file].1;
+        let bytes = &map[e.start..e.end];
+        let values = match e.dtype {
             Dtype::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
             Dtype::F16 => Ok(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
             Dtype::BF16 => Ok(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-            Dtype::F64 => Ok(bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-                .collect()),
+            Dtype::F64 => Ok(bytes.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).collect()),
             other => Err(Problem::Dtype { key: key.to_string(), dtype: format!("{other:?}") }),
-        })
+        };
+        release_pages(map, e.start, e.end);
+        Some(values)
     }
 
     /// The naming under `prefix`, told apart by keys only the one naming has.
@@ -166,6 +247,48 @@ impl Checkpoint {
             None
         }
     }
+}
+
+/// Drops the pages of a tensor that has been read from the process's resident set: otherwise
+/// the mapped file counts in full towards it while the model loads (a 5 GB bf16 text encoder
+/// would hold 5 GB of file beside its 10 GB of f32 weights). The pages are the file's, so a
+/// later read simply faults them in again.
+#[cfg(unix)]
+fn release_pages(map: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let from = start / PAGE * PAGE;
+    if end > from {
+        // SAFETY: a read-only private mapping of a file; no reference into the range outlives
+        // this call (the caller's slice is dead), and dropped pages read back the same bytes.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, end - from) };
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_map: &Mmap, _start: usize, _end: usize) {}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+/// Builds a model strictly from `ckpt` (keys under `prefix`): first a pass that only checks
+/// (see [`CheckpointLoader::check_only`]), so a mismatch is reported before any weight is
+/// read, then the real load. `build` must ask for the same keys both times.
+pub fn load_strict<B: Backend, T>(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    layout: Layout,
+    device: &B::Device,
+    model: &str,
+    build: impl Fn(&mut CheckpointLoader<'_, B>) -> T,
+) -> Result<T, LoadError> {
+    let mut dry = CheckpointLoader::check_only(ckpt, prefix, layout, device);
+    drop(build(&mut dry));
+    dry.finish(model)?;
+    let mut loader = CheckpointLoader::new(ckpt, prefix, layout, device);
+    let built = build(&mut loader);
+    loader.finish(model)?;
+    Ok(built)
 }
 
 /// The two namings of DC-AE weights (see [`super::keys`]); UViT weights have one.
@@ -183,11 +306,28 @@ pub struct CheckpointLoader<'a, B: Backend> {
     device: B::Device,
     used: HashSet<String>,
     problems: Vec<Problem>,
+    /// Only check keys, shapes and dtypes; every tensor handed out is a one-element placeholder
+    /// (as [`super::KeyRecorder`]'s), so the model built is good for nothing but the report.
+    check_only: bool,
 }
 
 impl<'a, B: Backend> CheckpointLoader<'a, B> {
     pub fn new(ckpt: &'a Checkpoint, prefix: &str, layout: Layout, device: &B::Device) -> Self {
-        Self { ckpt, prefix: prefix.to_string(), layout, device: device.clone(), used: HashSet::new(), problems: Vec::new() }
+        Self {
+            ckpt,
+            prefix: prefix.to_string(),
+            layout,
+            device: device.clone(),
+            used: HashSet::new(),
+            problems: Vec::new(),
+            check_only: false,
+        }
+    }
+
+    /// A loader that reads nothing: building a model over it and calling [`Self::finish`] says
+    /// whether the real load would succeed, with every problem named, at no memory cost.
+    pub fn check_only(ckpt: &'a Checkpoint, prefix: &str, layout: Layout, device: &B::Device) -> Self {
+        Self { check_only: true, ..Self::new(ckpt, prefix, layout, device) }
     }
 
     /// Ends the load: every key under the prefix that nobody asked for is unexpected.
@@ -216,6 +356,14 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
         };
         if found != shape {
             self.problems.push(Problem::Shape { key: key.to_string(), expected: shape.to_vec(), found: found.to_vec() });
+            return None;
+        }
+        // Once the load has failed, reading the rest would only hold memory until the report:
+        // a wrong config beside big weights could exhaust it first. Keys are still checked.
+        if self.check_only || !self.problems.is_empty() {
+            if let Some(e) = self.ckpt.entries.get(key).filter(|e| !is_float(e.dtype)) {
+                self.problems.push(Problem::Dtype { key: key.to_string(), dtype: format!("{:?}", e.dtype) });
+            }
             return None;
         }
         match self.ckpt.read_f32(key)? {
@@ -255,7 +403,10 @@ impl<B: Backend> WeightSource<B> for CheckpointLoader<'_, B> {
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
         match self.values(key, &shape) {
             Some(v) => Tensor::from_data(TensorData::new(v, shape), &self.device),
-            None => Tensor::zeros(shape, &self.device),
+            None if self.check_only => Tensor::zeros([1; D], &self.device),
+            // The load has failed and only goes on to report every problem: one zero broadcast
+            // to the shape (a view, no allocation of the full size) keeps construction going.
+            None => Tensor::<B, D>::zeros([1; D], &self.device).expand(shape),
         }
     }
 

@@ -597,6 +597,50 @@ fn resolve_repo(
     })
 }
 
+/// One file of a repo, from the cache or downloaded into it: the building block of models made
+/// of many files (the SANA pipelines), whose list depends on what the first ones say. With
+/// `commit` `None` the file is looked up at `opts.revision` and the commit it belongs to is
+/// returned, so the rest can be fetched from the same snapshot; the revision's ref is written
+/// once that first file is in.
+pub fn fetch_file(
+    repo: &str,
+    opts: &HubOptions,
+    commit: Option<&str>,
+    file: &str,
+    progress: &mut dyn FnMut(DownloadProgress),
+    cancel: &AtomicBool,
+) -> Result<(PathBuf, String), HubError> {
+    let repo = parse_repo_id(repo)?;
+    let cache = RepoCache::new(&opts.cache_dir, &repo);
+    let at = commit.unwrap_or(&opts.revision);
+    let cached = match commit {
+        Some(c) => cache.snapshot_file(c, file).map(|path| CachedFile { path, commit: c.to_string() }),
+        None => cache.lookup_file(&opts.revision, file),
+    };
+    if let Some(found) = cached {
+        return Ok((found.path, found.commit));
+    }
+    if opts.offline {
+        return Err(HubError::NotCached {
+            repo: repo.clone(),
+            revision: at.to_string(),
+            missing: vec![file.to_string()],
+            cache_dir: opts.cache_dir.clone(),
+        });
+    }
+    check_cancel(cancel, file)?;
+    let remote = Remote::new(opts, &repo);
+    let path = download_file(&remote, &cache, at, file, progress, cancel)?;
+    let found = commit_of_snapshot_file(&path, file).ok_or_else(|| HubError::BadResponse {
+        url: remote.context(at, file).url(),
+        detail: format!("the file was stored outside a snapshot folder: {}", path.display()),
+    })?;
+    if commit.is_none() {
+        cache.write_ref(&opts.revision, &found)?;
+    }
+    Ok((path, found))
+}
+
 fn check_cancel(cancel: &AtomicBool, file: &str) -> Result<(), HubError> {
     if cancel.load(Ordering::Relaxed) {
         Err(HubError::Cancelled {

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
-use super::{Checkpoint, CheckpointLoader, LoadError};
+use super::{load_strict, Checkpoint, LoadError};
 use crate::model::{Dcae, DcaeConfig};
 
 /// Prefix of the autoencoder inside the combined diffusion checkpoints.
@@ -60,10 +60,7 @@ pub fn load_dcae<B: Backend>(ckpt: &Checkpoint, cfg: &DcaeConfig, device: &B::De
             reason: format!("holds no DC-AE weights (neither efficientvit nor diffusers key names); its first keys are {sample:?}"),
         }));
     };
-    let mut loader = CheckpointLoader::<B>::new(ckpt, prefix, layout, device);
-    let model = Dcae::load(&mut loader, cfg);
-    loader.finish(&cfg.name)?;
-    Ok(model)
+    Ok(load_strict(ckpt, prefix, layout, device, &cfg.name, |w| Dcae::load(w, cfg))?)
 }
 
 /// Reads `config.json` + a safetensors file and builds the autoencoder.

@@ -9,11 +9,12 @@ pub mod checkpoint;
 pub mod hub;
 pub mod keys;
 pub mod load;
+pub mod pipeline;
 pub mod tensor_file;
 
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 
-pub use checkpoint::{Checkpoint, CheckpointLoader, Layout, LoadError, Problem};
+pub use checkpoint::{load_strict, Checkpoint, CheckpointLoader, Layout, LoadError, Problem};
 
 /// Hands out a model's parameters, key by key.
 pub trait WeightSource<B: Backend> {

@@ -1,4 +1,4 @@
-//! Named f32 NCHW tensors in safetensors files: the CLI's `latent`, `recon` and `noise` files.
+//! Named tensors in safetensors files: the CLI's `latent`, `recon`, `noise` and text-embedding files.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +29,15 @@ pub struct Nchw {
 
 /// Reads tensor `name` as f32 (f16/bf16/f64 converted), which must be 4-D.
 pub fn read_nchw(path: &Path, name: &str) -> Result<Nchw, TensorFileError> {
+    let (data, shape) = read_f32(path, name)?;
+    let Ok(shape4) = <[usize; 4]>::try_from(shape.as_slice()) else {
+        return Err(TensorFileError::NotNchw { path: path.display().to_string(), name: name.into(), shape });
+    };
+    Ok(Nchw { data, shape: shape4 })
+}
+
+/// Reads tensor `name` of any rank as f32 values (f16/bf16/f64 converted) and its shape.
+pub fn read_f32(path: &Path, name: &str) -> Result<(Vec<f32>, Vec<usize>), TensorFileError> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| TensorFileError::Read { path: p.clone(), source })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| TensorFileError::Format { path: p.clone(), reason: e.to_string() })?;
@@ -38,9 +47,6 @@ pub fn read_nchw(path: &Path, name: &str) -> Result<Nchw, TensorFileError> {
         TensorFileError::NoSuchTensor { path: p.clone(), name: name.into(), available: names.join(", ") }
     })?;
     let shape = view.shape().to_vec();
-    let Ok(shape4) = <[usize; 4]>::try_from(shape.as_slice()) else {
-        return Err(TensorFileError::NotNchw { path: p, name: name.into(), shape });
-    };
     let b = view.data();
     let data = match view.dtype() {
         Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -51,7 +57,29 @@ pub fn read_nchw(path: &Path, name: &str) -> Result<Nchw, TensorFileError> {
             return Err(TensorFileError::Format { path: p, reason: format!("tensor `{name}` has dtype {other:?}, not a float type") })
         }
     };
-    Ok(Nchw { data, shape: shape4 })
+    Ok((data, shape))
+}
+
+/// f32 and i64 tensors (name, values, shape) in one file; the masks of `--text-embeds-out` are
+/// int64, as diffusers' `encode_prompt` returns them.
+pub fn write_f32_i64(path: &Path, floats: &[(&str, &[f32], &[usize])], ints: &[(&str, &[i64], &[usize])]) -> Result<(), TensorFileError> {
+    let p = path.display().to_string();
+    let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, v, shape) in floats {
+        bytes.push((name.to_string(), Dtype::F32, shape.to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    for (name, v, shape) in ints {
+        bytes.push((name.to_string(), Dtype::I64, shape.to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(name, dtype, shape, b)| {
+            let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| TensorFileError::Format { path: p.clone(), reason: e.to_string() })?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<_, TensorFileError>>()?;
+    let out = safetensors::serialize(views, None).map_err(|e| TensorFileError::Format { path: p.clone(), reason: e.to_string() })?;
+    std::fs::write(path, out).map_err(|source| TensorFileError::Write { path: p, source })
 }
 
 /// Writes f32 tensors (name, values, shape) with optional string metadata.

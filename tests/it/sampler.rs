@@ -271,7 +271,7 @@ fn sampler_cli_generate_end_to_end() {
     let args = GenerateArgs {
         model: fixture_dir().display().to_string(),
         classes: vec!["3".into(), "7".into()],
-        cfg: 6.0,
+        cfg: Some(6.0),
         steps: Some(30),
         seed: 0,
         noise: Some(noise_path),
@@ -279,6 +279,7 @@ fn sampler_cli_generate_end_to_end() {
         out: out.clone(),
         save_steps: Some(steps_dir.clone()),
         backend: BackendChoice::Cpu,
+        ..Default::default()
     };
     dcae::cli::generate::run(args.clone()).unwrap();
 

@@ -5,6 +5,8 @@
 //! A family of its own beside the DC-AE / UViT one: it shares the building blocks of
 //! [`super::layers`] and the autoencoder of [`super::dcae`], nothing else.
 
+pub mod pipeline;
 pub mod prompt;
+pub mod registry;
 pub mod text_encoder;
 pub mod transformer;

@@ -1,0 +1,166 @@
+//! `dcae bench` for SANA, at the real sizes with random weights (nothing is downloaded):
+//! `text-encode` (one Gemma-2-2B pass over an instruction + prompt of `--tokens` tokens),
+//! `forward` (one transformer call) and `t2i` (text encoding, the sampling loop and the decode).
+//! The PyTorch side is `tests/python/bench_sana_torch.py`, which builds the same networks in
+//! diffusers / transformers.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail};
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+
+use super::bench::{peak_rss_mib, Timings};
+use crate::model::sana::registry::{registered_sana, RegisteredSana};
+use crate::model::sana::text_encoder::{Gemma2, Gemma2Config};
+use crate::model::sana::transformer::{SanaTransformer, MAX_SEQUENCE_LENGTH};
+use crate::model::{Dcae, DcaeConfig};
+use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
+use crate::weights::pipeline::PipelineKind;
+use crate::weights::RandomWeights;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanaBench {
+    TextEncode,
+    Forward,
+    T2i,
+}
+
+pub struct SanaBenchArgs {
+    pub model: String,
+    pub task: SanaBench,
+    pub res: usize,
+    pub batch: usize,
+    pub steps: Option<usize>,
+    pub cfg: f32,
+    pub runs: usize,
+    /// Tokens of the positive text-encoder pass (instruction + prompt).
+    pub tokens: usize,
+}
+
+pub struct SanaBenchResult {
+    pub timings: Timings,
+    /// Seconds per phase of the last t2i run: text encoding, sampling, decoding.
+    pub phases: Option<[f64; 3]>,
+    pub build_s: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+pub fn model(name: &str) -> anyhow::Result<&'static RegisteredSana> {
+    registered_sana(name).ok_or_else(|| anyhow!("{name} is not a registered SANA pipeline (e.g. Sana_600M_512px_diffusers, Sana_Sprint_0.6B_1024px_diffusers)"))
+}
+
+fn ids<B: Backend>(n: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    // Any ids will do for timing; 2 (BOS) first as in a real prompt.
+    let v: Vec<i64> = (0..n).map(|i| if i == 0 { 2 } else { 100 + (i as i64 * 7919) % 250_000 }).collect();
+    (Tensor::from_data(TensorData::new(v, [1, n]), device), Tensor::ones([1, n], device))
+}
+
+pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<SanaBenchResult> {
+    let reg = model(&a.model)?;
+    let tcfg = reg.transformer_config();
+    let f = 32;
+    if a.res % f != 0 || a.res == 0 {
+        bail!("--res {} must be a positive multiple of 32", a.res);
+    }
+    let s = a.res / f;
+    let t0 = Instant::now();
+    let mut w = RandomWeights::<B>::new(device);
+    match a.task {
+        SanaBench::TextEncode => {
+            let gemma = Gemma2::<B>::load(&mut w, &Gemma2Config::gemma2_2b());
+            let build_s = t0.elapsed().as_secs_f64();
+            let (ids, mask) = ids::<B>(a.tokens, device);
+            let timings = super::bench::time_runs(a.runs, || {
+                if let Some(h) = gemma.forward(ids.clone(), mask.clone(), &mut |_, _| true) {
+                    let _ = h.slice([0..1, 0..1, 0..1]).into_data();
+                }
+            });
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib() })
+        }
+        SanaBench::Forward => {
+            let model = SanaTransformer::<B>::load(&mut w, &tcfg);
+            let build_s = t0.elapsed().as_secs_f64();
+            let x = Tensor::<B, 4>::random([a.batch, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+            let text = Tensor::<B, 3>::random([a.batch, MAX_SEQUENCE_LENGTH, tcfg.caption_channels], Distribution::Normal(0.0, 1.0), device);
+            let mask = Tensor::<B, 2, Int>::ones([a.batch, MAX_SEQUENCE_LENGTH], device);
+            let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; a.batch], [a.batch]), device);
+            let g = (reg.kind == PipelineKind::Sprint).then(|| t.clone().mul_scalar(0.0).add_scalar(0.45));
+            let timings = super::bench::time_runs(a.runs, || {
+                let v = model.forward(x.clone(), t.clone(), text.clone(), mask.clone(), g.clone());
+                let _ = v.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+            });
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib() })
+        }
+        SanaBench::T2i => {
+            let gemma = Gemma2::<B>::load(&mut w, &Gemma2Config::gemma2_2b());
+            let model = SanaTransformer::<B>::load(&mut w, &tcfg);
+            let vae_cfg = DcaeConfig::published("dc-ae-f32c32-sana-1.1")?;
+            let vae = Dcae::<B>::load(&mut w, &vae_cfg);
+            let build_s = t0.elapsed().as_secs_f64();
+            let sprint = reg.kind == PipelineKind::Sprint;
+            let sched_cfg = FlowSchedulerConfig {
+                solver: if sprint { FlowSolver::Scm } else { FlowSolver::Dpm },
+                flow_shift: reg.flow_shift,
+                ..FlowSchedulerConfig::default()
+            };
+            let steps = a.steps.unwrap_or(if sprint { 2 } else { 20 });
+            let schedule = FlowSchedule::new(&sched_cfg, steps, None, (sprint && steps == 2).then_some(flow::SCM_INTERMEDIATE_TIMESTEP))?;
+            let use_cfg = !sprint && a.cfg > 1.0;
+            let b = a.batch;
+            let mut phases = [0.0; 3];
+            let mut once = || {
+                // Text: the positive pass per prompt (instruction + prompt), the negative once.
+                let t = Instant::now();
+                let (pid, pmask) = ids::<B>(a.tokens, device);
+                let mut rows = Vec::new();
+                for _ in 0..b {
+                    if let Some(h) = gemma.forward(pid.clone(), pmask.clone(), &mut |_, _| true) {
+                        let [_, l, _] = h.dims();
+                        rows.push(h.narrow(1, l - MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH));
+                    }
+                }
+                if use_cfg {
+                    let (nid, nmask) = ids::<B>(MAX_SEQUENCE_LENGTH, device);
+                    if let Some(h) = gemma.forward(nid, nmask, &mut |_, _| true) {
+                        rows.splice(0..0, std::iter::repeat_n(h, b));
+                    }
+                }
+                let text = Tensor::cat(rows, 0);
+                let rows = text.dims()[0];
+                let mask = Tensor::<B, 2, Int>::ones([rows, MAX_SEQUENCE_LENGTH], device);
+                let _ = text.clone().slice([0..1, 0..1, 0..1]).into_data();
+                phases[0] = t.elapsed().as_secs_f64();
+
+                let t = Instant::now();
+                let x = Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+                let g = sprint.then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![0.45f32; b], [b]), device));
+                let mut network = |x: Tensor<B, 4>, tm: f32| {
+                    let xin = if use_cfg { Tensor::cat(vec![x.clone(), x], 0) } else { x };
+                    let n = xin.dims()[0];
+                    let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![tm; n], [n]), device);
+                    let v = model.forward(xin, tt, text.clone(), mask.clone(), g.clone());
+                    Some(if use_cfg {
+                        let u = v.clone().narrow(0, 0, b);
+                        u.clone() + (v.narrow(0, b, b) - u).mul_scalar(a.cfg as f64)
+                    } else {
+                        v
+                    })
+                };
+                let mut noise = |_| Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+                let latent = flow::sample(&schedule, x, &mut network, &mut noise, &mut |_| {});
+                phases[1] = t.elapsed().as_secs_f64();
+
+                let t = Instant::now();
+                if let Some(latent) = latent {
+                    for i in 0..b {
+                        let img = vae.decode(latent.clone().narrow(0, i, 1).div_scalar(vae_cfg.scaling_factor as f64));
+                        let _ = img.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                    }
+                }
+                phases[2] = t.elapsed().as_secs_f64();
+            };
+            let timings = super::bench::time_runs(a.runs, &mut once);
+            Ok(SanaBenchResult { timings, phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib() })
+        }
+    }
+}
