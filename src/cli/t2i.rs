@@ -81,8 +81,11 @@ impl BackendTask for T2iTask {
         eprintln!("backend: {info}");
         let name = model_name(&args.model);
         let t0 = Instant::now();
-        let mut pipeline = SanaPipeline::<B>::load(&files, &name, &device)?;
-        eprintln!("loaded {name} ({:?}) in {:.1}s", pipeline.config.kind, t0.elapsed().as_secs_f64());
+        // Components load when first needed, and the text encoder is released before the
+        // transformer loads: a one-shot run's peak is the larger part, not the sum.
+        let mut pipeline = SanaPipeline::<B>::open(&files, &name, &device)?;
+        pipeline.low_memory = true;
+        eprintln!("checked {name} ({:?}) in {:.1}s", pipeline.config.kind, t0.elapsed().as_secs_f64());
 
         let size = |v: Option<usize>| v.unwrap_or(pipeline.config.transformer.sample_size * pipeline.config.vae_factor());
         let mut req = T2iRequest::<B>::new(args.prompts.clone(), size(args.width), size(args.height));

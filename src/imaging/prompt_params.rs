@@ -45,7 +45,8 @@ impl PromptParams {
             ("Batch", self.prompts.len().to_string()),
         ];
         if self.prompts.len() > 1 {
-            fields.push(("Prompts", serde_json::to_string(&self.prompts).unwrap_or_default()));
+            // A JSON list, itself quoted as one value so that its commas do not split the line.
+            fields.push(("Prompts", quote_if_needed(&serde_json::to_string(&self.prompts).unwrap_or_default())));
         }
         if !self.instruction {
             fields.push(("Instruction", "off".into()));

@@ -18,8 +18,7 @@ use crate::weights::WeightSource;
 
 /// Channels per LiteMLA head in every DC-AE.
 pub const HEAD_DIM: usize = 32;
-/// LiteMLA switches to its quadratic form when a stage has at most this many pixels.
-const QUADRATIC_MAX_TOKENS: usize = HEAD_DIM;
+
 /// The linear-attention normaliser's epsilon; representable in f32, which the attention runs in.
 const ATTN_EPS: f64 = 1e-15;
 
@@ -73,11 +72,15 @@ pub struct LiteMla<B: Backend> {
     norm: Norm<B>,
     #[module(skip)]
     heads: usize,
+    /// Channels per head; LiteMLA also switches to its quadratic form when a stage has at most
+    /// this many pixels.
+    #[module(skip)]
+    head_dim: usize,
 }
 
 impl<B: Backend> LiteMla<B> {
-    fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize, scales: &[usize], norm: NormKind) -> Self {
-        let heads = c / HEAD_DIM;
+    fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize, scales: &[usize], norm: NormKind, head_dim: usize) -> Self {
+        let heads = c / head_dim.max(1);
         let aggreg = scales
             .iter()
             .enumerate()
@@ -93,13 +96,14 @@ impl<B: Backend> LiteMla<B> {
             proj: conv2d(w, &format!("{key}.proj.conv"), c * branches, c, 1, 1, 1, false),
             norm: Norm::load(w, &format!("{key}.proj.norm"), norm, c),
             heads,
+            head_dim,
         }
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, _, h, w] = x.dims();
         let n = h * w;
-        let d = HEAD_DIM;
+        let d = self.head_dim;
         let qkv = self.qkv.forward(x); // [B, 3C, H, W]
         let mut branches = Vec::with_capacity(1 + self.aggreg.len());
         for a in &self.aggreg {
@@ -114,7 +118,7 @@ impl<B: Backend> LiteMla<B> {
         let k = relu(qkv.clone().narrow(2, d, d));
         let v = qkv.narrow(2, 2 * d, d);
 
-        let out = if n > QUADRATIC_MAX_TOKENS { linear_attention(q, k, v) } else { quadratic_attention(q, k, v) };
+        let out = if n > d { linear_attention(q, k, v) } else { quadratic_attention(q, k, v) };
         let out = out.reshape([b, heads * d, h, w]);
         self.norm.forward(self.proj.forward(out))
     }
@@ -194,11 +198,12 @@ pub enum Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    fn load<W: WeightSource<B>>(w: &mut W, key: &str, kind: &BlockType, c: usize, norm: NormKind, act: Act) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn load<W: WeightSource<B>>(w: &mut W, key: &str, kind: &BlockType, c: usize, norm: NormKind, act: Act, head_dim: usize) -> Self {
         match kind {
             BlockType::ResBlock => Block::Res(ResBlock::load(w, key, c, norm, act)),
             BlockType::EfficientVit { scales } => Block::EfficientVit(EfficientVitBlock {
-                attn: LiteMla::load(w, &format!("{key}.context_module.main"), c, scales, norm),
+                attn: LiteMla::load(w, &format!("{key}.context_module.main"), c, scales, norm, head_dim),
                 ffn: GluMbConv::load(w, &format!("{key}.local_module.main"), c, norm, act),
             }),
         }
@@ -304,7 +309,7 @@ impl<B: Backend> Encoder<B> {
             let blocks = (0..depths[s])
                 .map(|j| {
                     let key = format!("encoder.stages.{s}.op_list.{j}");
-                    Block::load(w, &key, &e.block_type[s], widths[s], NormKind::RmsNorm, Act::Silu)
+                    Block::load(w, &key, &e.block_type[s], widths[s], NormKind::RmsNorm, Act::Silu, cfg.attention_head_dim)
                 })
                 .collect();
             stages.push(blocks);
@@ -373,7 +378,7 @@ impl<B: Backend> Decoder<B> {
             let blocks = (0..depths[s])
                 .map(|j| {
                     let key = format!("decoder.stages.{s}.op_list.{}", first + j);
-                    Block::load(w, &key, &d.block_type[s], widths[s], d.norm[s], d.act[s])
+                    Block::load(w, &key, &d.block_type[s], widths[s], d.norm[s], d.act[s], cfg.attention_head_dim)
                 })
                 .collect();
             stages.push(blocks);

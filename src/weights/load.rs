@@ -25,9 +25,48 @@ pub enum ModelError {
     Other(String),
 }
 
+/// Config files bigger than this are not configs (the largest real one is a few kB).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 pub fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let io = |source| ModelError::Io { path: path.display().to_string(), source };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ModelError::Other(format!("{} is {len} bytes: far too large for a model config; is it the right file?", path.display())));
+    }
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.display().to_string(), source })?;
-    serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.display().to_string(), source })
+    serde_json::from_str(&python_json(&text)).map_err(|source| ModelError::Json { path: path.display().to_string(), source })
+}
+
+/// Python's `json` writes `NaN`, `Infinity` and `-Infinity` (diffusers' scheduler configs have
+/// `"lambda_min_clipped": -Infinity`), which strict JSON lacks: outside strings they become
+/// `null`, which every field that could hold them treats as unset.
+pub fn python_json(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("NaN") || text.contains("Infinity")) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The autoencoder's config from a config.json: `{"model_name": …}`, a diffusers
