@@ -34,8 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::Repo;
 
 /// The hub used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -329,6 +328,13 @@ pub enum HubError {
         bytes_total: u64,
     },
 
+    #[error("the download of {file} is corrupt: its SHA-256 is {actual}, the hub says {expected}. The file was deleted; download it again (if this repeats, the hub or a proxy in between is serving a wrong file)")]
+    Corrupt {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+
     #[error("{}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -577,7 +583,7 @@ fn resolve_repo(
         Some(found) => found,
         None => {
             check_cancel(cancel, CONFIG_FILE)?;
-            download_config(repo, opts, progress)?
+            download_config(repo, opts, progress, cancel)?
         }
     };
     let commit = config.commit.clone();
@@ -659,45 +665,19 @@ struct CachedFile {
     commit: String,
 }
 
-/// Fetches `config.json` with hf-hub into the shared cache. It is a few hundred bytes, so hf-hub's
-/// lack of mid-file cancel does not matter here.
+/// Fetches `config.json` into the shared cache at `opts.revision` with the same downloader as
+/// the weights, so the commit the hub names is checked before it becomes a folder name (hf-hub
+/// joins it into the cache path as it comes). The commit it belongs to is the hub's answer.
 fn download_config(
     repo: &str,
     opts: &HubOptions,
     progress: &mut dyn FnMut(DownloadProgress),
+    cancel: &AtomicBool,
 ) -> Result<CachedFile, HubError> {
-    let context = Context::new(opts, repo, &opts.revision, CONFIG_FILE);
-    let api = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-        .with_endpoint(opts.endpoint.clone())
-        .with_token(opts.token.clone())
-        .with_progress(false)
-        .with_user_agent("dcae-studio", env!("CARGO_PKG_VERSION"))
-        .build()
-        .map_err(|err| context.hf_error(err))?;
-    let hf_repo = Repo::with_revision(repo.to_string(), RepoType::Model, opts.revision.clone());
-    let reporter = Reporter::new(progress, CONFIG_FILE, 0);
-    let path = api
-        .repo(hf_repo)
-        .download_with_progress(CONFIG_FILE, reporter)
-        .map_err(|err| context.hf_error(err))?;
-    let commit =
-        commit_of_snapshot_file(&path, CONFIG_FILE).ok_or_else(|| HubError::BadResponse {
-            url: context.url(),
-            detail: format!(
-                "hf-hub stored the file outside a snapshot folder: {}",
-                path.display()
-            ),
-        })?;
+    let remote = Remote::new(opts, repo);
+    let cache = RepoCache::new(&opts.cache_dir, repo);
+    let (path, commit) = download_file_at(&remote, &cache, &opts.revision, CONFIG_FILE, progress, cancel)?;
     Ok(CachedFile { path, commit })
-}
-
-/// `…/snapshots/<commit>/<file>` → `<commit>`.
-fn commit_of_snapshot_file(path: &Path, file: &str) -> Option<String> {
-    let depth = file.split('/').count();
-    let commit_dir = path.ancestors().nth(depth)?;
-    commit_dir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,7 +711,8 @@ impl RepoCache {
         }
         let text = fs::read_to_string(self.dir.join("refs").join(revision)).ok()?;
         let commit = text.trim();
-        (!commit.is_empty()).then(|| commit.to_string())
+        // It becomes a folder name: a ref holding anything but a hash is ignored.
+        is_commit_id(commit).then(|| commit.to_string())
     }
 
     /// A file of a snapshot, if it is there and readable (a symlink whose blob was deleted is not).
@@ -897,7 +878,7 @@ impl RepoCache {
 }
 
 fn is_commit_hash(revision: &str) -> bool {
-    revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())
+    is_commit_id(revision)
 }
 
 /// Refs can be nested (`refs/pr/5`), so walk the folder; yields (revision, commit).
@@ -966,7 +947,6 @@ fn symlink_file(_target: &Path, _link: &Path) -> io::Result<()> {
 
 /// What a request was about, so that a failure can be explained in those terms.
 struct Context<'a> {
-    opts: &'a HubOptions,
     endpoint: &'a str,
     repo: &'a str,
     revision: &'a str,
@@ -976,7 +956,6 @@ struct Context<'a> {
 impl<'a> Context<'a> {
     fn new(opts: &'a HubOptions, repo: &'a str, revision: &'a str, file: &'a str) -> Self {
         Self {
-            opts,
             endpoint: &opts.endpoint,
             repo,
             revision,
@@ -991,28 +970,6 @@ impl<'a> Context<'a> {
             "{}/{}/resolve/{}/{}",
             self.endpoint, self.repo, revision, self.file
         )
-    }
-
-    fn hf_error(&self, err: ApiError) -> HubError {
-        match err {
-            ApiError::RequestError(err) => self.ureq_error(*err),
-            ApiError::TooManyRetries(inner) => self.hf_error(*inner),
-            ApiError::IoError(source) => HubError::Io {
-                path: self.repo_cache_hint(),
-                source,
-            },
-            other => HubError::BadResponse {
-                url: self.url(),
-                detail: other.to_string(),
-            },
-        }
-    }
-
-    /// hf-hub's I/O errors carry no path; the repo's cache folder is the best we can say.
-    fn repo_cache_hint(&self) -> PathBuf {
-        self.opts
-            .cache_dir
-            .join(Repo::model(self.repo.to_string()).folder_name())
     }
 
     fn ureq_error(&self, err: ureq::Error) -> HubError {
@@ -1089,6 +1046,8 @@ struct FileMetadata {
     etag: String,
     /// None when the hub did not say; the download then trusts the connection's end.
     size: Option<u64>,
+    /// The SHA-256 the finished file must have (LFS files: their linked etag).
+    sha256: Option<String>,
 }
 
 impl<'a> Remote<'a> {
@@ -1172,22 +1131,57 @@ fn parse_metadata(response: &ureq::Response, url: &str) -> Result<FileMetadata, 
     };
     let commit = response
         .header("x-repo-commit")
-        .ok_or_else(|| missing("X-Repo-Commit"))?;
-    let etag = response
-        .header("x-linked-etag")
+        .ok_or_else(|| missing("X-Repo-Commit"))?
+        .trim();
+    // Both become folder and file names in the cache: anything but a hash could point outside
+    // it (`../..`), so a hub (or a hostile mirror) that sends something else is refused.
+    if !is_commit_id(commit) {
+        return Err(HubError::BadResponse {
+            url: url.to_string(),
+            detail: format!(
+                "its X-Repo-Commit {:?} is not a commit hash (40 or 64 hex digits); nothing was written. Is HF_ENDPOINT a trustworthy Hugging Face hub?",
+                truncate(commit, 80)
+            ),
+        });
+    }
+    let linked = response.header("x-linked-etag");
+    let etag = linked
         .or_else(|| response.header("etag"))
         .map(clean_etag)
-        .filter(|etag| !etag.is_empty() && !etag.contains(['/', '\\']))
         .ok_or_else(|| missing("ETag"))?;
+    if !is_safe_etag(&etag) {
+        return Err(HubError::BadResponse {
+            url: url.to_string(),
+            detail: format!("its ETag {:?} cannot name a file in the cache; nothing was written", truncate(&etag, 80)),
+        });
+    }
     let size = response
         .header("x-linked-size")
         .or_else(|| response.header("content-length"))
         .and_then(|value| value.trim().parse().ok());
+    // An LFS file's linked etag is the SHA-256 of its bytes; a small file's etag is a git hash of
+    // something else, so there is nothing to check it against.
+    let sha256 = (linked.is_some() && etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit())).then(|| etag.clone());
     Ok(FileMetadata {
-        commit: commit.trim().to_string(),
+        commit: commit.to_string(),
         etag,
         size,
+        sha256,
     })
+}
+
+/// A git commit id: 40 hex digits (SHA-1) or 64 (SHA-256 repositories).
+fn is_commit_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// An etag usable as a blob's file name: letters, digits, `-` and `_`, 1 to 128 of them.
+fn is_safe_etag(etag: &str) -> bool {
+    (1..=128).contains(&etag.len()) && etag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 /// `W/"abc"` → `abc`: the blob's file name is the bare etag.
@@ -1212,7 +1206,20 @@ fn download_file(
     progress: &mut dyn FnMut(DownloadProgress),
     cancel: &AtomicBool,
 ) -> Result<PathBuf, HubError> {
-    let context = remote.context(commit, file);
+    download_file_at(remote, cache, commit, file, progress, cancel).map(|(path, _)| path)
+}
+
+/// [`download_file`] at any revision (a branch too); returns the snapshot path and the commit
+/// the hub said the file belongs to.
+fn download_file_at(
+    remote: &Remote,
+    cache: &RepoCache,
+    revision: &str,
+    file: &str,
+    progress: &mut dyn FnMut(DownloadProgress),
+    cancel: &AtomicBool,
+) -> Result<(PathBuf, String), HubError> {
+    let context = remote.context(revision, file);
     let metadata = remote.metadata(&context)?;
     let blob = cache.blob_path(&metadata.etag);
     if !blob.is_file() {
@@ -1226,10 +1233,52 @@ fn download_file(
                 size: metadata.size,
             };
             download.run(progress, cancel)?;
+            if let Some(expected) = &metadata.sha256 {
+                verify_sha256(&download.partial, expected, file)?;
+            }
             fs::rename(&download.partial, &blob).map_err(io_at(&blob))?;
         }
     }
-    cache.link_into_snapshot(&metadata.commit, file, &blob)
+    let path = cache.link_into_snapshot(&metadata.commit, file, &blob)?;
+    Ok((path, metadata.commit))
+}
+
+/// Checks a finished download against the SHA-256 the hub published for it. A mismatch deletes
+/// the file (resuming a corrupt file could never succeed) and says so.
+fn verify_sha256(path: &Path, expected: &str, file: &str) -> Result<(), HubError> {
+    let actual = sha256_file(path).map_err(io_at(path))?;
+    if actual.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(path);
+    Err(HubError::Corrupt {
+        file: file.to_string(),
+        expected: expected.to_ascii_lowercase(),
+        actual,
+    })
+}
+
+/// The SHA-256 of a file, read in 1 MiB pieces.
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = sha256::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.hex())
+}
+
+/// The SHA-256 of `bytes` as 64 lowercase hex digits (what the hub uses as an LFS file's etag).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut hasher = sha256::Sha256::new();
+    hasher.update(bytes);
+    hasher.hex()
 }
 
 /// An exclusive lock on a blob, released when dropped. The same lock file and kind of lock
@@ -1477,18 +1526,102 @@ impl<'a> Reporter<'a> {
     }
 }
 
-impl hf_hub::api::Progress for Reporter<'_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        self.total = size as u64;
-        self.done = 0;
-        self.send();
+/// SHA-256 (FIPS 180-4), small and dependency-free: enough to check downloads against the hub's
+/// published hashes.
+mod sha256 {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    ];
+
+    pub struct Sha256 {
+        state: [u32; 8],
+        block: [u8; 64],
+        filled: usize,
+        length: u64,
     }
 
-    fn update(&mut self, size: usize) {
-        self.advance(size as u64);
+    impl Sha256 {
+        pub fn new() -> Self {
+            Self {
+                state: [
+                    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+                ],
+                block: [0; 64],
+                filled: 0,
+                length: 0,
+            }
+        }
+
+        pub fn update(&mut self, mut data: &[u8]) {
+            self.length = self.length.wrapping_add(data.len() as u64);
+            while !data.is_empty() {
+                let take = (64 - self.filled).min(data.len());
+                self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+                self.filled += take;
+                data = &data[take..];
+                if self.filled == 64 {
+                    let block = self.block;
+                    self.compress(&block);
+                    self.filled = 0;
+                }
+            }
+        }
+
+        pub fn hex(mut self) -> String {
+            let bits = self.length.wrapping_mul(8);
+            self.update(&[0x80]);
+            while self.filled != 56 {
+                self.update(&[0]);
+            }
+            self.update(&bits.to_be_bytes());
+            self.state.iter().map(|w| format!("{w:08x}")).collect()
+        }
+
+        fn compress(&mut self, block: &[u8; 64]) {
+            let mut w = [0u32; 64];
+            for (i, chunk) in block.chunks_exact(4).enumerate() {
+                w[i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            for i in 16..64 {
+                let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+                let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+                w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+            }
+            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.state;
+            for i in 0..64 {
+                let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+                let ch = (e & f) ^ (!e & g);
+                let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+                let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+                let maj = (a & b) ^ (a & c) ^ (b & c);
+                let t2 = s0.wrapping_add(maj);
+                (h, g, f, e, d, c, b, a) = (g, f, e, d.wrapping_add(t1), c, b, a, t1.wrapping_add(t2));
+            }
+            for (s, v) in self.state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+                *s = s.wrapping_add(v);
+            }
+        }
     }
 
-    fn finish(&mut self) {
-        self.send();
+    #[cfg(test)]
+    mod tests {
+        use super::super::sha256_hex;
+
+        #[test]
+        fn known_vectors() {
+            assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+            assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+            let long = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+            assert_eq!(sha256_hex(long), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+            let million = vec![b'a'; 1_000_000];
+            assert_eq!(sha256_hex(&million), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+        }
     }
 }
