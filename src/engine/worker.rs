@@ -687,7 +687,7 @@ impl<B: Backend> Engine<B> {
             };
         }
         self.status(format!("Loading {}…", files.name));
-        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
+        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.name, &files.config, &files.weights, &self.device)?;
         if cfg.name.is_empty() {
             cfg.name = files.name.clone();
         }

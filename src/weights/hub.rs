@@ -230,6 +230,20 @@ pub struct ModelFiles {
     pub source: ModelSource,
 }
 
+impl ModelFiles {
+    /// The model's name for people: the repo id for a model from the hub (its folder in the
+    /// cache is only a commit hash), the folder's name for a local one.
+    pub fn display_name(&self) -> String {
+        match &self.source {
+            ModelSource::Hub { repo, .. } => repo.clone(),
+            ModelSource::LocalDir(dir) => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+        }
+    }
+}
+
 /// Download progress of one file. `bytes_done` counts bytes already on disk, so a resumed
 /// download starts at the size of its partial file.
 #[derive(Clone, Debug, PartialEq, Eq)]

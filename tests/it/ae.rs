@@ -452,3 +452,30 @@ fn cli_zero_width_config_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("width 0") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// A diffusers-layout model from the Hugging Face cache is named by its repo id, not by the
+/// snapshot folder (a commit hash) its config.json sits in.
+#[test]
+fn cli_names_a_hub_model_by_its_repo_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = tmp.path().join("models--someone--dc-ae-tiny");
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture("ae-tiny-in/diffusers").join(f), snapshot.join(f)).unwrap();
+    }
+    let out = dcae_bin()
+        .env("HF_HUB_CACHE", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["reconstruct", "--backend", "cpu", "--json", "--model", "someone/dc-ae-tiny"])
+        .arg(fixture("ae-tiny-in/input.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["model"], "someone/dc-ae-tiny", "{stdout}");
+}
