@@ -31,6 +31,9 @@ pub struct GeneratorInfo {
     pub factor: usize,
     pub default_steps: usize,
     pub scaling_factor: f32,
+    /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
+    /// label the CLI writes too.
+    pub sampler: String,
 }
 
 impl GeneratorInfo {
@@ -86,6 +89,7 @@ impl<B: Backend> Generator<B> {
             factor: c.autoencoder.factor(),
             default_steps: c.sampler.steps.max(1),
             scaling_factor: c.scaling_factor,
+            sampler: c.sampler.label(),
         };
         Self { info, model }
     }
@@ -198,11 +202,24 @@ pub fn load_image_file(path: &Path) -> Result<RgbImage, String> {
     imaging::load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())
 }
 
-/// Saves a PNG with the parameters in its `parameters` text chunk.
-pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams) -> Result<(), String> {
+/// Saves a PNG with the parameters in its `parameters` text chunk, atomically. With
+/// `replace` false an existing file is never touched: the save fails with
+/// [`std::io::ErrorKind::AlreadyExists`] instead.
+pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams, replace: bool) -> Result<(), SaveError> {
     let text = params.to_parameters_text();
-    imaging::save_png_with_text(img, path, &[(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")])
-        .map_err(|e| e.to_string())
+    let entries = [(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")];
+    let saved = if replace { imaging::save_png_with_text(img, path, &entries) } else { imaging::save_png_with_text_new(img, path, &entries) };
+    saved.map_err(|e| {
+        let exists = matches!(&e, imaging::ImagingError::Write { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists);
+        SaveError { message: e.to_string(), exists }
+    })
+}
+
+/// A failed save; `exists` when the only problem is a file already at the path.
+#[derive(Debug, Clone)]
+pub struct SaveError {
+    pub message: String,
+    pub exists: bool,
 }
 
 /// The generation parameters of a PNG's bytes: `Ok(None)` for anything that is not a PNG or
