@@ -4,6 +4,7 @@
 pub mod ae;
 pub mod bench;
 pub mod generate;
+pub mod timing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
