@@ -10,5 +10,7 @@ pub mod imaging;
 pub mod labels;
 pub mod model;
 pub mod sampler;
+/// The desktop app (the `gui` feature, on by default).
+#[cfg(feature = "gui")]
 pub mod ui;
 pub mod weights;

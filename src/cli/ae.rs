@@ -11,7 +11,6 @@ use crate::engine::host::{read_back, upload};
 use crate::engine::{run_on, BackendInfo, BackendTask};
 use crate::imaging::{self, ImageLimits};
 use crate::model::{Dcae, DcaeConfig};
-use crate::weights::load::load_dcae_files;
 use crate::weights::tensor_file::{read_nchw, write_f32};
 
 /// Image options shared by the commands that read pictures.
@@ -100,7 +99,12 @@ fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Resu
 /// Loads the model named by `common.model` on this backend.
 fn load<B: Backend>(model: &str, device: &B::Device) -> anyhow::Result<(DcaeConfig, Dcae<B>)> {
     let files = model_files(model)?;
-    Ok(load_dcae_files::<B>(&files.config, &files.weights, device)?)
+    // Named by the repo id (or the folder), not by the folder config.json sits in, which for a
+    // model from the hub is a snapshot's commit hash. A published `model_name` keeps its name.
+    let cfg = crate::weights::load::dcae_config_from_json(&crate::weights::load::read_json(&files.config)?, &files.display_name())?;
+    let ckpt = crate::weights::Checkpoint::open(&files.weights)?;
+    let model = crate::weights::load::load_dcae::<B>(&ckpt, &cfg, device)?;
+    Ok((cfg, model))
 }
 
 fn non_finite(v: &[f32]) -> usize {

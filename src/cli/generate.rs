@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use serde::Serialize;
 
-use super::bench::Timings;
+use super::timing::Timings;
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::engine::host::{read_back, upload};
 use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};

@@ -4,8 +4,14 @@
 //! ```text
 //!   UI thread ── Job ──▶ engine thread (run_on(choice) → loop { recv job; catch_unwind(handle) })
 //!             ◀─ Event ─┘   + request_repaint() after every event
-//!   UI thread ── Job::Download ──▶ a download thread per repo (network work never blocks sampling)
+//!   UI thread ── start ──▶ engine::downloads (a thread per repo, its own channel: downloads
+//!                           outlive engine restarts and backend switches)
 //! ```
+//!
+//! A backend switch ([`Worker::restart`]) closes the old engine's job channel and starts the new
+//! engine thread, which first waits for the old one to end: the old models are freed before the
+//! new backend loads anything, so two generators are never in memory at once. Both engines send
+//! to the same event channel, so nothing the old one finished is dropped on the way.
 //!
 //! A panic while handling a job is caught, reported as an [`Event::Error`], and the engine is
 //! restarted: the backend is set up again and the generation model that was loaded is loaded
@@ -80,13 +86,17 @@ pub enum Job {
     LoadGenerator(ModelFilesRef),
     Generate(GenerateJob),
     Reconstruct(ReconstructJob),
-    /// Fetch a repo into the Hugging Face cache (runs on its own thread).
-    Download { repo: String, options: api::hub::HubOptions, cancel: CancelToken },
     /// Drop every loaded autoencoder (the generator stays).
     UnloadAutoencoders,
+    /// Forget the fitted preview projection and delete the cached ones: the next generation
+    /// with live previews fits it again.
+    ClearProjections,
     /// Panics inside the engine, to exercise the recovery path (tests, debug menu).
     #[doc(hidden)]
     DebugPanic,
+    /// Makes the next preview projection fit fail, to exercise the non-fatal path (tests).
+    #[doc(hidden)]
+    DebugFailNextPreview,
 }
 
 /// A batch of latents on the CPU, `[B, C, H, W]` row-major.
@@ -127,6 +137,8 @@ pub enum Event {
     Status(String),
     GeneratorLoaded { info: GeneratorInfo, secs: f64 },
     GeneratorFailed { name: String, message: String },
+    /// [`Job::ClearProjections`] is done: the cached projections are gone (or why not).
+    ProjectionsCleared { result: Result<(), String> },
     /// The preview projection of the loaded generator (fitted now or read from the cache).
     ProjectionReady { model: String, projection: Projection, fit_secs: Option<f64> },
     Progress { job: u64, step: usize, total: usize, sec_per_step: f64, elapsed: f64 },
@@ -140,7 +152,14 @@ pub enum Event {
     ReconstructFinished { job: u64 },
     DownloadProgress { repo: String, file: String, bytes_done: u64, bytes_total: u64 },
     DownloadFinished { repo: String, result: Result<(), String>, cancelled: bool },
+    /// Something failed that ends the job (`job`) or concerns no job at all.
     Error { job: Option<u64>, message: String },
+    /// Something went wrong that the job survives (a step preview, the projection cache): the
+    /// UI says so and keeps the run going, so its finished image is not lost.
+    Warning { job: Option<u64>, message: String },
+    /// An engine thread ended (app closing, or replaced by [`Worker::restart`]); everything it
+    /// held is freed.
+    EngineStopped,
     /// The engine recovered from a panic; loaded models are being reloaded.
     Restarted { reason: String },
     /// Device memory held by the backend's allocator (GPU backends only): in use, reserved.
@@ -191,7 +210,6 @@ pub struct Worker {
     events: Receiver<Event>,
     sink: Sink,
     engine: Option<JoinHandle<()>>,
-    downloads: Vec<JoinHandle<()>>,
     pub config: WorkerConfig,
 }
 
@@ -199,42 +217,49 @@ impl Worker {
     /// Starts the engine thread. `wake` is called after every event (pass
     /// `move || ctx.request_repaint()`).
     pub fn spawn(config: WorkerConfig, wake: Waker) -> Self {
-        let (jobs, job_rx) = channel::<Job>();
         let (tx, events) = channel::<Event>();
         let sink = Sink { tx, wake };
-        let engine_sink = sink.clone();
-        let engine_config = config.clone();
-        let engine = std::thread::Builder::new()
-            .name("dcae-engine".into())
-            .spawn(move || supervise(engine_config, job_rx, engine_sink))
-            .ok();
-        if engine.is_none() {
-            sink.send(Event::Error { job: None, message: "could not start the engine thread".into() });
+        let (jobs, _) = channel::<Job>();
+        let mut worker = Self { jobs, events, sink, engine: None, config: config.clone() };
+        worker.start_engine(config, None);
+        worker
+    }
+
+    /// Replaces the engine with one on `config` (another backend, say). The old engine's job
+    /// channel is closed, so it ends after its current job (cancel that job first); the new
+    /// engine thread waits for it to end before it sets up the backend, so the old models are
+    /// freed before new ones load. Events keep arriving on the same channel.
+    pub fn restart(&mut self, config: WorkerConfig) {
+        let previous = self.engine.take();
+        self.config = config.clone();
+        self.start_engine(config, previous);
+    }
+
+    fn start_engine(&mut self, config: WorkerConfig, previous: Option<JoinHandle<()>>) {
+        let (jobs, job_rx) = channel::<Job>();
+        // Dropping the old sender closes the old engine's channel: it stops at its next recv.
+        self.jobs = jobs;
+        let sink = self.sink.clone();
+        let spawned = std::thread::Builder::new().name("dcae-engine".into()).spawn(move || {
+            if let Some(previous) = previous {
+                sink.send(Event::Status("Waiting for the previous engine to stop…".into()));
+                let _ = previous.join();
+            }
+            supervise(config, job_rx, sink.clone());
+            sink.send(Event::EngineStopped);
+        });
+        match spawned {
+            Ok(h) => self.engine = Some(h),
+            Err(e) => self.sink.send(Event::Error { job: None, message: format!("could not start the engine thread: {e}") }),
         }
-        Self { jobs, events, sink, engine, downloads: Vec::new(), config }
     }
 
     pub fn send(&mut self, job: Job) {
-        match job {
-            Job::Download { repo, options, cancel } => {
-                let sink = self.sink.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("download {repo}"))
-                    .spawn(move || download(repo, options, cancel, sink));
-                match spawned {
-                    Ok(h) => self.downloads.push(h),
-                    Err(e) => self.sink.send(Event::Error { job: None, message: format!("could not start a download: {e}") }),
-                }
-                self.downloads.retain(|h| !h.is_finished());
-            }
-            job => {
-                if self.jobs.send(job).is_err() {
-                    self.sink.send(Event::Error {
-                        job: None,
-                        message: "the engine thread has stopped; restart the app (your images are kept until you close it)".into(),
-                    });
-                }
-            }
+        if self.jobs.send(job).is_err() {
+            self.sink.send(Event::Error {
+                job: None,
+                message: "the engine thread has stopped; restart the app (your images are kept until you close it)".into(),
+            });
         }
     }
 
@@ -270,7 +295,7 @@ enum Exit {
     Panicked(String),
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -345,6 +370,7 @@ impl BackendTask for EngineTask<'_> {
             projection: None,
             autoencoders: HashMap::new(),
             loaded: self.loaded.clone(),
+            fail_next_preview: false,
         };
         let mut pending = self.replay;
         let mut last_memory: Option<(u64, u64)> = None;
@@ -409,9 +435,10 @@ fn job_name(job: &Job) -> &'static str {
         Job::LoadGenerator(_) => "loading the generation model",
         Job::Generate(_) => "generating",
         Job::Reconstruct(_) => "reconstructing",
-        Job::Download { .. } => "downloading",
         Job::UnloadAutoencoders => "unloading models",
+        Job::ClearProjections => "clearing the preview projections",
         Job::DebugPanic => "running the crash test",
+        Job::DebugFailNextPreview => "arming a preview failure",
     }
 }
 
@@ -443,6 +470,8 @@ struct Engine<B: Backend> {
     /// Autoencoders for reconstruction, by weights path, with the order they were last used.
     autoencoders: HashMap<PathBuf, (DcaeConfig, Dcae<B>, u64)>,
     loaded: Arc<Mutex<Option<ModelFilesRef>>>,
+    /// Set by [`Job::DebugFailNextPreview`].
+    fail_next_preview: bool,
 }
 
 /// How many reconstruction autoencoders stay loaded (an f128c512 alone is several GB).
@@ -460,6 +489,19 @@ fn images_from_nchw(data: &[f32], shape: [usize; 4]) -> Result<Vec<RgbImage>, St
     (0..b).map(|i| api::to_rgb8(&data[i * 3 * h * w..(i + 1) * 3 * h * w], h, w)).collect()
 }
 
+/// Decodes a batch of sampled latents one image at a time: the decoder's activations grow with
+/// the batch (a batch of 16 at 512² is an out-of-memory on an 8 GB card), one image's do not.
+fn decode_images<B: Backend>(model: &Generator<B>, latent: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
+    let batch = latent.dims()[0];
+    let mut images = Vec::with_capacity(batch);
+    for i in 0..batch {
+        let img = model.decode(latent.clone().narrow(0, i, 1));
+        let shape: [usize; 4] = img.dims();
+        images.extend(tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape))?);
+    }
+    Ok(images)
+}
+
 impl<B: Backend> Engine<B> {
     fn status(&self, s: impl Into<String>) {
         self.sink.send(Event::Status(s.into()));
@@ -467,6 +509,11 @@ impl<B: Backend> Engine<B> {
 
     fn error(&self, job: Option<u64>, message: impl Into<String>) {
         self.sink.send(Event::Error { job, message: message.into() });
+    }
+
+    /// A failure the job survives (see [`Event::Warning`]).
+    fn warn(&self, job: Option<u64>, message: impl Into<String>) {
+        self.sink.send(Event::Warning { job, message: message.into() });
     }
 
     fn handle(&mut self, job: Job) {
@@ -485,8 +532,9 @@ impl<B: Backend> Engine<B> {
                 self.sink.send(Event::ReconstructFinished { job: id });
             }
             Job::UnloadAutoencoders => self.autoencoders.clear(),
-            Job::Download { .. } => {} // handled by Worker::send
+            Job::ClearProjections => self.clear_projections(),
             Job::DebugPanic => panic!("crash test requested from the debug menu"),
+            Job::DebugFailNextPreview => self.fail_next_preview = true,
         }
     }
 
@@ -526,6 +574,22 @@ impl<B: Backend> Engine<B> {
         self.status("");
     }
 
+    fn clear_projections(&mut self) {
+        self.projection = None;
+        let result = match &self.config.cache_dir {
+            Some(dir) => {
+                let folder = projection::cache_folder(dir);
+                match std::fs::remove_dir_all(&folder) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("cannot clear {}: {e}", folder.display())),
+                }
+            }
+            None => Ok(()),
+        };
+        self.sink.send(Event::ProjectionsCleared { result });
+    }
+
     fn generator_name(&self) -> String {
         self.generator.as_ref().map(|g| g.files.name.clone()).unwrap_or_default()
     }
@@ -543,6 +607,9 @@ impl<B: Backend> Engine<B> {
 
     /// Fits the generator's latent→RGB projection from the bundled samples (first use only).
     fn ensure_projection(&mut self, cancel: &AtomicBool) -> Result<(), String> {
+        if std::mem::take(&mut self.fail_next_preview) {
+            return Err("the projection fit failed (injected for a test)".into());
+        }
         if self.projection.is_some() {
             return Ok(());
         }
@@ -572,7 +639,7 @@ impl<B: Backend> Engine<B> {
         let secs = t0.elapsed().as_secs_f64();
         if let Some(path) = self.projection_cache_path() {
             if let Err(e) = projection::store_cached(&path, &p) {
-                self.error(None, format!("could not cache the preview projection in {}: {e}", path.display()));
+                self.warn(None, format!("could not cache the preview projection in {}: {e}", path.display()));
             }
         }
         self.projection = Some(p.clone());
@@ -597,7 +664,7 @@ impl<B: Backend> Engine<B> {
                     return;
                 }
                 // Previews are a convenience: say why they are missing and go on.
-                self.error(Some(id), format!("step previews are off for this run: {e}"));
+                self.warn(Some(id), format!("step previews are off for this run: {e}"));
             }
         }
         if job.cancel.load(Ordering::Relaxed) {
@@ -624,9 +691,7 @@ impl<B: Backend> Engine<B> {
             }
             if job.decode_every > 0 && step % job.decode_every == 0 && step < total {
                 let t = Instant::now();
-                let img = model.decode(x0);
-                let shape: [usize; 4] = img.dims();
-                match tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape)) {
+                match decode_images(model, x0) {
                     Ok(images) => sink.send(Event::PreviewDecoded { job: id, step, images, secs: t.elapsed().as_secs_f64() }),
                     Err(e) => callback_err = Some(e),
                 }
@@ -642,7 +707,7 @@ impl<B: Backend> Engine<B> {
         };
         let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, &mut on_step, &job.cancel);
         if let Some(e) = callback_err {
-            self.error(Some(id), format!("a step preview failed: {e}"));
+            self.warn(Some(id), format!("a step preview failed: {e}"));
         }
         let GenerateOutput { latent, nfe, network_calls } = match result {
             Ok(r) => r,
@@ -658,9 +723,7 @@ impl<B: Backend> Engine<B> {
         let sampling_secs = start.elapsed().as_secs_f64();
         self.status("Decoding the final image…");
         let t = Instant::now();
-        let img = model.decode(latent);
-        let shape: [usize; 4] = img.dims();
-        match tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape)) {
+        match decode_images(model, latent) {
             Ok(images) => self.sink.send(Event::Generated {
                 job: id,
                 images,
@@ -687,7 +750,7 @@ impl<B: Backend> Engine<B> {
             };
         }
         self.status(format!("Loading {}…", files.name));
-        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.config, &files.weights, &self.device)?;
+        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.name, &files.config, &files.weights, &self.device)?;
         if cfg.name.is_empty() {
             cfg.name = files.name.clone();
         }
@@ -840,20 +903,6 @@ pub fn fit_projection<B: Backend>(
         samples::SAMPLES.len()
     );
     fitter.solve(1e-3, note).ok_or_else(|| "the projection fit was singular".to_string())
-}
-
-fn download(repo: String, options: api::hub::HubOptions, cancel: CancelToken, sink: Sink) {
-    let mut progress = |p: api::hub::DownloadProgress| {
-        sink.send(Event::DownloadProgress { repo: repo.clone(), file: p.file, bytes_done: p.bytes_done, bytes_total: p.bytes_total });
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| api::hub::download_model(&repo, &options, &mut progress, &cancel)));
-    let cancelled = cancel.load(Ordering::Relaxed);
-    let result = match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(format!("the download crashed: {}", panic_message(p.as_ref()))),
-    };
-    sink.send(Event::DownloadFinished { repo, result, cancelled });
 }
 
 /// Reads a folder's config.json to tell a generation model from an autoencoder.

@@ -14,6 +14,7 @@
 //! * PSNR and SSIM are computed on 8-bit images with peak 255, SSIM like torchmetrics'
 //!   `StructuralSimilarityIndexMeasure(data_range=(0, 255))` ([`psnr`], [`ssim`]).
 
+mod atomic;
 mod compose;
 mod error;
 mod load;
@@ -25,6 +26,7 @@ mod preprocess;
 mod resample;
 mod tensor;
 
+pub use atomic::{write_atomic, Existing};
 pub use compose::{diff_heatmap, diff_heatmap_with_gain, grid, side_by_side};
 pub use error::{ImagingError, Result};
 pub use load::{load_rgb, load_rgb_from_bytes, ImageLimits};
@@ -32,6 +34,7 @@ pub use metrics::{psnr, ssim, ssim_with, SsimBorder};
 pub use params::{GenerationParams, PARAMETERS_KEY};
 pub use png_text::{
     encode_png_with_text, read_png_text, read_png_text_from_bytes, save_png_with_text,
+    save_png_with_text_new,
 };
 pub use prompt_params::PromptParams;
 pub use preprocess::{default_size, dm_crop, prepare};

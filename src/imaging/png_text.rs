@@ -4,11 +4,12 @@
 //! otherwise — the same choice Pillow makes, so files from this app and from Python scripts look
 //! alike to other tools. Reading accepts `tEXt`, `zTXt` and `iTXt`.
 
-use std::io::{BufWriter, Cursor, Write};
+use std::io::{Cursor, Write};
 use std::path::Path;
 
 use image::RgbImage;
 
+use super::atomic::{write_atomic, Existing};
 use super::error::{ImagingError, Result};
 
 /// Largest decompressed `zTXt` / compressed `iTXt` value read back: metadata is small, and a
@@ -50,7 +51,8 @@ pub fn encode_png_with_text(img: &RgbImage, entries: &[(&str, &str)]) -> Result<
     Ok(bytes)
 }
 
-/// Saves `img` as a PNG file with text entries (see [`encode_png_with_text`]).
+/// Saves `img` as a PNG file with text entries (see [`encode_png_with_text`]), replacing a file
+/// already at `path`.
 ///
 /// The file is written beside the target and renamed into place, so an interrupted save never
 /// leaves a half-written PNG under the final name.
@@ -59,31 +61,24 @@ pub fn save_png_with_text(
     path: impl AsRef<Path>,
     entries: &[(&str, &str)],
 ) -> Result<()> {
-    let path = path.as_ref();
-    let name = path.display().to_string();
-    let write_err = |source| ImagingError::Write {
-        path: name.clone(),
-        source,
-    };
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".partial");
-    let tmp = path.with_file_name(tmp_name);
+    save_png(img, path.as_ref(), entries, Existing::Replace)
+}
 
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(write_err)?;
-        let mut out = BufWriter::new(file);
-        write_png(&mut out, img, entries, &name)?;
-        let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-        file.sync_all().map_err(write_err)?;
-        std::fs::rename(&tmp, path).map_err(write_err)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Like [`save_png_with_text`], but never replaces a file: an existing `path` is an error
+/// ([`ImagingError::Write`] of kind `AlreadyExists`) and stays as it was.
+pub fn save_png_with_text_new(
+    img: &RgbImage,
+    path: impl AsRef<Path>,
+    entries: &[(&str, &str)],
+) -> Result<()> {
+    save_png(img, path.as_ref(), entries, Existing::Keep)
+}
+
+fn save_png(img: &RgbImage, path: &Path, entries: &[(&str, &str)], existing: Existing) -> Result<()> {
+    let name = path.display().to_string();
+    let mut bytes = Vec::new();
+    write_png(&mut bytes, img, entries, &name)?;
+    write_atomic(path, &bytes, existing).map_err(|source| ImagingError::Write { path: name, source })
 }
 
 fn write_png<W: Write>(out: W, img: &RgbImage, entries: &[(&str, &str)], name: &str) -> Result<()> {

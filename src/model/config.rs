@@ -49,6 +49,9 @@ pub struct DecoderConfig {
     pub upsample: Upsample,
 }
 
+/// More stages than any DC-AE has (f128 is 8): a factor of 2^11 = 2048 at most.
+pub const MAX_STAGES: usize = 12;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DcaeConfig {
     /// The published name (`dc-ae-f64c128-in-1.0`) or a description of where it came from.
@@ -167,7 +170,8 @@ impl DcaeConfig {
 
     /// Spatial compression factor: 2^(stages − 1).
     pub fn factor(&self) -> usize {
-        1 << (self.encoder.width_list.len() - 1)
+        // Saturating: a config is asked for its factor before it is validated (model scan).
+        1 << self.encoder.width_list.len().saturating_sub(1).min(MAX_STAGES - 1)
     }
 
     /// Reads a config.json: either `{"model_name": <published name>}` (original repos) or a
@@ -297,10 +301,29 @@ impl DcaeConfig {
         Ok(cfg)
     }
 
-    /// Checks the divisibility rules the architecture relies on.
+    /// Checks every rule the model code relies on, so a hand-written or downloaded config.json
+    /// is refused with a message instead of panicking (a zero width once divided by zero) or
+    /// building a model whose shapes cannot line up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let (e, d) = (&self.encoder, &self.decoder);
+        let w = &e.width_list;
+        let n = w.len();
+        if !(2..=MAX_STAGES).contains(&n) {
+            return bad(format!("{n} stage(s); a DC-AE has 2 to {MAX_STAGES} (the published ones 6 to 8)"));
+        }
+        let lists = [
+            ("decoder widths", d.width_list.len()),
+            ("encoder depths", e.depth_list.len()),
+            ("decoder depths", d.depth_list.len()),
+            ("encoder block types", e.block_type.len()),
+            ("decoder block types", d.block_type.len()),
+            ("decoder norms", d.norm.len()),
+            ("decoder activations", d.act.len()),
+        ];
+        if let Some((what, len)) = lists.iter().find(|(_, len)| *len != n) {
+            return bad(format!("{n} encoder widths but {len} {what}: every per-stage list needs one entry per stage"));
+        }
         let hd = self.attention_head_dim;
         for (part, c) in [("encoder", e.block_type.iter().zip(&e.width_list).collect::<Vec<_>>()), ("decoder", d.block_type.iter().zip(&d.width_list).collect())] {
             if let Some((_, w)) = c.iter().find(|(b, w)| matches!(b, BlockType::EfficientVit { .. }) && (hd == 0 || **w % hd != 0)) {
@@ -310,24 +333,53 @@ impl DcaeConfig {
         if e.width_list != d.width_list {
             return bad("encoder and decoder widths differ (not supported)".into());
         }
-        let w = &e.width_list;
-        let last = *w.last().unwrap_or(&0);
+        if let Some(s) = w.iter().position(|&x| x == 0) {
+            return bad(format!("stage {s} has width 0; every stage width must be positive"));
+        }
+        if self.in_channels == 0 {
+            return bad("in_channels is 0; images have 3".into());
+        }
+        let last = w[n - 1];
         if self.latent_channels == 0 || last % self.latent_channels != 0 {
             return bad(format!("last width {last} must be a multiple of latent_channels {}", self.latent_channels));
         }
         for (s, b) in e.block_type.iter().chain(&d.block_type).enumerate() {
-            if matches!(b, BlockType::EfficientVit { .. }) && w[s % w.len()] % 32 != 0 {
-                return bad(format!("EfficientViT stage width {} is not a multiple of the head dim 32", w[s % w.len()]));
+            if matches!(b, BlockType::EfficientVit { .. }) && w[s % n] % 32 != 0 {
+                return bad(format!("EfficientViT stage width {} is not a multiple of the head dim 32", w[s % n]));
+            }
+            if let BlockType::EfficientVit { scales } = b {
+                if scales.iter().any(|&k| k == 0 || k % 2 == 0) {
+                    return bad(format!("multi-scale kernel sizes {scales:?} must be odd and positive"));
+                }
             }
         }
-        for s in 0..w.len() - 1 {
-            // Both residual shortcuts regroup the 4·w[s] channels of a 2×2 (un)shuffle.
-            if (4 * w[s]) % w[s + 1] != 0 {
-                return bad(format!("widths {} → {} cannot be resampled by the shortcuts", w[s], w[s + 1]));
+        for (side, depths) in [("encoder", &e.depth_list), ("decoder", &d.depth_list)] {
+            // Each stage but the last halves (or doubles) the resolution: with its resampling
+            // block when it has blocks, or — for an empty first stage, as in the in / mix
+            // models — with the pixel-(un)shuffle head. An empty middle stage would do neither.
+            if let Some(s) = (1..n - 1).find(|&s| depths[s] == 0) {
+                return bad(format!("{side} stage {s} is empty; only the first and the last stage may have depth 0"));
+            }
+            if depths[0] == 0 && w[1] % 4 != 0 {
+                return bad(format!("the first stage is empty, so width {} (stage 1) must be a multiple of 4 for the pixel-(un)shuffle head", w[1]));
+            }
+            for s in 0..n - 1 {
+                // Only a stage with blocks has a resampling block after it (the original builds
+                // none after an empty stage), and only that block has a residual shortcut, which
+                // regroups the 4·w[s] channels of a 2×2 (un)shuffle.
+                if depths[s] > 0 && (4 * w[s]) % w[s + 1] != 0 {
+                    return bad(format!("widths {} → {} cannot be resampled by the shortcuts", w[s], w[s + 1]));
+                }
+            }
+        }
+        if e.downsample == Downsample::ConvPixelUnshuffle {
+            if let Some(s) = (0..n - 1).find(|&s| e.depth_list[s] > 0 && w[s + 1] % 4 != 0) {
+                return bad(format!("width {} (stage {}) must be a multiple of 4 for the pixel-unshuffle downsampling", w[s + 1], s + 1));
             }
         }
         Ok(())
     }
+
 }
 
 /// The autoencoder a published diffusion model (the efficientvit diffusion zoo) was trained on.

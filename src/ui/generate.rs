@@ -63,11 +63,17 @@ pub struct GeneratePanel {
     /// The user (or a test) set `decode_every`; backend defaults no longer apply.
     pub decode_every_touched: bool,
     num_classes: usize,
+    /// The class list for the query in the search box, searched once per query.
+    pub class_search: ClassSearch,
+    /// The model whose default step count was applied last, and that default.
+    steps_default: Option<(String, usize)>,
     pub run: Option<Run>,
     pub shown: Shown,
     /// First pick of a comparison (set by "Compare…", completed by clicking another item).
     compare_from: Option<u64>,
     save_dialog: Option<(u64, Promise<Option<PathBuf>>)>,
+    /// Saves being written on helper threads.
+    saving: Vec<super::files::Saving>,
     open_dialog: Option<Promise<Option<PathBuf>>>,
     /// Measured costs, for the preview settings.
     pub last_decode_secs: Option<f64>,
@@ -93,10 +99,13 @@ impl Default for GeneratePanel {
             decode_every: 10,
             decode_every_touched: false,
             num_classes: api::NUM_CLASSES,
+            class_search: ClassSearch::default(),
+            steps_default: None,
             run: None,
             shown: Shown::Current,
             compare_from: None,
             save_dialog: None,
+            saving: Vec::new(),
             open_dialog: None,
             last_decode_secs: None,
             last_sec_per_step: None,
@@ -104,6 +113,35 @@ impl Default for GeneratePanel {
             previews_projected: 0,
             previews_decoded: 0,
         }
+    }
+}
+
+/// The classes matching the search box: computed when the query (or the model's class count)
+/// changes, not on every frame.
+#[derive(Default)]
+pub struct ClassSearch {
+    key: Option<(String, usize)>,
+    hits: Vec<(usize, String)>,
+    searches: usize,
+}
+
+impl ClassSearch {
+    pub fn hits(&mut self, query: &str, num_classes: usize) -> &[(usize, String)] {
+        if self.key.as_ref().is_none_or(|(q, n)| q != query || *n != num_classes) {
+            self.hits = if query.trim().is_empty() {
+                (0..num_classes.min(40)).map(|i| (i, api::class_name(i).unwrap_or_else(|| format!("class {i}")))).collect()
+            } else {
+                api::class_search(query, 60).into_iter().filter(|(i, _)| *i < num_classes).collect()
+            };
+            self.key = Some((query.to_string(), num_classes));
+            self.searches += 1;
+        }
+        &self.hits
+    }
+
+    /// How many searches ran (tests).
+    pub fn searches(&self) -> usize {
+        self.searches
     }
 }
 
@@ -125,7 +163,15 @@ impl GeneratePanel {
                 self.class = Some(0);
             }
         }
-        self.steps = info.default_steps.max(1);
+        // The model's default only where the user made no choice: on the first model, on a
+        // different model, or while the steps still are the default set last time. A reload of
+        // the same model (engine restart, backend switch) keeps what the user set.
+        let default = info.default_steps.max(1);
+        let chosen = matches!(&self.steps_default, Some((name, d)) if *name == info.name && self.steps != *d);
+        if !chosen {
+            self.steps = default;
+        }
+        self.steps_default = Some((info.name.clone(), default));
         self.decode_every = self.decode_every.min(self.steps);
     }
 
@@ -158,7 +204,7 @@ impl GeneratePanel {
 
     /// The settings as saved in PNGs; the unconditional class is written as
     /// `labels::UNCONDITIONAL` (1000) whatever the model's own null id.
-    pub fn params(&self, model: &str) -> GenerationParams {
+    pub fn params(&self, info: &GeneratorInfo) -> GenerationParams {
         let id = match self.class.filter(|c| *c < self.num_classes) {
             Some(c) => c as u32,
             None => api::UNCONDITIONAL,
@@ -168,8 +214,8 @@ impl GeneratePanel {
             guidance: self.guidance,
             steps: self.steps,
             seed: self.seed,
-            model: model.to_string(),
-            sampler: "DPM-Solver++ (order 3, multistep)".to_string(),
+            model: info.name.clone(),
+            sampler: info.sampler.clone(),
             batch: self.batch.max(1),
         }
     }
@@ -180,7 +226,7 @@ impl GeneratePanel {
             shared.notices.error("No generation model is loaded yet");
             return;
         };
-        let model_name = info.name.clone();
+        let info = info.clone();
         if self.run.is_some() {
             return;
         }
@@ -189,7 +235,7 @@ impl GeneratePanel {
         }
         let id = shared.next_id();
         let cancel = cancel_token();
-        let params = self.params(&model_name);
+        let params = self.params(&info);
         shared.worker.send(Job::Generate(GenerateJob {
             id,
             labels: self.labels(),
@@ -274,7 +320,7 @@ impl GeneratePanel {
                 let (id, result) = (*id, result.clone());
                 self.save_dialog = None;
                 if let Some(path) = result {
-                    save_item(shared, id, &path);
+                    self.save_item(shared, id, path, true);
                 }
             }
         }
@@ -283,47 +329,53 @@ impl GeneratePanel {
                 let result = result.clone();
                 self.open_dialog = None;
                 if let Some(path) = result {
-                    match std::fs::read(&path) {
-                        Ok(bytes) => {
-                            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                            let ctx = shared.egui_ctx();
-                            if !self.open_png(&name, &bytes, shared, &ctx) {
-                                shared.notices.error(format!("{name} carries no DC-AE Studio parameters"));
-                            }
-                        }
-                        Err(e) => shared.notices.error(format!("cannot read {}: {e}", path.display())),
-                    }
+                    shared.files.open_path(path, super::files::Purpose::RestoreSettings);
                 }
+            }
+        }
+        let mut i = 0;
+        while i < self.saving.len() {
+            let Some(result) = self.saving[i].poll() else {
+                i += 1;
+                continue;
+            };
+            let done = self.saving.remove(i);
+            match result {
+                Ok(paths) => {
+                    if let Some(item) = shared.history.iter_mut().find(|h| h.id == done.item) {
+                        item.saved_to = paths.first().cloned();
+                    }
+                    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                    shared.notices.info(format!("Saved {}", list.join(", ")));
+                }
+                Err(e) => shared.notices.error(e),
             }
         }
     }
 
-    /// Opens a PNG saved by this app: restores its parameters and adds it to the history.
-    /// Returns false when the bytes carry no parameters (the caller decides what else to do).
-    pub fn open_png(&mut self, name: &str, bytes: &[u8], shared: &mut Shared, ctx: &egui::Context) -> bool {
-        let params = match api::read_png_params(bytes) {
-            Ok(Some(p)) => p,
-            Ok(None) => return false,
-            Err(e) => {
-                shared.notices.error(format!("{name}: {e}"));
-                return true;
-            }
-        };
+    pub fn saving(&self) -> bool {
+        !self.saving.is_empty()
+    }
+
+    /// Writes a history item's images on a helper thread. `replace`: the user picked `path` in a
+    /// save dialog (which asked before replacing a file).
+    fn save_item(&mut self, shared: &mut Shared, id: u64, path: PathBuf, replace: bool) {
+        let Some(item) = shared.history.iter().find(|h| h.id == id) else { return };
+        self.saving.push(super::files::save(id, item.images.clone(), item.params.clone(), path, replace));
+    }
+
+    /// Restores the parameters of a PNG saved by this app (read and decoded off the UI thread
+    /// by [`super::files`]) and adds its picture to the history.
+    pub fn open_params(&mut self, name: &str, params: GenerationParams, image: Option<image::RgbImage>, shared: &mut Shared, ctx: &egui::Context) {
         self.apply_params(&params);
         let id = shared.next_id();
-        let (images, textures) = match api::load_image_bytes(bytes) {
-            Ok(img) => {
-                let tex = widgets::texture(ctx, &format!("opened-{id}"), &img);
-                (vec![img], vec![tex])
-            }
-            Err(_) => (Vec::new(), Vec::new()),
-        };
-        if !images.is_empty() {
+        if let Some(img) = image {
+            let tex = widgets::texture(ctx, &format!("opened-{id}"), &img);
             shared.history.push(HistoryItem {
                 id,
                 params,
-                images,
-                textures,
+                images: vec![img],
+                textures: vec![tex],
                 sampling_secs: 0.0,
                 decode_secs: 0.0,
                 nfe: 0,
@@ -335,7 +387,6 @@ impl GeneratePanel {
             self.shown = Shown::Item(id);
         }
         shared.notices.info(format!("Restored the settings of {name} (seed {} locked)", self.seed));
-        true
     }
 
     /// Puts a result's settings back into the controls (the seed is locked so it repeats).
@@ -408,11 +459,7 @@ impl GeneratePanel {
                 .hint_text(format!("search {} classes: name or id", self.num_classes))
                 .desired_width(f32::INFINITY),
         );
-        let hits: Vec<(usize, String)> = if self.query.trim().is_empty() {
-            (0..self.num_classes.min(40)).map(|i| (i, api::class_name(i).unwrap_or_else(|| format!("class {i}")))).collect()
-        } else {
-            api::class_search(&self.query, 60).into_iter().filter(|(i, _)| *i < self.num_classes).collect()
-        };
+        let hits = self.class_search.hits(&self.query, self.num_classes).to_vec();
         egui::Frame::group(ui.style()).inner_margin(4.0).show(ui, |ui| {
             egui::ScrollArea::vertical().id_salt("class_list").max_height(150.0).auto_shrink([false, true]).show(ui, |ui| {
                 if ui.selectable_label(self.class.is_none(), "unconditional (no class)").clicked() {
@@ -695,12 +742,8 @@ impl GeneratePanel {
             }
             Some("quick") => {
                 if let Some(dir) = self.output_dir.clone() {
-                    if let Err(e) = std::fs::create_dir_all(&dir) {
-                        shared.notices.error(format!("cannot create {}: {e}", dir.display()));
-                    } else {
-                        let name = history::suggested_file_name(&shared.history[idx].params, self.num_classes);
-                        save_item(shared, id, &unique_path(&dir.join(name)));
-                    }
+                    let name = history::suggested_file_name(&shared.history[idx].params, self.num_classes);
+                    self.save_item(shared, id, dir.join(name), false);
                 } else {
                     shared.notices.error("no folder to save into; use Save PNG…");
                 }
@@ -777,26 +820,5 @@ fn per_step(secs: f64) -> String {
         format!("{secs:.2} s/step")
     } else {
         format!("{:.0} ms/step", secs * 1e3)
-    }
-}
-
-/// `name.png`, else `name (2).png`, … so quick saves never overwrite.
-fn unique_path(path: &std::path::Path) -> PathBuf {
-    if !path.exists() {
-        return path.to_path_buf();
-    }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let dir = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    (2..10_000).map(|i| dir.join(format!("{stem} ({i}).png"))).find(|p| !p.exists()).unwrap_or_else(|| path.to_path_buf())
-}
-
-fn save_item(shared: &mut Shared, id: u64, path: &std::path::Path) {
-    let Some(item) = shared.history.iter_mut().find(|h| h.id == id) else { return };
-    match item.save(path) {
-        Ok(paths) => {
-            let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-            shared.notices.info(format!("Saved {}", list.join(", ")));
-        }
-        Err(e) => shared.notices.error(e),
     }
 }

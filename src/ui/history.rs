@@ -33,19 +33,45 @@ impl HistoryItem {
         let classes = class_list(&self.params.classes, self.num_classes);
         format!("{classes} · cfg {:.1} · {} steps · seed {}", self.params.guidance, self.params.steps, self.params.seed)
     }
+}
 
-    /// Saves every image: `path` for a single image, `stem-1.png`, `stem-2.png`… for a batch.
-    /// Each file carries the generation parameters as a PNG text chunk.
-    pub fn save(&mut self, path: &Path) -> Result<Vec<PathBuf>, String> {
-        let mut written = Vec::new();
-        let paths = batch_paths(path, self.images.len());
-        for (img, p) in self.images.iter().zip(&paths) {
-            api::save_png_with_params(img, p, &self.params)?;
-            written.push(p.clone());
+/// Saves every image: `path` for a single image, `stem-1.png`, `stem-2.png`… for a batch.
+/// Each file carries the generation parameters as a PNG text chunk. Returns the files written.
+///
+/// `replace` allows replacing the one file the user picked in a save dialog (which asked
+/// them); otherwise, and always for the numbered files of a batch, nothing that exists is
+/// replaced: the first free name of `stem`, `stem (2)`, `stem (3)`… is used, checked for every
+/// file of the batch (the dialog showed `stem.png`, not `stem-1.png`).
+pub fn save_images(images: &[RgbImage], params: &GenerationParams, path: &Path, replace: bool) -> Result<Vec<PathBuf>, String> {
+    let replace = replace && images.len() <= 1;
+    let mut written = Vec::new();
+    let mut paths = Vec::new();
+    for candidate in numbered_variants(path) {
+        paths = batch_paths(&candidate, images.len());
+        if replace || paths.iter().all(|p| p.symlink_metadata().is_err()) {
+            break;
         }
-        self.saved_to = Some(path.to_path_buf());
-        Ok(written)
     }
+    for (img, p) in images.iter().zip(&paths) {
+        match api::save_png_with_params(img, p, params, replace) {
+            Ok(()) => written.push(p.clone()),
+            // Taken between the check and the write (another save): kept, and said so.
+            Err(e) if e.exists => {
+                return Err(format!("{} appeared while saving; it was left as it is ({} of {} saved)", p.display(), written.len(), images.len()))
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+    Ok(written)
+}
+
+/// `dir/name.png`, then `dir/name (2).png`, `dir/name (3).png`, … (at most 10 000 names).
+pub fn numbered_variants(path: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    let path = if path.extension().is_none() { path.with_extension("png") } else { path.to_path_buf() };
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+    let ext = path.extension().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "png".into());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::iter::once(path).chain((2..10_000).map(move |i| dir.join(format!("{stem} ({i}).{ext}"))))
 }
 
 /// `out.png` → [`out.png`] for one image; [`out-1.png`, `out-2.png`, …] for several.

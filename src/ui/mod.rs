@@ -4,6 +4,7 @@
 //!
 //! Nothing here may panic: every failure becomes a message in the UI ([`Notices`]).
 
+pub mod files;
 pub mod generate;
 pub mod history;
 pub mod models;
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 use eframe::egui::{self, Color32, RichText};
 
 use crate::engine::backend::{BackendChoice, BackendInfo};
-use crate::engine::worker::api::{self, hub::HubOptions, GeneratorInfo};
+use crate::engine::worker::api::{hub::HubOptions, GeneratorInfo};
 use crate::engine::worker::projection::Projection;
+use crate::engine::downloads::Downloads;
 use crate::engine::worker::{Event, Job, Worker, WorkerConfig};
 
 pub use history::HistoryItem;
@@ -78,6 +80,8 @@ pub enum GeneratorState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
     Info,
+    /// Something went wrong that did not stop the work (a step preview); stays until dismissed.
+    Warning,
     Error,
 }
 
@@ -108,6 +112,22 @@ impl Notices {
         }
     }
 
+    pub fn warning(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        eprintln!("warning: {text}");
+        if self.items.last().is_some_and(|n| n.text == text) {
+            return;
+        }
+        self.items.push(Notice { level: Level::Warning, text, at: Instant::now() });
+        if self.items.len() > 8 {
+            self.items.remove(0);
+        }
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().filter(|n| n.level == Level::Warning).map(|n| n.text.as_str())
+    }
+
     pub fn info(&mut self, text: impl Into<String>) {
         self.items.push(Notice { level: Level::Info, text: text.into(), at: Instant::now() });
         if self.items.len() > 8 {
@@ -123,6 +143,10 @@ impl Notices {
 /// State shared by the views.
 pub struct Shared {
     pub worker: Worker,
+    /// Downloads live here, not in the worker, so a backend switch does not cut them off.
+    pub downloads: Downloads,
+    /// Files being read and decoded off the UI thread.
+    pub files: files::FileLoader,
     pub options: AppOptions,
     pub backend: Option<BackendInfo>,
     /// Set when the requested backend could not start and the CPU took over.
@@ -210,6 +234,8 @@ impl StudioApp {
         };
         let repaint = ctx.clone();
         let worker = Worker::spawn(config, Arc::new(move || repaint.request_repaint()));
+        let repaint = ctx.clone();
+        let downloads = Downloads::new(Arc::new(move || repaint.request_repaint()));
         let local_dirs: Vec<PathBuf> = options.model_dir.iter().cloned().collect();
         let catalog = Catalog::scan(&local_dirs, &hub);
         let mut notices = Notices::default();
@@ -220,6 +246,8 @@ impl StudioApp {
         }
         let shared = Shared {
             worker,
+            downloads,
+            files: files::FileLoader::default(),
             options,
             backend: None,
             backend_note: None,
@@ -266,10 +294,11 @@ impl StudioApp {
             cache_dir: self.shared.options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
             fit_latent_side: self.shared.options.fit_latent_side,
         };
-        let repaint = self.ctx.clone();
+        // Cancelled first, so the old engine ends its job at the next step; the new engine waits
+        // for it to end (and free its models) before it loads anything.
         self.generate.abort_run();
         self.reconstruct.abort_run();
-        self.shared.worker = Worker::spawn(config, Arc::new(move || repaint.request_repaint()));
+        self.shared.worker.restart(config);
         self.shared.backend = None;
         self.shared.backend_note = None;
         if let Some(key) = self.shared.generator_key.clone() {
@@ -307,6 +336,10 @@ impl StudioApp {
                 s.notices.error(format!("Could not load {name}: {message}"));
                 s.generator = GeneratorState::Failed { name, message };
             }
+            Event::ProjectionsCleared { result } => match result {
+                Ok(()) => s.notices.info("Preview projections cleared; they are refitted on the next generation"),
+                Err(e) => s.notices.error(e),
+            },
             Event::ProjectionReady { model, projection, fit_secs } => {
                 s.projection_note = Some(match fit_secs {
                     Some(t) => format!("fitted for {model} in {t:.1} s ({}; RMSE {:.3})", projection.note, projection.rmse),
@@ -334,6 +367,9 @@ impl StudioApp {
                 }
                 self.shared.notices.error(message);
             }
+            // The run goes on: only say so.
+            Event::Warning { message, .. } => self.shared.notices.warning(message),
+            Event::EngineStopped => {}
             Event::Restarted { reason } => {
                 self.generate.abort_run();
                 self.reconstruct.abort_run();
@@ -345,49 +381,58 @@ impl StudioApp {
         }
     }
 
-    /// Files dropped on the window go to the view that can use them.
+    /// Files dropped on the window are read and decoded off the UI thread ([`files`]); what
+    /// comes back goes to the view that can use it ([`Self::handle_opened_files`]).
     fn handle_dropped_files(&mut self, ctx: &egui::Context) {
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
         for file in dropped {
-            let name = file
-                .path
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| if file.name.is_empty() { "dropped file".into() } else { file.name.clone() });
-            if let Some(path) = &file.path {
-                if path.is_dir() {
-                    self.models.add_folder(path.clone(), &mut self.shared);
-                    self.tab = Tab::Models;
-                    continue;
+            let purpose = files::Purpose::Dropped(self.tab);
+            match (file.path, file.bytes) {
+                (Some(path), _) => self.shared.files.open_path(path, purpose),
+                (None, Some(bytes)) => {
+                    let name = if file.name.is_empty() { "dropped file".to_string() } else { file.name.clone() };
+                    self.shared.files.open_bytes(name, bytes, purpose);
                 }
+                (None, None) => self.shared.notices.error("the dropped item has neither a path nor contents"),
             }
-            let bytes = match (&file.bytes, &file.path) {
-                (Some(b), _) => Ok(b.to_vec()),
-                (None, Some(p)) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
-                (None, None) => Err("the dropped item has neither a path nor contents".to_string()),
-            };
-            let bytes = match bytes {
-                Ok(b) => b,
-                Err(e) => {
-                    self.shared.notices.error(e);
+        }
+    }
+
+    fn handle_opened_files(&mut self, ctx: &egui::Context) {
+        use files::{Opened, Purpose};
+        for (name, purpose, result) in self.shared.files.ready() {
+            let opened = match result {
+                Ok(o) => o,
+                Err(why) if purpose == Purpose::Reconstruct || purpose == Purpose::Dropped(Tab::Reconstruct) => {
+                    self.reconstruct.open_failed(&name, &why, &mut self.shared);
+                    continue;
+                }
+                Err(why) => {
+                    self.shared.notices.error(format!("{name} {why}"));
                     continue;
                 }
             };
-            match self.tab {
-                Tab::Reconstruct => self.reconstruct.open_bytes(&name, &bytes, &mut self.shared, ctx),
-                Tab::Generate | Tab::Models => {
-                    if !self.generate.open_png(&name, &bytes, &mut self.shared, ctx) {
-                        // Not a PNG of ours: an ordinary picture is something to reconstruct.
-                        if api::load_image_bytes(&bytes).is_ok() {
-                            self.tab = Tab::Reconstruct;
-                            self.reconstruct.open_bytes(&name, &bytes, &mut self.shared, ctx);
-                        } else {
-                            self.shared
-                                .notices
-                                .error(format!("{name} is not an image this app can open (PNG, JPEG or WebP)"));
-                        }
-                    }
+            match (opened, purpose) {
+                (Opened::Folder(dir), Purpose::Dropped(_)) => {
+                    self.models.add_folder(dir, &mut self.shared);
+                    self.tab = Tab::Models;
+                }
+                (Opened::Folder(_), _) => self.shared.notices.error(format!("{name} is a folder, not a file")),
+                // A PNG of ours restores its settings, unless it was meant for reconstruction.
+                (Opened::Params { params, image }, Purpose::Dropped(Tab::Generate | Tab::Models) | Purpose::RestoreSettings) => {
+                    self.tab = Tab::Generate;
+                    self.generate.open_params(&name, params, image, &mut self.shared, ctx);
+                }
+                (Opened::Params { image: Some(image), .. }, _) | (Opened::Image(image), Purpose::Dropped(_) | Purpose::Reconstruct) => {
+                    // Not a PNG of ours (or dropped on Reconstruct): a picture to reconstruct.
+                    self.tab = Tab::Reconstruct;
+                    self.reconstruct.set_input(name, image, &mut self.shared);
+                }
+                (Opened::Params { image: None, .. }, _) => {
+                    self.reconstruct.open_failed(&name, "carries parameters but its picture cannot be decoded", &mut self.shared)
+                }
+                (Opened::Image(_), Purpose::RestoreSettings) => {
+                    self.shared.notices.error(format!("{name} carries no DC-AE Studio parameters"))
                 }
             }
         }
@@ -460,7 +505,7 @@ impl StudioApp {
 
     fn notices_overlay(&mut self, ctx: &egui::Context) {
         let now = Instant::now();
-        self.shared.notices.items.retain(|n| n.level == Level::Error || now.duration_since(n.at) < Duration::from_secs(6));
+        self.shared.notices.items.retain(|n| n.level != Level::Info || now.duration_since(n.at) < Duration::from_secs(6));
         if self.shared.notices.items.is_empty() {
             return;
         }
@@ -473,6 +518,7 @@ impl StudioApp {
                 for (i, n) in self.shared.notices.items.iter().enumerate() {
                     let (fill, icon) = match n.level {
                         Level::Error => (Color32::from_rgb(90, 30, 30), "⚠"),
+                        Level::Warning => (Color32::from_rgb(95, 70, 20), "⚠"),
                         Level::Info => (Color32::from_rgb(30, 60, 90), "ℹ"),
                     };
                     egui::Frame::popup(ui.style()).fill(fill).show(ui, |ui| {
@@ -522,12 +568,20 @@ impl eframe::App for StudioApp {
         for ev in self.shared.worker.poll() {
             self.handle_event(ev);
         }
+        for ev in self.shared.downloads.poll() {
+            self.handle_event(ev);
+        }
         self.handle_dropped_files(ctx);
+        self.handle_opened_files(ctx);
         self.models.poll(&mut self.shared);
         self.reconstruct.poll(&mut self.shared, ctx);
         self.generate.poll(&mut self.shared);
         if let Some(tab) = self.shared.goto.take() {
             self.tab = tab;
+        }
+        if self.shared.files.busy() || self.generate.saving() {
+            // Helper threads do not wake the UI; look again soon.
+            ctx.request_repaint_after(Duration::from_millis(30));
         }
         if self.models.downloading() || self.generate.is_running() || self.reconstruct.is_running() {
             // Keep the clock in progress texts moving even between events.

@@ -11,7 +11,7 @@ use poll_promise::Promise;
 
 use super::{widgets, GeneratorState, Shared};
 use crate::engine::worker::api::{self, hub, hub::HubOptions};
-use crate::engine::worker::{cancel_token, CancelToken, Event, Job, ModelFilesRef};
+use crate::engine::worker::{cancel_token, CancelToken, Event, ModelFilesRef};
 
 /// The generation model the app is built around.
 pub const GENERATOR_REPO: &str = "mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k";
@@ -250,7 +250,8 @@ impl ModelsPanel {
             repo.to_string(),
             Download { cancel: cancel.clone(), file: String::new(), done: partial, total: 0, started: Instant::now(), start_bytes: partial },
         );
-        shared.worker.send(Job::Download { repo: repo.to_string(), options: shared.hub.clone(), cancel });
+        // The download service, not the engine: it outlives engine restarts and backend switches.
+        shared.downloads.start(repo.to_string(), shared.hub.clone(), cancel);
     }
 
     pub fn add_folder(&mut self, dir: PathBuf, shared: &mut Shared) {

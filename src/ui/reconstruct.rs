@@ -14,7 +14,6 @@ use poll_promise::Promise;
 
 use super::models::{Catalog, ModelKind, Origin};
 use super::{widgets, Shared};
-use crate::engine::worker::api;
 use crate::engine::worker::samples::{self, SAMPLES};
 use crate::engine::worker::{cancel_token, CancelToken, Event, Job, ReconResult, ReconstructJob};
 
@@ -137,15 +136,11 @@ impl ReconstructPanel {
     }
 
     /// A dropped or opened file: decode it and (if models are chosen) reconstruct it.
-    pub fn open_bytes(&mut self, name: &str, bytes: &[u8], shared: &mut Shared, _ctx: &egui::Context) {
-        match api::load_image_bytes(bytes) {
-            Ok(img) => self.set_input(name.to_string(), img, shared),
-            Err(e) => {
-                let msg = format!("{name} is not an image this app can open (PNG, JPEG or WebP): {e}");
-                self.last_error = Some(msg.clone());
-                shared.notices.error(msg);
-            }
-        }
+    /// A file that could not be opened as the input.
+    pub fn open_failed(&mut self, name: &str, why: &str, shared: &mut Shared) {
+        let msg = format!("{name} {why}");
+        self.last_error = Some(msg.clone());
+        shared.notices.error(msg);
     }
 
     pub fn set_input(&mut self, name: String, img: RgbImage, shared: &mut Shared) {
@@ -192,7 +187,7 @@ impl ReconstructPanel {
         self.run = Some((id, cancel));
     }
 
-    pub fn poll(&mut self, shared: &mut Shared, ctx: &egui::Context) {
+    pub fn poll(&mut self, shared: &mut Shared, _ctx: &egui::Context) {
         if let Some(key) = shared.select_autoencoder.take() {
             self.selected.insert(key);
         }
@@ -201,11 +196,8 @@ impl ReconstructPanel {
                 let result = result.clone();
                 self.file_dialog = None;
                 if let Some(path) = result {
-                    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                    match std::fs::read(&path) {
-                        Ok(bytes) => self.open_bytes(&name, &bytes, shared, ctx),
-                        Err(e) => shared.notices.error(format!("cannot read {}: {e}", path.display())),
-                    }
+                    // Read and decoded off the UI thread; comes back through `set_input`.
+                    shared.files.open_path(path, super::files::Purpose::Reconstruct);
                 }
             }
         }

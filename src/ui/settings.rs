@@ -53,15 +53,14 @@ impl SettingsWindow {
             let dir = shared.worker.config.cache_dir.clone();
             match &dir {
                 Some(d) => {
-                    ui.label(RichText::new(d.join("preview-projection").display().to_string()).monospace().small());
+                    ui.label(RichText::new(crate::engine::worker::projection::cache_folder(d).display().to_string()).monospace().small());
                     if ui.button("Clear (refit on next use)").clicked() {
-                        let p = d.join("preview-projection");
-                        match std::fs::remove_dir_all(&p) {
-                            Ok(()) => shared.notices.info("Preview projections cleared; they are refitted on the next generation"),
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => shared.notices.error(format!("cannot clear {}: {e}", p.display())),
-                        }
+                        // The engine forgets its fitted projection too (else it would never send
+                        // another and previews would stay off), and deletes the files off this
+                        // thread; it answers with `ProjectionsCleared`.
+                        shared.worker.send(Job::ClearProjections);
                         shared.projection = None;
+                        shared.projection_note = None;
                     }
                 }
                 None => {

@@ -380,3 +380,102 @@ fn cli_rejects_non_images_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("notes.png") && !err.contains("panicked"), "{err}");
 }
+
+/// A diffusers config with these per-stage widths and depths (ResBlocks, 4 latent channels).
+fn diffusers_config(widths: &[usize], enc_depths: &[usize], dec_depths: &[usize]) -> serde_json::Value {
+    let n = widths.len();
+    serde_json::json!({
+        "_class_name": "AutoencoderDC",
+        "encoder_block_out_channels": widths,
+        "decoder_block_out_channels": widths,
+        "encoder_layers_per_block": enc_depths,
+        "decoder_layers_per_block": dec_depths,
+        "encoder_block_types": vec!["ResBlock"; n],
+        "decoder_block_types": vec!["ResBlock"; n],
+        "decoder_norm_types": vec!["rms_norm"; n],
+        "decoder_act_fns": vec!["silu"; n],
+        "latent_channels": 4,
+    })
+}
+
+#[test]
+fn config_with_a_zero_width_is_an_error_not_a_panic() {
+    for widths in [[0usize, 16, 64], [8, 0, 64], [8, 16, 0]] {
+        let v = diffusers_config(&widths, &[1, 1, 1], &[1, 1, 1]);
+        let got = std::panic::catch_unwind(|| DcaeConfig::from_json(&v, "zero"));
+        let Ok(result) = got else { panic!("widths {widths:?}: validating the config panicked") };
+        let err = result.expect_err("a zero width must be refused").to_string();
+        assert!(err.contains("width 0"), "widths {widths:?}: {err}");
+    }
+    // Ragged per-stage lists are refused too (the model code indexes them by stage).
+    let mut v = diffusers_config(&[8, 16], &[1, 1], &[1, 1]);
+    v["decoder_act_fns"] = serde_json::json!(["silu"]);
+    assert!(std::panic::catch_unwind(|| DcaeConfig::from_json(&v, "ragged")).is_ok_and(|r| r.is_err()));
+}
+
+/// As in the real in / mix models, stage 0 is empty: the pixel-(un)shuffle head does the
+/// resampling and no shortcut joins widths 8 and 12, so they need not divide.
+#[test]
+fn config_with_an_empty_first_stage_skips_the_shortcut_rule_and_runs() {
+    let v = diffusers_config(&[8, 12], &[0, 1], &[0, 1]);
+    let cfg = DcaeConfig::from_json(&v, "empty-first").unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!(cfg.factor(), 2);
+    let model = Dcae::<B>::load(&mut dcae::weights::RandomWeights::<B>::new(&device()), &cfg);
+    let x = Tensor::<B, 4>::random([1, 3, 8, 8], Distribution::Uniform(-1.0, 1.0), &device());
+    let z = model.encode(x);
+    assert_eq!(z.dims(), [1, 4, 4, 4]);
+    let y = model.decode(z);
+    assert_eq!(y.dims(), [1, 3, 8, 8]);
+    assert!(values(y).iter().all(|v| v.is_finite()));
+    // With blocks in stage 0 there is a shortcut 8 → 12, which cannot regroup the channels.
+    let v = diffusers_config(&[8, 12], &[1, 1], &[1, 1]);
+    let err = DcaeConfig::from_json(&v, "full-first").expect_err("8 → 12 with a shortcut").to_string();
+    assert!(err.contains("8 → 12"), "{err}");
+}
+
+/// The same zero width through the CLI: an error message and exit code 1, not a panic (101).
+#[test]
+fn cli_zero_width_config_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("zero");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v = diffusers_config(&[8, 0, 64], &[0, 1, 1], &[0, 1, 1]);
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    std::fs::copy(fixture("ae-tiny-in/diffusers/diffusion_pytorch_model.safetensors"), dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let out = dcae_bin()
+        .args(["reconstruct", "--backend", "cpu", "--model"])
+        .arg(&dir)
+        .arg(fixture("ae-tiny-in/input.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("width 0") && !stderr.contains("panicked"), "{stderr}");
+}
+
+/// A diffusers-layout model from the Hugging Face cache is named by its repo id, not by the
+/// snapshot folder (a commit hash) its config.json sits in.
+#[test]
+fn cli_names_a_hub_model_by_its_repo_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = tmp.path().join("models--someone--dc-ae-tiny");
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture("ae-tiny-in/diffusers").join(f), snapshot.join(f)).unwrap();
+    }
+    let out = dcae_bin()
+        .env("HF_HUB_CACHE", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["reconstruct", "--backend", "cpu", "--json", "--model", "someone/dc-ae-tiny"])
+        .arg(fixture("ae-tiny-in/input.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["model"], "someone/dc-ae-tiny", "{stdout}");
+}

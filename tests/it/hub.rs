@@ -16,10 +16,10 @@ use dcae::weights::hub::{
 
 use fake_hub::{FakeHub, Hosted};
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-const REPO: &str = "mit-han-lab/dc-ae-f32c32-in-1.0";
+pub(crate) const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(crate) const REPO: &str = "mit-han-lab/dc-ae-f32c32-in-1.0";
 const DIFFUSERS_REPO: &str = "mit-han-lab/dc-ae-f32c32-in-1.0-diffusers";
-const EFFICIENTVIT_CONFIG: &[u8] = br#"{"model_name": "dc-ae-f32c32-in-1.0"}"#;
+pub(crate) const EFFICIENTVIT_CONFIG: &[u8] = br#"{"model_name": "dc-ae-f32c32-in-1.0"}"#;
 const DIFFUSERS_CONFIG: &[u8] = br#"{"_class_name": "AutoencoderDC", "latent_channels": 32}"#;
 
 // ---------------------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ const DIFFUSERS_CONFIG: &[u8] = br#"{"_class_name": "AutoencoderDC", "latent_cha
 // ---------------------------------------------------------------------------------------------
 
 /// A valid safetensors file holding one F32 tensor of `floats` values.
-fn tiny_safetensors(floats: usize) -> Vec<u8> {
+pub(crate) fn tiny_safetensors(floats: usize) -> Vec<u8> {
     let header = format!(
         r#"{{"w":{{"dtype":"F32","shape":[{floats}],"data_offsets":[0,{}]}}}}"#,
         floats * 4
@@ -38,18 +38,10 @@ fn tiny_safetensors(floats: usize) -> Vec<u8> {
     bytes
 }
 
-/// A stable 64-hex-digit stand-in for the sha256 the hub uses as an LFS etag.
-fn fake_etag(bytes: &[u8]) -> String {
-    (0..4u64)
-        .map(|seed| {
-            let hash = bytes
-                .iter()
-                .fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, byte| {
-                    (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-                });
-            format!("{hash:016x}")
-        })
-        .collect()
+/// The etag the hub gives an LFS file: the SHA-256 of its bytes (downloads are checked
+/// against it).
+pub(crate) fn fake_etag(bytes: &[u8]) -> String {
+    dcae::weights::hub::sha256_hex(bytes)
 }
 
 fn repo_folder(cache: &Path, repo: &str) -> PathBuf {
@@ -631,7 +623,7 @@ fn options_follow_the_huggingface_environment_variables() {
 /// A minimal HTTP/1.1 server on 127.0.0.1 playing the hub. One connection at a time, one request
 /// per connection (`Connection: close`), at most `max_requests` requests or 60 seconds, then it
 /// stops by itself (and at the latest when dropped).
-mod fake_hub {
+pub(crate) mod fake_hub {
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -662,6 +654,12 @@ mod fake_hub {
             Self::new(repo, path, body, true)
         }
 
+        /// Advertises `etag` instead of the body's SHA-256 (a corrupt or tampered file).
+        pub fn with_etag(mut self, etag: &str) -> Self {
+            self.etag = etag.to_string();
+            self
+        }
+
         fn new(repo: &str, path: &str, body: Vec<u8>, lfs: bool) -> Self {
             let etag = fake_etag(&body);
             Self {
@@ -683,6 +681,11 @@ mod fake_hub {
 
     impl FakeHub {
         pub fn start(files: Vec<Hosted>, max_requests: usize) -> Self {
+            Self::start_with(files, max_requests, COMMIT, Duration::ZERO)
+        }
+
+        /// A hub that names `commit` in X-Repo-Commit and waits `delay` before every answer.
+        pub fn start_with(files: Vec<Hosted>, max_requests: usize, commit: &str, delay: Duration) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
             listener
                 .set_nonblocking(true)
@@ -696,6 +699,8 @@ mod fake_hub {
                 log: log.clone(),
                 stop: stop.clone(),
                 max_requests,
+                commit: commit.to_string(),
+                delay,
             };
             let thread = std::thread::spawn(move || server.run(listener));
             Self {
@@ -735,6 +740,8 @@ mod fake_hub {
         log: Arc<Mutex<Vec<String>>>,
         stop: Arc<AtomicBool>,
         max_requests: usize,
+        commit: String,
+        delay: Duration,
     }
 
     struct Request {
@@ -807,6 +814,7 @@ mod fake_hub {
             if let Ok(mut log) = self.log.lock() {
                 log.push(format!("{} {}{range}", request.method, request.path));
             }
+            std::thread::sleep(self.delay);
             let response = self.route(&request);
             let _ = write_response(&mut stream, &request, response);
         }
@@ -831,7 +839,7 @@ mod fake_hub {
             if !self.files.iter().any(|f| f.repo == repo) {
                 return Response::not_found("RepoNotFound");
             }
-            if revision != "main" && revision != COMMIT {
+            if revision != "main" && revision != COMMIT && revision != self.commit {
                 return Response::not_found("RevisionNotFound");
             }
             let Some(file) = self.files.iter().find(|f| f.repo == repo && f.path == path) else {
@@ -843,13 +851,13 @@ mod fake_hub {
                         "Location",
                         format!("http://127.0.0.1:{}/cdn/{}", self.port, file.etag),
                     )
-                    .header("X-Repo-Commit", COMMIT)
+                    .header("X-Repo-Commit", &self.commit)
                     .header("X-Linked-Etag", format!("\"{}\"", file.etag))
                     .header("X-Linked-Size", file.body.len())
                     .header("ETag", "\"pointer-etag\"")
             } else {
                 serve_bytes(request, &file.body)
-                    .header("X-Repo-Commit", COMMIT)
+                    .header("X-Repo-Commit", &self.commit)
                     .header("ETag", format!("\"{}\"", file.etag))
             }
         }
@@ -928,4 +936,59 @@ mod fake_hub {
         }
         stream.flush()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile or broken hub
+// ---------------------------------------------------------------------------------------------
+
+/// Every file, folder and link under `dir`, as paths relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_commit_header_that_is_not_a_hash_is_refused_and_nothing_escapes_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("deep/cache");
+    fs::create_dir_all(&cache).unwrap();
+    for commit in ["../../../../escaped", "main", "0123456789abcdef0123456789abcdef0123456/"] {
+        let files = hosted_model(REPO, EFFICIENTVIT_CONFIG, "model.safetensors", tiny_safetensors(8));
+        let hub = FakeHub::start_with(files, 20, commit, std::time::Duration::ZERO);
+        let err = resolve(REPO, &options(&cache, &hub.endpoint())).expect_err("a hostile commit must be refused");
+        assert!(matches!(err, HubError::BadResponse { .. }) && err.to_string().contains("X-Repo-Commit"), "{commit}: {err}");
+        let outside: Vec<_> = tree(tmp.path()).into_iter().filter(|p| !p.starts_with("deep/cache")).filter(|p| p != Path::new("deep")).collect();
+        assert!(outside.is_empty(), "{commit}: written outside the cache: {outside:?}");
+        assert!(!tree(&cache).iter().any(|p| p.to_string_lossy().contains("escaped")), "{commit}: {:?}", tree(&cache));
+    }
+}
+
+#[test]
+fn a_download_whose_sha256_does_not_match_is_deleted_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tiny_safetensors(64);
+    let claimed = fake_etag(b"some other bytes");
+    let files = vec![
+        Hosted::small(REPO, "config.json", EFFICIENTVIT_CONFIG.to_vec()),
+        Hosted::lfs(REPO, "model.safetensors", weights).with_etag(&claimed),
+    ];
+    let hub = FakeHub::start(files, 20);
+    let err = resolve(REPO, &options(tmp.path(), &hub.endpoint())).expect_err("a corrupt file must be refused");
+    let text = err.to_string();
+    assert!(matches!(err, HubError::Corrupt { .. }) && text.contains(&claimed) && text.contains("download it again"), "{text}");
+    let blobs = repo_folder(tmp.path(), REPO).join("blobs");
+    let left: Vec<_> = fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(!left.iter().any(|n| n.starts_with(&claimed)), "the corrupt file is deleted: {left:?}");
+    assert!(!is_cached(REPO, &options(tmp.path(), &hub.endpoint()).with_offline(true)));
 }

@@ -143,8 +143,8 @@ fn ui_reconstruct_dropped_png_and_rejects_text() {
     let txt = tmp.path().join("notes.txt");
     std::fs::write(&txt, "not a picture").unwrap();
     h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(txt), ..Default::default() });
-    h.step();
-    h.step();
+    // Read and decoded off the UI thread: the answer comes a few frames later.
+    wait_for(&mut h, "the refusal", 30.0, |a| a.shared.notices.errors().next().is_some());
     let errs = errors(h.state());
     assert!(errs.iter().any(|e| e.contains("notes.txt") && e.contains("not an image")), "{errs:?}");
     assert!(h.get_all_by_label_contains("notes.txt is not an image").next().is_some());
@@ -345,7 +345,7 @@ fn ui_saved_png_restores_parameters() {
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
     h.get_by_label("⚡ Quick save").click();
-    h.step();
+    wait_for(&mut h, "the quick save", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.starts_with("Saved")));
     let saved: Vec<_> = std::fs::read_dir(tmp.path().join("out")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(saved[0].file_name().unwrap().to_string_lossy().ends_with("-s4242.png"));
@@ -360,8 +360,7 @@ fn ui_saved_png_restores_parameters() {
         g.seed_locked = false;
     }
     h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(saved[0].clone()), ..Default::default() });
-    h.step();
-    h.step();
+    wait_for(&mut h, "the dropped PNG", 30.0, |a| a.shared.history.len() == 2);
     let g = &h.state().generate;
     assert_eq!((g.class, g.guidance, g.steps, g.seed, g.seed_locked), (Some(7), 1.5, 5, 4242, true));
     assert_eq!(h.state().shared.history.len(), 2, "the opened PNG joins the history");
@@ -443,4 +442,233 @@ fn ui_preview_shader_matches_cpu_projection() {
             assert!(worst <= 1, "image {i} of {b}×{c}×{h}×{w}: the shader differs from the CPU reference by {worst} levels");
         }
     }
+}
+
+fn warnings(app: &StudioApp) -> Vec<String> {
+    app.shared.notices.warnings().map(str::to_string).collect()
+}
+
+/// A step preview that fails is a warning: the run goes on and its image reaches the history.
+#[test]
+fn ui_preview_failure_is_a_warning_and_keeps_the_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.state_mut().generate.steps = 4;
+    h.state_mut().generate.live_preview = true;
+    h.state_mut().shared.worker.send(dcae::engine::worker::Job::DebugFailNextPreview);
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "the result despite the preview failure", 30.0, |a| a.shared.history.len() == 1);
+    assert!(warnings(h.state()).iter().any(|w| w.contains("step previews are off")), "{:?}", warnings(h.state()));
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+/// Two batches with the same class and seed, both quick-saved: four files, none overwritten.
+#[test]
+fn ui_quick_save_of_a_batch_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    {
+        let g = &mut h.state_mut().generate;
+        (g.class, g.steps, g.batch, g.seed, g.seed_locked) = (Some(7), 3, 2, 99, true);
+        g.output_dir = Some(out.clone());
+    }
+    for n in 1..=2 {
+        h.get_by_label("✨ Generate").click();
+        wait_for(&mut h, "a batch", 30.0, |a| a.shared.history.len() == n);
+        h.get_by_label("⚡ Quick save").click();
+        wait_for(&mut h, "the quick save", 30.0, |a| a.shared.notices.items.iter().filter(|n| n.text.starts_with("Saved")).count() >= n);
+    }
+    let mut saved: Vec<String> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    saved.sort();
+    assert_eq!(saved.len(), 4, "{saved:?}");
+    assert!(saved.iter().all(|n| n.ends_with(".png") && !n.starts_with('.')), "no temporary files are left: {saved:?}");
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+/// Step previews and results are decoded one image at a time, whatever the batch (a batch of
+/// 16 at 512² decoded at once does not fit in 8 GB of VRAM).
+#[test]
+fn ui_batches_are_decoded_one_image_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    {
+        let g = &mut h.state_mut().generate;
+        (g.steps, g.batch, g.decode_every, g.decode_every_touched) = (4, 3, 1, true);
+    }
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a batch of 3", 30.0, |a| a.shared.history.len() == 1);
+    assert_eq!(h.state().shared.history[0].images.len(), 3);
+    assert!(h.state().generate.previews_decoded > 0);
+    assert_eq!(dcae::engine::worker::api::peak_decode_batch(), 1);
+}
+
+/// Settings → Clear promises a refit: the next run fits the projection again and shows
+/// projected previews (it used to leave them off for the rest of the session).
+#[test]
+fn ui_clearing_the_projection_refits_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.state_mut().generate.steps = 3;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a first result", 30.0, |a| a.shared.history.len() == 1);
+    assert!(h.state().shared.projection.is_some());
+    h.get_by_label("⚙ Settings").click();
+    h.step();
+    h.get_by_label("Clear (refit on next use)").click();
+    wait_for(&mut h, "the cleared notice", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.contains("cleared")));
+    assert!(!tmp.path().join("cache/preview-projection").exists(), "the cached projections are deleted");
+    let before = h.state().generate.previews_projected;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a second result", 30.0, |a| a.shared.history.len() == 2);
+    assert!(h.state().shared.projection.is_some(), "the projection is fitted again");
+    assert!(h.state().generate.previews_projected > before, "projected previews are shown again");
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+/// The sampler saved with a result is the model's own (`SamplerConfig::label`, which the CLI
+/// writes too), not a fixed "DPM-Solver++" string.
+#[test]
+fn ui_results_name_the_models_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.state_mut().generate.steps = 2;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
+    let json = dcae::weights::load::read_json(&fixtures().join("uvit-tiny/config.json")).unwrap();
+    let config = dcae::model::diffusion::DiffusionConfig::from_json(&json, "uvit-tiny").unwrap();
+    let sampler = &h.state().shared.history[0].params.sampler;
+    assert_eq!(sampler, &config.sampler.label());
+    assert!(!sampler.contains("++"), "{sampler}");
+}
+
+/// A model reloaded on the same engine, after a backend switch and after an engine crash keeps
+/// the step count the user set.
+#[test]
+fn ui_user_steps_survive_reload_backend_switch_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    let chosen = h.state().generate.steps + 5;
+    h.state_mut().generate.steps = chosen;
+    let key = h.state().shared.generator_key.clone().unwrap();
+    h.state_mut().shared.use_generator(&key);
+    wait_ready(&mut h);
+    assert_eq!(h.state().generate.steps, chosen, "after a reload");
+    h.state_mut().restart_engine(BackendChoice::Cpu);
+    wait_ready(&mut h);
+    assert_eq!(h.state().generate.steps, chosen, "after a backend switch");
+    h.state_mut().shared.worker.send(dcae::engine::worker::Job::DebugPanic);
+    wait_for(&mut h, "the restart", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.contains("restarted")));
+    wait_ready(&mut h);
+    assert_eq!(h.state().generate.steps, chosen, "after an engine restart");
+}
+
+/// A download running while the backend is switched still reports its end: its row does not
+/// say "downloading" forever, and the model is on disk.
+#[test]
+fn ui_download_survives_a_backend_switch() {
+    use super::hub::fake_hub::{FakeHub, Hosted};
+    use super::hub::{tiny_safetensors, EFFICIENTVIT_CONFIG, REPO};
+    let tmp = tempfile::tempdir().unwrap();
+    let files = vec![Hosted::small(REPO, "config.json", EFFICIENTVIT_CONFIG.to_vec()), Hosted::lfs(REPO, "model.safetensors", tiny_safetensors(256))];
+    // Slow answers, so the download is still running when the engine is replaced.
+    let hub = FakeHub::start_with(files, 40, super::hub::COMMIT, Duration::from_millis(300));
+    let options = AppOptions {
+        model_dir: Some(fixtures()),
+        backend: BackendChoice::Cpu,
+        cache_dir: Some(tmp.path().join("cache")),
+        hub: Some(HubOptions::new(tmp.path().join("hf")).with_endpoint(hub.endpoint())),
+        auto_load: true,
+        fit_latent_side: 8,
+    };
+    let mut h = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).build_eframe(move |cc| StudioApp::new(cc, options));
+    h.step();
+    wait_ready(&mut h);
+    {
+        let app = h.state_mut();
+        app.models.start_download(REPO, &mut app.shared);
+        assert!(app.models.downloading());
+        app.restart_engine(BackendChoice::Cpu);
+    }
+    wait_for(&mut h, "the end of the download", 30.0, |a| !a.models.downloading());
+    assert!(h.state().shared.catalog.get(REPO).is_some_and(|e| e.available()), "errors: {:?}", errors(h.state()));
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+    wait_ready(&mut h);
+}
+
+/// A backend switch ends the old engine (freeing its models) before the new one starts its
+/// backend: two generators are never in memory at once. Events of both arrive on one channel.
+#[test]
+fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
+    use dcae::engine::worker::{Event, Job, ModelFilesRef, Worker, WorkerConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8 };
+    let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
+    let dir = fixtures().join("uvit-tiny");
+    let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };
+    let until_loaded = |w: &Worker| {
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            match w.recv_timeout(Duration::from_millis(100)) {
+                Some(Event::GeneratorLoaded { .. }) => return seen,
+                Some(Event::GeneratorFailed { message, .. }) => panic!("{message}"),
+                Some(e) => seen.push(format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string()),
+                None => {}
+            }
+        }
+        panic!("no GeneratorLoaded; saw {seen:?}");
+    };
+    w.send(Job::LoadGenerator(files.clone()));
+    until_loaded(&w);
+    w.restart(config);
+    w.send(Job::LoadGenerator(files));
+    let seen = until_loaded(&w);
+    let stopped = seen.iter().position(|e| e == "EngineStopped").unwrap_or_else(|| panic!("{seen:?}"));
+    let ready = seen.iter().position(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(stopped < ready, "{seen:?}");
+}
+
+/// A dropped file above the size limit is refused before it is read, with the reason.
+#[test]
+fn ui_oversized_drop_is_refused_before_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    let big = tmp.path().join("huge.png");
+    let f = std::fs::File::create(&big).unwrap();
+    // Sparse: no disk space is used, but the size says 300 MiB.
+    f.set_len(300 * 1024 * 1024).unwrap();
+    h.get_by_label("🔍 Reconstruct").click();
+    h.step();
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(big), ..Default::default() });
+    wait_for(&mut h, "the refusal", 30.0, |a| a.shared.notices.errors().next().is_some());
+    let errs = errors(h.state());
+    assert!(errs.iter().any(|e| e.contains("huge.png") && e.contains("up to 256 MiB")), "{errs:?}");
+}
+
+/// The class list is searched once per query, not once per frame.
+#[test]
+fn ui_label_search_is_cached_per_query() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    wait_ready(&mut h);
+    h.get_by_role(egui::accesskit::Role::TextInput).type_text("3");
+    h.step();
+    let after_typing = h.state().generate.class_search.searches();
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(h.state().generate.class_search.searches(), after_typing, "frames without a new query search again");
+    h.get_by_label_contains("3 · ");
+    h.state_mut().generate.query = "31".into();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(h.state().generate.class_search.searches(), after_typing + 1, "a new query is searched once");
 }

@@ -31,6 +31,9 @@ pub struct GeneratorInfo {
     pub factor: usize,
     pub default_steps: usize,
     pub scaling_factor: f32,
+    /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
+    /// label the CLI writes too.
+    pub sampler: String,
 }
 
 impl GeneratorInfo {
@@ -52,7 +55,15 @@ pub struct Generator<B: Backend> {
 
 impl<B: Backend> Generator<B> {
     pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
-        let model = DiffusionModel::<B>::load_files(config, weights, device).map_err(|e| e.to_string())?;
+        // Named by the caller (the catalog's name), not by the folder config.json sits in: for a
+        // model from the hub that folder is a snapshot's commit hash.
+        let load = || -> Result<DiffusionModel<B>, crate::weights::load::ModelError> {
+            let json = crate::weights::load::read_json(config)?;
+            let config = DiffusionConfig::from_json(&json, name)?;
+            let ckpt = crate::weights::Checkpoint::open(weights)?;
+            DiffusionModel::<B>::load_checkpoint(&ckpt, config, device)
+        };
+        let model = load().map_err(|e| e.to_string())?;
         Ok(Self::wrap(name, model))
     }
 
@@ -78,6 +89,7 @@ impl<B: Backend> Generator<B> {
             factor: c.autoencoder.factor(),
             default_steps: c.sampler.steps.max(1),
             scaling_factor: c.scaling_factor,
+            sampler: c.sampler.label(),
         };
         Self { info, model }
     }
@@ -111,13 +123,30 @@ impl<B: Backend> Generator<B> {
 
     /// Sampled (scaled) latent → image in about [-1, 1].
     pub fn decode(&self, latent: Tensor<B, 4>) -> Tensor<B, 4> {
+        PEAK_DECODE_BATCH.fetch_max(latent.dims()[0], std::sync::atomic::Ordering::Relaxed);
         self.model.decode_latent(latent)
     }
 }
 
+/// The largest batch [`Generator::decode`] was ever given in this process. The app decodes one
+/// image at a time (a batch of 16 at 512² does not fit in 8 GB); tests check that it stays so.
+static PEAK_DECODE_BATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[doc(hidden)]
+pub fn peak_decode_batch() -> usize {
+    PEAK_DECODE_BATCH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The generator's autoencoder on its own, for fitting the preview projection.
-pub fn load_autoencoder<B: Backend>(config: &Path, weights: &Path, device: &B::Device) -> Result<(DcaeConfig, Dcae<B>), String> {
-    crate::weights::load::load_dcae_files::<B>(config, weights, device).map_err(|e| e.to_string())
+/// `name` names it (see [`Generator::load`]).
+pub fn load_autoencoder<B: Backend>(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<(DcaeConfig, Dcae<B>), String> {
+    let load = || -> Result<(DcaeConfig, Dcae<B>), crate::weights::load::ModelError> {
+        let cfg = crate::weights::load::dcae_config_from_json(&crate::weights::load::read_json(config)?, name)?;
+        let ckpt = crate::weights::Checkpoint::open(weights)?;
+        let model = crate::weights::load::load_dcae::<B>(&ckpt, &cfg, device)?;
+        Ok((cfg, model))
+    };
+    load().map_err(|e| e.to_string())
 }
 
 /// Reads a model folder's config.json and says whether it is a generation model (a diffusion
@@ -173,11 +202,24 @@ pub fn load_image_file(path: &Path) -> Result<RgbImage, String> {
     imaging::load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())
 }
 
-/// Saves a PNG with the parameters in its `parameters` text chunk.
-pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams) -> Result<(), String> {
+/// Saves a PNG with the parameters in its `parameters` text chunk, atomically. With
+/// `replace` false an existing file is never touched: the save fails with
+/// [`std::io::ErrorKind::AlreadyExists`] instead.
+pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams, replace: bool) -> Result<(), SaveError> {
     let text = params.to_parameters_text();
-    imaging::save_png_with_text(img, path, &[(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")])
-        .map_err(|e| e.to_string())
+    let entries = [(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")];
+    let saved = if replace { imaging::save_png_with_text(img, path, &entries) } else { imaging::save_png_with_text_new(img, path, &entries) };
+    saved.map_err(|e| {
+        let exists = matches!(&e, imaging::ImagingError::Write { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists);
+        SaveError { message: e.to_string(), exists }
+    })
+}
+
+/// A failed save; `exists` when the only problem is a file already at the path.
+#[derive(Debug, Clone)]
+pub struct SaveError {
+    pub message: String,
+    pub exists: bool,
 }
 
 /// The generation parameters of a PNG's bytes: `Ok(None)` for anything that is not a PNG or

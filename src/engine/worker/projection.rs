@@ -237,10 +237,15 @@ pub fn box_downsample(img: &RgbImage, factor: usize) -> (Vec<f32>, usize, usize)
     (out, h, w)
 }
 
+/// The folder of every cached projection: `<cache>/preview-projection`.
+pub fn cache_folder(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("preview-projection")
+}
+
 /// Where a model's fitted projection is cached: `<cache>/preview-projection/<key>.json`.
 pub fn cache_path(cache_dir: &Path, key: &str) -> PathBuf {
     let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    cache_dir.join("preview-projection").join(format!("{safe}.json"))
+    cache_folder(cache_dir).join(format!("{safe}.json"))
 }
 
 /// A key that changes when the weights file changes: name + size + modification time.
@@ -270,9 +275,8 @@ pub fn store_cached(path: &Path, p: &Projection) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let text = serde_json::to_string_pretty(p).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
+    // A cache entry: replacing it is what it is for; atomic so a reader never sees half of it.
+    crate::imaging::write_atomic(path, text.as_bytes(), crate::imaging::Existing::Replace)
 }
 
 #[cfg(test)]

@@ -1,0 +1,76 @@
+//! Downloads, owned by the app rather than by an engine: an engine restart or a backend switch
+//! replaces the engine thread, and a download reporting to the engine's channel would be cut
+//! off mid-way (its row saying "downloading" forever). This service has its own channel, lives
+//! as long as the app, and runs each repo on its own thread (network work never blocks
+//! sampling).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use super::worker::{panic_message, CancelToken, Event, Waker};
+use crate::weights::hub::{self, DownloadProgress, HubOptions};
+
+pub struct Downloads {
+    tx: Sender<Event>,
+    events: Receiver<Event>,
+    wake: Waker,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Downloads {
+    /// `wake` is called after every event (the UI's `request_repaint`).
+    pub fn new(wake: Waker) -> Self {
+        let (tx, events) = channel();
+        Self { tx, events, wake, threads: Vec::new() }
+    }
+
+    /// Fetches `repo` into the Hugging Face cache; reports [`Event::DownloadProgress`] and one
+    /// [`Event::DownloadFinished`].
+    pub fn start(&mut self, repo: String, options: HubOptions, cancel: CancelToken) {
+        let (tx, wake) = (self.tx.clone(), self.wake.clone());
+        let failed = (repo.clone(), self.tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("download {repo}"))
+            .spawn(move || download(repo, options, cancel, tx, wake));
+        match spawned {
+            Ok(h) => self.threads.push(h),
+            Err(e) => {
+                let (repo, tx) = failed;
+                let _ = tx.send(Event::DownloadFinished { repo, result: Err(format!("could not start a download: {e}")), cancelled: false });
+                (self.wake)();
+            }
+        }
+        self.threads.retain(|h| !h.is_finished());
+    }
+
+    /// Every event that has arrived, without blocking.
+    pub fn poll(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+
+    /// Downloads whose thread is still running.
+    pub fn running(&self) -> usize {
+        self.threads.iter().filter(|h| !h.is_finished()).count()
+    }
+}
+
+fn download(repo: String, options: HubOptions, cancel: CancelToken, tx: Sender<Event>, wake: Waker) {
+    let send = |e: Event| {
+        // The app may be closing; nothing to do then.
+        let _ = tx.send(e);
+        wake();
+    };
+    let mut progress = |p: DownloadProgress| {
+        send(Event::DownloadProgress { repo: repo.clone(), file: p.file, bytes_done: p.bytes_done, bytes_total: p.bytes_total });
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| hub::download_model(&repo, &options, &mut progress, &cancel)));
+    let cancelled = cancel.load(Ordering::Relaxed);
+    let result = match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!("the download crashed: {}", panic_message(p.as_ref()))),
+    };
+    send(Event::DownloadFinished { repo, result, cancelled });
+}
