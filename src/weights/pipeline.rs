@@ -246,6 +246,12 @@ pub fn fetch_pipeline(
         let variants: &[Option<&str>] = if variant.is_some() { &[variant, None] } else { &[None] };
         for &v in variants {
             let (single, index) = variant_name(weights_base(component), v);
+            // What the snapshot already holds needs no request (an index that a single-file
+            // repo lacks would otherwise be asked for again every time).
+            if !root.join(component).join(&index).is_file() && root.join(component).join(&single).is_file() {
+                found = true;
+                break;
+            }
             match get(&format!("{component}/{index}"), progress) {
                 Ok(path) => {
                     for shard in shard_names(&path)? {

@@ -992,3 +992,73 @@ fn a_download_whose_sha256_does_not_match_is_deleted_and_reported() {
     assert!(!left.iter().any(|n| n.starts_with(&claimed)), "the corrupt file is deleted: {left:?}");
     assert!(!is_cached(REPO, &options(tmp.path(), &hub.endpoint()).with_offline(true)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// SANA pipelines: every component file, at one commit
+// ---------------------------------------------------------------------------------------------
+
+/// The sana-tiny pipeline served as a repo, its transformer as two shards + index (as the 1.6B
+/// repos ship it) and a bf16 variant beside it. Everything the loader needs is fetched, files
+/// it does not need are not, and a second fetch sends no request.
+#[test]
+fn sana_pipeline_is_fetched_whole_and_loads() {
+    use dcae::weights::pipeline::{fetch_pipeline, WeightFiles};
+    const SANA: &str = "Efficient-Large-Model/Sana_tiny_diffusers";
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sana-tiny");
+    let mut hosted = Vec::new();
+    for rel in ["model_index.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors", "transformer/config.json", "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bf16.safetensors",
+        "transformer/diffusion_pytorch_model.bf16.safetensors"]
+    {
+        let bytes = fs::read(src.join(rel)).unwrap();
+        hosted.push(if rel.ends_with(".safetensors") { Hosted::lfs(SANA, rel, bytes) } else { Hosted::small(SANA, rel, bytes) });
+    }
+    // The f32 transformer as shards.
+    let bytes = fs::read(src.join("transformer/diffusion_pytorch_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&names[..20], &names[20..]].iter().enumerate() {
+        let shard = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<_> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        hosted.push(Hosted::lfs(SANA, &format!("transformer/{shard}"), safetensors::serialize(views, None).unwrap()));
+        part.iter().for_each(|n| {
+            map.insert(n.clone(), shard.clone().into());
+        });
+    }
+    let index = serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap();
+    hosted.push(Hosted::small(SANA, "transformer/diffusion_pytorch_model.safetensors.index.json", index));
+
+    let hub = FakeHub::start(hosted, 200);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &hub.endpoint());
+    let mut seen = Vec::new();
+    let files = fetch_pipeline(SANA, &opts, None, &mut |p: DownloadProgress| seen.push(p.file), &AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(files.transformer.weights, WeightFiles::Sharded(_)), "{:?}", files.transformer.weights);
+    for f in ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"] {
+        assert!(files.root.join("transformer").join(f).is_file(), "{f} fetched");
+    }
+    // The variant files were not asked for, so not fetched.
+    assert!(!files.root.join("vae/diffusion_pytorch_model.bf16.safetensors").exists());
+    assert!(hub.requests().iter().all(|r| !r.contains("bf16")), "{:?}", hub.requests());
+    let pipe = dcae::model::sana::pipeline::SanaPipeline::<dcae::engine::backend::Cpu>::open(&files, SANA, &Default::default());
+    assert!(pipe.is_ok(), "{:?}", pipe.err().map(|e| e.to_string()));
+
+    // Cached now: no request at all.
+    let before = hub.count();
+    let again = fetch_pipeline(SANA, &opts, None, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!(again, files);
+    assert_eq!(hub.count(), before, "{:?}", hub.requests());
+
+    // The bf16 variant: taken where the repo has it, the default elsewhere.
+    let v = fetch_pipeline(SANA, &opts, Some("bf16"), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert!(v.transformer.weights.path().ends_with("transformer/diffusion_pytorch_model.bf16.safetensors"));
+    assert!(v.text_encoder.weights.path().ends_with("text_encoder/model.safetensors"));
+
+    // Offline, a pipeline that is not cached says which file is missing.
+    let empty = tempfile::tempdir().unwrap();
+    let e = fetch_pipeline(SANA, &options(empty.path(), &hub.endpoint()).with_offline(true), None, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert!(e.to_string().contains("model_index.json"), "{e}");
+}
