@@ -7,5 +7,6 @@ mod labels;
 mod sampler;
 mod sana;
 mod sana_text;
+mod tiling;
 mod ui;
 mod uvit;
