@@ -54,19 +54,33 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (MIB * 1024.0))
 }
 
-/// The memory budget in bytes and where it came from.
-pub fn budget(info: &BackendInfo) -> anyhow::Result<(u64, String)> {
+/// The memory a run may use, where that figure came from, and how the weights are held.
+pub struct Budget {
+    pub bytes: u64,
+    pub source: String,
+    /// The CPU kernels keep a rearranged copy of every convolution's weights beside burn's
+    /// (tap-major, and Winograd-transformed for large 3×3 inputs), made on first use: resident
+    /// weights are about twice the checkpoint's f32 size there (measured with f32c32-in: 3883
+    /// MiB peak for an untiled 1024² encode + decode, against 2 × 1234 MiB of weights plus the
+    /// 1024 MiB of activations that the estimate gives).
+    pub weight_copies: u64,
+}
+
+/// The memory budget: `DCAE_MEMORY_BUDGET_MB`, else half of the available RAM.
+pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
+    let weight_copies = if info.kind == "cpu" { 2 } else { 1 };
     if let Ok(v) = std::env::var(BUDGET_ENV) {
         let mb: f64 = v.trim().parse().with_context(|| format!("{BUDGET_ENV}={v} is not a number of MiB"))?;
-        return Ok(((mb.max(0.0) * MIB) as u64, format!("{BUDGET_ENV}")));
+        return Ok(Budget { bytes: (mb.max(0.0) * MIB) as u64, source: BUDGET_ENV.to_string(), weight_copies });
     }
     // The GPU adapters' own memory is not queried yet: their budget is also the host's.
     let note = if info.kind == "cpu" { "" } else { "; GPU memory not queried" };
-    match mem_available() {
-        Some(b) => Ok((b / 2, format!("half of MemAvailable {}{note}", gib(b)))),
+    let (bytes, source) = match mem_available() {
+        Some(b) => (b / 2, format!("half of MemAvailable {}{note}", gib(b))),
         // No /proc (not Linux): assume 4 GiB, a small laptop's share.
-        None => Ok((4 << 30, format!("4 GiB assumed, /proc/meminfo unreadable{note}"))),
-    }
+        None => (4 << 30, format!("4 GiB assumed, /proc/meminfo unreadable{note}")),
+    };
+    Ok(Budget { bytes, source, weight_copies })
 }
 
 fn mem_available() -> Option<u64> {
@@ -88,13 +102,13 @@ pub fn choose<B: Backend>(
     opts: &TileOpts,
     cfg: &DcaeConfig,
     model: &Dcae<B>,
-    budget: &(u64, String),
+    budget: &Budget,
     stage: Stage,
     [batch, h, w]: [usize; 3],
 ) -> anyhow::Result<Option<TileConfig>> {
     let f = cfg.factor();
     let what = if stage == Stage::Encode { "encode" } else { "decode" };
-    let weights = 4 * model.num_params() as u64;
+    let weights = 4 * model.num_params() as u64 * budget.weight_copies;
     let estimate = |hh: usize, ww: usize| match stage {
         Stage::Encode => tiling::encode_bytes(cfg, weights, batch, hh, ww),
         Stage::Decode => tiling::decode_bytes(cfg, weights, batch, hh, ww),
@@ -105,7 +119,7 @@ pub fn choose<B: Backend>(
     };
     let with_stride = |t: TileConfig| TileConfig { stride: opts.tile_stride.unwrap_or(t.stride), ..t };
     let untiled = estimate(h, w);
-    let (budget, source) = budget;
+    let (budget, source) = (&budget.bytes, &budget.source);
     let t = match opts.tile {
         TileMode::Off => {
             eprintln!("{what}: untiled (--tile off; estimated peak {})", gib(untiled));
