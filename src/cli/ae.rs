@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, Tensor};
 
+use super::tiling::{self as tile, Stage, TileOpts};
 use super::{model_files, prepare_output, Common};
 use crate::engine::host::{read_back, upload};
 use crate::engine::{run_on, BackendInfo, BackendTask};
@@ -37,6 +38,8 @@ pub struct EncodeArgs {
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
+    pub tiling: TileOpts,
+    #[command(flatten)]
     pub image: ImageOpts,
     /// Images to encode (same size after preparation; they are encoded as one batch).
     #[arg(required = true)]
@@ -50,6 +53,8 @@ pub struct EncodeArgs {
 pub struct DecodeArgs {
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub tiling: TileOpts,
     /// safetensors file with tensor `latent` [B, C, h, w].
     pub latents: PathBuf,
     /// The latent is multiplied by the scaling factor (as diffusion models produce it, e.g.
@@ -65,6 +70,8 @@ pub struct DecodeArgs {
 pub struct ReconstructArgs {
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub tiling: TileOpts,
     #[command(flatten)]
     pub image: ImageOpts,
     pub input: PathBuf,
@@ -89,9 +96,11 @@ pub struct ReconstructArgs {
 /// Runs one model stage and reads its output back: the output, its values and the seconds. The
 /// read-back is inside the timing because GPU backends only finish the work when the result is
 /// read.
-fn timed_stage<B: Backend>(stage: impl FnOnce() -> Tensor<B, 4>) -> anyhow::Result<(Tensor<B, 4>, Vec<f32>, f64)> {
+fn timed_stage<B: Backend>(
+    stage: impl FnOnce() -> anyhow::Result<Tensor<B, 4>>,
+) -> anyhow::Result<(Tensor<B, 4>, Vec<f32>, f64)> {
     let t = Instant::now();
-    let out = stage();
+    let out = stage()?;
     let values = read_back(out.clone())?;
     Ok((out, values, t.elapsed().as_secs_f64()))
 }
@@ -122,6 +131,7 @@ impl BackendTask for Encode {
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
         eprintln!("backend: {info}");
+        let budget = tile::budget(&info)?;
         let (cfg, model) = load::<B>(&a.common.model, &device)?;
         let mut images = Vec::new();
         for p in &a.images {
@@ -129,7 +139,9 @@ impl BackendTask for Encode {
             images.push(imaging::prepare(img, cfg.factor(), a.image.size).with_context(|| p.display().to_string())?);
         }
         let (data, shape) = imaging::to_nchw(&images)?;
-        let (latent, values, secs) = timed_stage(|| model.encode(upload::<B, 4>(data, shape, &device)))?;
+        let t = tile::choose(&a.tiling, &cfg, &model, &budget, Stage::Encode, [shape[0], shape[2], shape[3]])?;
+        let x = upload::<B, 4>(data, shape, &device);
+        let (latent, values, secs) = timed_stage(|| tile::encode(&model, cfg.factor(), x, t.as_ref()))?;
         let lshape = latent.dims();
         eprintln!("encoded {} image(s) {:?} → latent {:?} in {secs:.3} s", images.len(), shape, lshape);
         prepare_output(&a.out)?;
@@ -154,6 +166,7 @@ impl BackendTask for Decode {
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
         eprintln!("backend: {info}");
+        let budget = tile::budget(&info)?;
         let (cfg, model) = load::<B>(&a.common.model, &device)?;
         let latent = read_nchw(&a.latents, "latent")?;
         let [b, c, h, w] = latent.shape;
@@ -164,8 +177,9 @@ impl BackendTask for Decode {
         if a.scaled {
             z = z / cfg.scaling_factor;
         }
-        let (_, img, secs) = timed_stage(|| model.decode(z))?;
         let (ho, wo) = (h * cfg.factor(), w * cfg.factor());
+        let t = tile::choose(&a.tiling, &cfg, &model, &budget, Stage::Decode, [b, ho, wo])?;
+        let (_, img, secs) = timed_stage(|| tile::decode(&model, cfg.factor(), z, t.as_ref()))?;
         eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {secs:.3} s");
         if non_finite(&img) > 0 {
             eprintln!("warning: the decoder produced {} non-finite values (shown as black)", non_finite(&img));
@@ -192,6 +206,7 @@ impl BackendTask for Reconstruct {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
+        let budget = tile::budget(&info)?;
         let t_load = Instant::now();
         let (cfg, model) = load::<B>(&a.common.model, &device)?;
         let load_s = t_load.elapsed().as_secs_f64();
@@ -201,14 +216,16 @@ impl BackendTask for Reconstruct {
         let (data, shape) = imaging::to_nchw(std::slice::from_ref(&img))?;
         let x = upload::<B, 4>(data, shape, &device);
 
-        let (latent, latent_v, encode_s) = timed_stage(|| model.encode(x))?;
+        let [_, _, h, w] = shape;
+        let t_enc = tile::choose(&a.tiling, &cfg, &model, &budget, Stage::Encode, [1, h, w])?;
+        let t_dec = tile::choose(&a.tiling, &cfg, &model, &budget, Stage::Decode, [1, h, w])?;
+        let (latent, latent_v, encode_s) = timed_stage(|| tile::encode(&model, cfg.factor(), x, t_enc.as_ref()))?;
         let lshape = latent.dims();
-        let (_, recon_v, decode_s) = timed_stage(|| model.decode(latent))?;
+        let (_, recon_v, decode_s) = timed_stage(|| tile::decode(&model, cfg.factor(), latent, t_dec.as_ref()))?;
         if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
             bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");
         }
 
-        let [_, _, h, w] = shape;
         let recon = imaging::to_rgb8(&recon_v, h, w)?;
         let psnr = imaging::psnr(&img, &recon)?;
         let ssim = imaging::ssim(&img, &recon)?;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_sana;
 pub mod generate;
 pub mod t2i;
+pub mod tiling;
 pub mod timing;
 
 use std::path::PathBuf;

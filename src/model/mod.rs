@@ -7,6 +7,7 @@ pub mod dcae;
 pub mod diffusion;
 pub mod layers;
 pub mod sana;
+pub mod tiling;
 pub mod uvit;
 
 pub use config::DcaeConfig;

@@ -7,6 +7,7 @@ mod labels;
 mod sampler;
 mod sana;
 mod sana_text;
+mod tiling;
 #[cfg(feature = "gui")]
 mod ui;
 mod uvit;

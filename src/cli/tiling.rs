@@ -1,0 +1,192 @@
+//! `--tile auto|off|N` for `dcae encode`, `decode` and `reconstruct`: whether to run the
+//! autoencoder in tiles, chosen from a memory estimate of the untiled run and a budget.
+
+use std::io::Write;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::engine::BackendInfo;
+use crate::model::tiling::{self, TileConfig};
+use crate::model::{Dcae, DcaeConfig};
+
+/// Overrides the memory budget (MiB) that `--tile auto` compares the estimate with.
+pub const BUDGET_ENV: &str = "DCAE_MEMORY_BUDGET_MB";
+
+/// What `--tile` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileMode {
+    /// Tile when the untiled run's estimated peak memory exceeds the budget.
+    Auto,
+    Off,
+    /// Always tile, with tiles of this many pixels.
+    Px(usize),
+}
+
+fn parse_mode(s: &str) -> Result<TileMode, String> {
+    match s {
+        "auto" => Ok(TileMode::Auto),
+        "off" => Ok(TileMode::Off),
+        n => n
+            .parse::<usize>()
+            .map(TileMode::Px)
+            .map_err(|_| format!("`{n}` is not auto, off or a tile size in pixels (e.g. 1024)")),
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TileOpts {
+    /// Run the autoencoder in overlapping tiles with blended seams: `auto` (when the estimated
+    /// memory of an untiled run exceeds half the available RAM, or DCAE_MEMORY_BUDGET_MB),
+    /// `off`, or a tile size in pixels (a multiple of the model's factor).
+    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    pub tile: TileMode,
+    /// Distance between tile starts in pixels (default: the tile less a quarter overlap;
+    /// diffusers' `enable_tiling` defaults are `--tile 512 --tile-stride 448`).
+    #[arg(long)]
+    pub tile_stride: Option<usize>,
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (MIB * 1024.0))
+}
+
+/// The memory a run may use, where that figure came from, and how the weights are held.
+pub struct Budget {
+    pub bytes: u64,
+    pub source: String,
+    /// The CPU kernels keep a rearranged copy of every convolution's weights beside burn's
+    /// (tap-major, and Winograd-transformed for large 3×3 inputs), made on first use: resident
+    /// weights are about twice the checkpoint's f32 size there (measured with f32c32-in: 3883
+    /// MiB peak for an untiled 1024² encode + decode, against 2 × 1234 MiB of weights plus the
+    /// 1024 MiB of activations that the estimate gives).
+    pub weight_copies: u64,
+}
+
+/// The memory budget: `DCAE_MEMORY_BUDGET_MB`, else half of the available RAM.
+pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
+    let weight_copies = if info.kind == "cpu" { 2 } else { 1 };
+    if let Ok(v) = std::env::var(BUDGET_ENV) {
+        let mb: f64 = v.trim().parse().with_context(|| format!("{BUDGET_ENV}={v} is not a number of MiB"))?;
+        return Ok(Budget { bytes: (mb.max(0.0) * MIB) as u64, source: BUDGET_ENV.to_string(), weight_copies });
+    }
+    // The GPU adapters' own memory is not queried yet: their budget is also the host's.
+    let note = if info.kind == "cpu" { "" } else { "; GPU memory not queried" };
+    let (bytes, source) = match mem_available() {
+        Some(b) => (b / 2, format!("half of MemAvailable {}{note}", gib(b))),
+        // No /proc (not Linux): assume 4 GiB, a small laptop's share.
+        None => (4 << 30, format!("4 GiB assumed, /proc/meminfo unreadable{note}")),
+    };
+    Ok(Budget { bytes, source, weight_copies })
+}
+
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Encode,
+    Decode,
+}
+
+/// Decides tiling for one stage on a `batch × h × w` image (image pixels) and says why on
+/// stderr. `Ok(None)`: run untiled.
+pub fn choose<B: Backend>(
+    opts: &TileOpts,
+    cfg: &DcaeConfig,
+    model: &Dcae<B>,
+    budget: &Budget,
+    stage: Stage,
+    [batch, h, w]: [usize; 3],
+) -> anyhow::Result<Option<TileConfig>> {
+    let f = cfg.factor();
+    let what = if stage == Stage::Encode { "encode" } else { "decode" };
+    let weights = 4 * model.num_params() as u64 * budget.weight_copies;
+    let estimate = |hh: usize, ww: usize| match stage {
+        Stage::Encode => tiling::encode_bytes(cfg, weights, batch, hh, ww),
+        Stage::Decode => tiling::decode_bytes(cfg, weights, batch, hh, ww),
+    };
+    let tiles_of = |t: &TileConfig| match stage {
+        Stage::Encode => t.encode_tiles(h, w),
+        Stage::Decode => t.decode_tiles(h / f, w / f, f),
+    };
+    let with_stride = |t: TileConfig| TileConfig { stride: opts.tile_stride.unwrap_or(t.stride), ..t };
+    let untiled = estimate(h, w);
+    let (budget, source) = (&budget.bytes, &budget.source);
+    let t = match opts.tile {
+        TileMode::Off => {
+            eprintln!("{what}: untiled (--tile off; estimated peak {})", gib(untiled));
+            return Ok(None);
+        }
+        TileMode::Px(n) => {
+            let t = with_stride(TileConfig::with_tile(n, f));
+            t.validate(f).with_context(|| format!("--tile {n}"))?;
+            eprintln!("{what}: {} px tiles, stride {} px, {} tile(s) (--tile {n})", t.tile, t.stride, tiles_of(&t));
+            t
+        }
+        TileMode::Auto if untiled <= *budget => {
+            eprintln!("{what}: untiled (estimated peak {} within the budget {} = {source})", gib(untiled), gib(*budget));
+            return Ok(None);
+        }
+        TileMode::Auto => {
+            // Our default tile, halved while one tile's estimate is still over the budget
+            // (down to 4 latent pixels, below which tiles are mostly seam).
+            let mut t = with_stride(TileConfig::for_model(f));
+            while estimate(t.tile.min(h), t.tile.min(w)) > *budget && t.tile / 2 >= 4 * f {
+                t = with_stride(TileConfig::with_tile((t.tile / 2 / f) * f, f));
+            }
+            t.validate(f).context("--tile-stride")?;
+            let per_tile = estimate(t.tile.min(h), t.tile.min(w));
+            eprintln!(
+                "{what}: {} px tiles, stride {} px, {} tile(s): estimated peak {} untiled > budget {} = {source} (about {} per tile)",
+                t.tile,
+                t.stride,
+                tiles_of(&t),
+                gib(untiled),
+                gib(*budget),
+                gib(per_tile)
+            );
+            t
+        }
+    };
+    Ok(Some(t))
+}
+
+/// A progress line on stderr, `what: tile k/n`; never cancels.
+fn progress_line(what: &'static str) -> impl FnMut(usize, usize) -> bool {
+    move |done, total| {
+        if total > 1 {
+            eprint!("\r{what}: tile {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+        true
+    }
+}
+
+/// `model.encode(x)`, tiled when `t` says so.
+pub fn encode<B: Backend>(model: &Dcae<B>, f: usize, x: Tensor<B, 4>, t: Option<&TileConfig>) -> anyhow::Result<Tensor<B, 4>> {
+    match t {
+        None => Ok(model.encode(x)),
+        Some(t) => tiling::tiled_encode(model, f, x, t, &mut progress_line("encode"))?
+            .context("tiled encode was cancelled"),
+    }
+}
+
+/// `model.decode(z)`, tiled when `t` says so.
+pub fn decode<B: Backend>(model: &Dcae<B>, f: usize, z: Tensor<B, 4>, t: Option<&TileConfig>) -> anyhow::Result<Tensor<B, 4>> {
+    match t {
+        None => Ok(model.decode(z)),
+        Some(t) => tiling::tiled_decode(model, f, z, t, &mut progress_line("decode"))?
+            .context("tiled decode was cancelled"),
+    }
+}
