@@ -324,6 +324,31 @@ impl DcaeConfig {
         if let Some((what, len)) = lists.iter().find(|(_, len)| *len != n) {
             return bad(format!("{n} encoder widths but {len} {what}: every per-stage list needs one entry per stage"));
         }
+        // Before any arithmetic on them (4·w overflowed for a width of 2^62): every published
+        // DC-AE is within these by far, and past them building the model would exhaust memory.
+        if let Some(w) = e.width_list.iter().chain(&d.width_list).find(|&&w| w > MAX_WIDTH) {
+            return bad(format!("a stage width of {w} is beyond any DC-AE (at most {MAX_WIDTH}); is the config.json damaged?"));
+        }
+        if let Some(depth) = e.depth_list.iter().chain(&d.depth_list).find(|&&x| x > MAX_DEPTH) {
+            return bad(format!("a stage depth of {depth} is beyond any DC-AE (at most {MAX_DEPTH}); is the config.json damaged?"));
+        }
+        if self.in_channels > 64 {
+            return bad(format!("in_channels {} is beyond any DC-AE (images have 3)", self.in_channels));
+        }
+        for b in e.block_type.iter().chain(&d.block_type) {
+            if let BlockType::EfficientVit { scales } = b {
+                if scales.len() > 8 || scales.iter().any(|&k| k > 31) {
+                    return bad(format!("multi-scale kernel sizes {scales:?} are beyond any DC-AE (the published use [5])"));
+                }
+            }
+        }
+        let params = self.approx_params();
+        if params > MAX_PARAMS {
+            return bad(format!("the config describes about {:.1} billion parameters, beyond any DC-AE; is the config.json damaged?", params as f64 / 1e9));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return bad(format!("scaling_factor {} must be a positive number", self.scaling_factor));
+        }
         let hd = self.attention_head_dim;
         for (part, c) in [("encoder", e.block_type.iter().zip(&e.width_list).collect::<Vec<_>>()), ("decoder", d.block_type.iter().zip(&d.width_list).collect())] {
             if let Some((_, w)) = c.iter().find(|(b, w)| matches!(b, BlockType::EfficientVit { .. }) && (hd == 0 || **w % hd != 0)) {
@@ -380,7 +405,33 @@ impl DcaeConfig {
         Ok(())
     }
 
+    /// An upper estimate of the parameter count (a block is at most a few dozen w², each stage
+    /// has a resampling block of at most 36 w²), to refuse absurd configs before building them.
+    /// Only meaningful once the widths, depths and kernels are bounded, as [`Self::validate`]
+    /// checks first; saturating, so it never overflows.
+    fn approx_params(&self) -> u64 {
+        let (e, d) = (&self.encoder, &self.decoder);
+        let widest = e.width_list.iter().chain(&d.width_list).copied().max().unwrap_or(0) as u64;
+        let io = (self.in_channels as u64).saturating_add(self.latent_channels as u64).saturating_mul(18).saturating_mul(widest);
+        let side = |widths: &[usize], depths: &[usize], blocks: &[BlockType]| -> u64 {
+            widths.iter().zip(depths).zip(blocks).fold(0u64, |acc, ((&w, &depth), b)| {
+                let w = w as u64;
+                let kernels: u64 = match b {
+                    BlockType::EfficientVit { scales } => scales.iter().map(|&k| 3 * w * (k as u64).pow(2) + 9 * w * w).sum(),
+                    BlockType::ResBlock => 0,
+                };
+                acc.saturating_add((depth as u64).saturating_mul(32 * w * w + kernels)).saturating_add(36 * w * w)
+            })
+        };
+        io.saturating_add(side(&e.width_list, &e.depth_list, &e.block_type)).saturating_add(side(&d.width_list, &d.depth_list, &d.block_type))
+    }
 }
+
+/// Bounds far beyond every published DC-AE (widths up to 2048, depths up to 10, about 2.4
+/// billion parameters by [`DcaeConfig::approx_params`]'s estimate for f128c512).
+const MAX_WIDTH: usize = 1 << 14;
+const MAX_DEPTH: usize = 64;
+const MAX_PARAMS: u64 = 1 << 33;
 
 /// The autoencoder a published diffusion model (the efficientvit diffusion zoo) was trained on.
 pub fn diffusion_autoencoder(name: &str) -> Option<&'static str> {

@@ -106,6 +106,26 @@ impl DiffusionConfig {
 
     pub fn validate(&self) -> Result<(), ModelError> {
         self.uvit.validate().map_err(|e| config_error(format!("{}: {e}", self.name)))?;
+        // Bounded before the parameter count is taken (its products overflowed for a
+        // hidden_size of 2^40), each far beyond the published UViT-2B.
+        let u = &self.uvit;
+        let limits = [
+            ("depth", u.depth, 256),
+            ("hidden_size", u.hidden_size, 16384),
+            ("in_channels", u.in_channels, 4096),
+            ("patch_size", u.patch_size, 64),
+            ("input_size / patch_size", u.grid(), 512),
+            ("num_classes", u.num_classes, 1 << 24),
+        ];
+        if let Some((field, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
+            return Err(config_error(format!("{}: uvit.{field} = {v} is beyond any UViT (at most {max}); is the config.json damaged?", self.name)));
+        }
+        if !(u.mlp_ratio <= 16.0) {
+            return Err(config_error(format!("{}: uvit.mlp_ratio {} is beyond any UViT (at most 16)", self.name, u.mlp_ratio)));
+        }
+        if u.num_params() > 1 << 33 {
+            return Err(config_error(format!("{}: the UViT has {} parameters, beyond any published model; is the config.json damaged?", self.name, u.num_params())));
+        }
         self.sampler.validate().map_err(|e| config_error(format!("{}: {e}", self.name)))?;
         self.autoencoder.validate()?;
         if self.uvit.in_channels != self.autoencoder.latent_channels {

@@ -146,10 +146,12 @@ pub fn pipeline_kind(root: &Path) -> Result<PipelineKind, PipelineError> {
         return Err(PipelineError::NotAPipeline(root.to_path_buf()));
     }
     let index_err = |reason: String| PipelineError::Index { path: path.clone(), reason };
-    let bytes = std::fs::read(&path).map_err(|e| index_err(format!("cannot read it ({e})")))?;
-    if bytes.len() > 1 << 20 {
-        return Err(index_err("it is over 1 MiB, far larger than any model index".into()));
+    // Checked before the read: reading first held a file of any size in memory.
+    let len = std::fs::metadata(&path).map_err(|e| index_err(format!("cannot read it ({e})")))?.len();
+    if len > 1 << 20 {
+        return Err(index_err("it is over 1 MiB, far larger than any model index; download the model again".into()));
     }
+    let bytes = std::fs::read(&path).map_err(|e| index_err(format!("cannot read it ({e})")))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| index_err(format!("not valid JSON ({e})")))?;
     match v.get("_class_name").and_then(Value::as_str) {
         Some("SanaPipeline") => Ok(PipelineKind::Sana),

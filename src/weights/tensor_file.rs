@@ -12,7 +12,7 @@ pub enum TensorFileError {
     Read { path: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
-    #[error("{path} is not a valid safetensors file: {reason}")]
+    #[error("{path} is not a valid safetensors file: {reason}. It may be truncated or written by another tool: write it again (`dcae encode --latent-out` writes latents `dcae decode` reads)")]
     Format { path: String, reason: String },
     #[error("{path} has no tensor named `{name}` (it holds: {available})")]
     NoSuchTensor { path: String, name: String, available: String },

@@ -1,6 +1,7 @@
 //! Integration test modules.
 mod ae;
 mod common;
+mod fuzz;
 mod hub;
 mod imaging;
 mod labels;

@@ -84,7 +84,8 @@ const EXACT_GELUS: [&str; 1] = ["gelu"];
 const MAX_DIM: usize = 1 << 20;
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_LAYERS: usize = 1024;
-const MAX_PARAMS: usize = 1 << 40;
+// 2^36: above Gemma-2-27B; 2^40 let through configs of 4 TiB of weights.
+const MAX_PARAMS: usize = 1 << 36;
 
 impl Gemma2Config {
     /// google/gemma-2-2b-it, the text encoder of every SANA checkpoint.
@@ -262,7 +263,7 @@ impl Gemma2Config {
         }
         match self.num_params() {
             Some(n) if n <= MAX_PARAMS => Ok(()),
-            _ => Err("gemma2: the config describes an implausibly large model (over 2^40 parameters)".into()),
+            _ => Err("gemma2: the config describes an implausibly large model (over 2^36 parameters); is the config.json damaged?".into()),
         }
     }
 

@@ -168,10 +168,19 @@ impl SanaTransformerConfig {
             return Err(format!("transformer config: {name} must be positive"));
         }
         // Far beyond every release (the 4.8B model has 60 layers, 2240 wide): a typo, and
-        // building it would try to allocate terabytes.
-        let limits = [("num_layers", c.num_layers, 256), ("hidden width", c.hidden(), 16384), ("caption_channels", c.caption_channels, 16384)];
+        // building it would try to allocate terabytes. The widths are products that overflowed
+        // (2^40 heads of width 2^40), so they are taken checked.
+        let width = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
+        let limits = [
+            ("num_layers", c.num_layers, 256),
+            ("hidden width", width(c.num_attention_heads, c.attention_head_dim), 16384),
+            ("cross-attention width", width(c.num_cross_attention_heads, c.cross_attention_head_dim), 16384),
+            ("caption_channels", c.caption_channels, 16384),
+            ("in_channels", c.in_channels, 4096),
+            ("sample_size", c.sample_size, 4096),
+        ];
         if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
-            return Err(format!("transformer config: {name} = {v} is beyond any SANA model (at most {max})"));
+            return Err(format!("transformer config: {name} = {v} is beyond any SANA model (at most {max}); is the config.json damaged?"));
         }
         if c.patch_size != 1 {
             return Err(format!("transformer config: patch_size = {} is not supported (every published SANA model uses 1)", c.patch_size));
@@ -200,6 +209,9 @@ impl SanaTransformerConfig {
         }
         if !(c.mlp_ratio.is_finite() && c.ffn_hidden() > 0 && c.mlp_ratio <= 16.0) {
             return Err(format!("transformer config: mlp_ratio = {} gives no usable FFN width", c.mlp_ratio));
+        }
+        if c.num_params() > 1 << 33 {
+            return Err(format!("transformer config: {} parameters is beyond any SANA model (the largest has 4.8 billion); is the config.json damaged?", c.num_params()));
         }
         let finite = [("norm_eps", c.norm_eps), ("guidance_embeds_scale", c.guidance_embeds_scale), ("timestep_scale", c.timestep_scale)];
         if let Some((name, v)) = finite.iter().find(|(_, v)| !v.is_finite()) {
