@@ -386,7 +386,7 @@ proptest! {
             "sana-tiny/sprint/scheduler/scheduler_config.json",
         ]).collect();
         let rel = files[file % files.len()];
-        let original: Value = serde_json::from_slice(&read(rel)).map_err(|e| TestCaseError::fail(format!("{rel}: {e}")))?;
+        let original: Value = serde_json::from_str(&python_json(&String::from_utf8_lossy(&read(rel)))).map_err(|e| TestCaseError::fail(format!("{rel}: {e}")))?;
         // Edits inside the autoencoder block of a combined config too, not only at its top.
         let text = mutate_json(&original, &edits);
         let bytes = damage(text.into_bytes(), &dmg, usize::MAX);
