@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::tiling::{self as tile, Stage, TileOpts};
 use super::{model_files, prepare_output, Common};
-use crate::engine::host::{read_back, upload};
+use crate::model::host::{read_back, upload};
 use crate::engine::{run_on, BackendInfo, BackendTask};
 use crate::imaging::{self, ImageLimits};
 use crate::model::{Dcae, DcaeConfig};
@@ -110,9 +110,9 @@ fn load<B: Backend>(model: &str, device: &B::Device) -> anyhow::Result<(DcaeConf
     let files = model_files(model)?;
     // Named by the repo id (or the folder), not by the folder config.json sits in, which for a
     // model from the hub is a snapshot's commit hash. A published `model_name` keeps its name.
-    let cfg = crate::weights::load::dcae_config_from_json(&crate::weights::load::read_json(&files.config)?, &files.display_name())?;
+    let cfg = crate::model::load::dcae_config_from_json(&crate::model::load::read_json(&files.config)?, &files.display_name())?;
     let ckpt = crate::weights::Checkpoint::open(&files.weights)?;
-    let model = crate::weights::load::load_dcae::<B>(&ckpt, &cfg, device)?;
+    let model = crate::model::load::load_dcae::<B>(&ckpt, &cfg, device)?;
     Ok((cfg, model))
 }
 

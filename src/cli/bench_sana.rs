@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 
-use super::bench::{peak_rss_mib, Timings};
+use super::timing::{peak_rss_mib, Timings};
 use crate::model::sana::registry::{registered_sana, RegisteredSana};
 use crate::model::sana::text_encoder::{Gemma2, Gemma2Config};
 use crate::model::sana::transformer::{SanaTransformer, MAX_SEQUENCE_LENGTH};
@@ -70,7 +70,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let gemma = Gemma2::<B>::load(&mut w, &Gemma2Config::gemma2_2b());
             let build_s = t0.elapsed().as_secs_f64();
             let (ids, mask) = ids::<B>(a.tokens, device);
-            let timings = super::bench::time_runs(a.runs, || {
+            let timings = super::timing::time_runs(a.runs, || {
                 if let Some(h) = gemma.forward(ids.clone(), mask.clone(), &mut |_, _| true) {
                     let _ = h.slice([0..1, 0..1, 0..1]).into_data();
                 }
@@ -85,7 +85,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let mask = Tensor::<B, 2, Int>::ones([a.batch, MAX_SEQUENCE_LENGTH], device);
             let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; a.batch], [a.batch]), device);
             let g = (reg.kind == PipelineKind::Sprint).then(|| t.clone().mul_scalar(0.0).add_scalar(0.45));
-            let timings = super::bench::time_runs(a.runs, || {
+            let timings = super::timing::time_runs(a.runs, || {
                 let v = model.forward(x.clone(), t.clone(), text.clone(), mask.clone(), g.clone());
                 let _ = v.slice([0..1, 0..1, 0..1, 0..1]).into_data();
             });

@@ -16,12 +16,13 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use serde::Serialize;
 
 use super::timing::Timings;
+use super::write_tensor_f32;
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
-use crate::engine::host::{read_back, upload};
+use crate::model::host::{read_back, upload};
 use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
 use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
 use crate::model::uvit::Uvit;
-use crate::weights::load::read_json;
+use crate::model::load::read_json;
 use crate::weights::{Checkpoint, RandomWeights};
 
 /// `dcae generate`
@@ -122,9 +123,6 @@ pub fn class_arg(s: &str) -> anyhow::Result<ClassArg> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    if !args.prompts.is_empty() {
-        return super::t2i::run(args);
-    }
     let classes = args.classes.iter().map(|c| class_arg(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let files = super::model_files(&args.model)?;
     let backend = args.backend;
@@ -168,7 +166,7 @@ impl BackendTask for GenerateTask {
         eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
 
         let cfg_scale = args.cfg.unwrap_or(6.0);
-        let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise };
+        let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise, init: None };
         let cancel = AtomicBool::new(false);
         let mut step_error: Option<anyhow::Error> = None;
         let t0 = Instant::now();
@@ -213,6 +211,7 @@ impl BackendTask for GenerateTask {
             model: model.config.name.clone(),
             sampler: model.config.sampler.label(),
             batch: labels.len(),
+            img2img: None,
         };
         let text = params.to_parameters_text();
         let noise_note = args.noise.as_ref().map(|p| p.display().to_string());
@@ -258,14 +257,6 @@ pub fn save_grid<B: Backend>(images: &Tensor<B, 4>, path: &Path, text: &[(&str, 
 pub fn read_tensor_f32<B: Backend>(path: &Path, name: &str, device: &B::Device) -> anyhow::Result<Tensor<B, 4>> {
     let t = crate::weights::tensor_file::read_nchw(path, name)?;
     Ok(upload(t.data, t.shape, device))
-}
-
-/// Writes one f32 NCHW tensor as a safetensors file.
-pub fn write_tensor_f32<B: Backend>(path: &Path, name: &str, tensor: Tensor<B, 4>) -> anyhow::Result<()> {
-    let shape = tensor.dims();
-    let values = read_back(tensor)?;
-    crate::weights::tensor_file::write_f32(path, &[(name, &values, &shape)], &[])?;
-    Ok(())
 }
 
 /// Settings of `dcae bench --task generate`.
@@ -364,7 +355,7 @@ pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::De
     forward_once(); // warm-up: kernel compilation / autotune
     let forward = Timings::from_samples((0..opts.forward_runs).map(|_| forward_once()).collect());
 
-    let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None };
+    let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None, init: None };
     let cancel = AtomicBool::new(false);
     let mut network_calls = 0;
     let mut times = Vec::new();

@@ -84,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(a) => ae::encode(a),
         Command::Decode(a) => ae::decode(a),
         Command::Reconstruct(a) => ae::reconstruct(a),
+        // A prompt makes it text-to-image (SANA); classes, class-to-image (UViT).
+        Command::Generate(a) if !a.prompts.is_empty() => t2i::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Download(a) => {
@@ -114,5 +116,13 @@ pub(crate) fn prepare_output(path: &PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
+    Ok(())
+}
+
+/// Writes one f32 NCHW tensor as a safetensors file.
+pub fn write_tensor_f32<B: burn::tensor::backend::Backend>(path: &std::path::Path, name: &str, tensor: burn::tensor::Tensor<B, 4>) -> anyhow::Result<()> {
+    let shape = tensor.dims();
+    let values = crate::model::host::read_back(tensor)?;
+    crate::weights::tensor_file::write_f32(path, &[(name, &values, &shape)], &[])?;
     Ok(())
 }

@@ -9,9 +9,10 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use burn::tensor::{backend::Backend, Int, Tensor};
 
-use super::generate::{write_tensor_f32, GenerateArgs};
+use super::generate::GenerateArgs;
+use super::write_tensor_f32;
 use crate::engine::backend::{run_on, BackendInfo, BackendTask};
-use crate::engine::host::{read_back, upload};
+use crate::model::host::{read_back, upload};
 use crate::imaging::{self, PromptParams, PARAMETERS_KEY};
 use crate::model::sana::pipeline::{SanaPipeline, T2iEvent, T2iRequest};
 use crate::weights::hub::{self, HubOptions};
@@ -152,6 +153,7 @@ impl BackendTask for T2iTask {
             height: req.height,
             model: name,
             instruction: req.instruction,
+            img2img: None,
         };
         let text = params.to_parameters_text();
         let noise_note = args.noise.as_ref().map(|p| p.display().to_string());

@@ -26,7 +26,7 @@ impl Downloads {
         Self { tx, events, wake, threads: Vec::new() }
     }
 
-    /// Fetches `repo` into the Hugging Face cache; reports [`Event::DownloadProgress`] and one
+    /// Fetches `repo` into the Hugging Face cache (every file of a pipeline); reports [`Event::DownloadProgress`] and one
     /// [`Event::DownloadFinished`].
     pub fn start(&mut self, repo: String, options: HubOptions, cancel: CancelToken) {
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
@@ -65,11 +65,19 @@ fn download(repo: String, options: HubOptions, cancel: CancelToken, tx: Sender<E
     let mut progress = |p: DownloadProgress| {
         send(Event::DownloadProgress { repo: repo.clone(), file: p.file, bytes_done: p.bytes_done, bytes_total: p.bytes_total });
     };
-    let result = catch_unwind(AssertUnwindSafe(|| hub::download_model(&repo, &options, &mut progress, &cancel)));
+    // A SANA pipeline is many files (every component's config and shards), fetched at one commit.
+    let pipeline = matches!(crate::model::registry::find(&repo).map(|p| p.spec), Some(crate::model::registry::Spec::TextToImage(_)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if pipeline {
+            crate::weights::pipeline::fetch_pipeline(&repo, &options, None, &mut progress, &cancel).map(|_| ()).map_err(|e| e.to_string())
+        } else {
+            hub::download_model(&repo, &options, &mut progress, &cancel).map(|_| ()).map_err(|e| e.to_string())
+        }
+    }));
     let cancelled = cancel.load(Ordering::Relaxed);
     let result = match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
         Err(p) => Err(format!("the download crashed: {}", panic_message(p.as_ref()))),
     };
     send(Event::DownloadFinished { repo, result, cancelled });

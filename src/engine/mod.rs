@@ -2,7 +2,6 @@
 
 pub mod backend;
 pub mod downloads;
-pub mod host;
 pub mod worker;
 
 pub use backend::{run_on, BackendChoice, BackendError, BackendInfo, BackendTask};

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod projection;
 pub mod samples;
+pub mod text;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -36,6 +37,7 @@ use image::RgbImage;
 
 use self::api::{GenerateFailure, GenerateOutput, Generator, GeneratorInfo};
 use self::projection::{Fitter, Projection};
+use self::text::{TextEvent, TextGenerator, TextOutput, TextRequest};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::model::{Dcae, DcaeConfig};
 
@@ -45,6 +47,24 @@ pub struct ModelFilesRef {
     pub name: String,
     pub config: PathBuf,
     pub weights: PathBuf,
+}
+
+/// What a generation model is made of on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GeneratorSource {
+    /// A class-conditional model: one config and one checkpoint.
+    Class(ModelFilesRef),
+    /// A SANA / Sprint pipeline folder (diffusers layout), named for the UI.
+    Text { name: String, root: PathBuf },
+}
+
+impl GeneratorSource {
+    pub fn name(&self) -> &str {
+        match self {
+            GeneratorSource::Class(f) => &f.name,
+            GeneratorSource::Text { name, .. } => name,
+        }
+    }
 }
 
 /// A cancel flag shared by the UI (which sets it) and the job (which polls it).
@@ -57,8 +77,13 @@ pub fn cancel_token() -> CancelToken {
 #[derive(Debug, Clone)]
 pub struct GenerateJob {
     pub id: u64,
-    /// One class id per image of the batch; `num_classes` means unconditional.
+    /// One class id per image of the batch; `num_classes` means unconditional. Empty for a
+    /// text-to-image job.
     pub labels: Vec<usize>,
+    /// The prompt and size of a text-to-image job.
+    pub text: Option<TextRequest>,
+    /// Image-to-image: start from this picture instead of pure noise.
+    pub init: Option<InitImage>,
     pub cfg_scale: f32,
     pub steps: usize,
     pub seed: u64,
@@ -67,6 +92,22 @@ pub struct GenerateJob {
     /// Decode x0 with the full DC-AE every `decode_every` steps (0 = never).
     pub decode_every: usize,
     pub cancel: CancelToken,
+}
+
+/// The source of an image-to-image run (SDEdit): encoded with the model's own DC-AE, noised to
+/// `strength` on the model's schedule, then denoised with the job's class or prompt.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    pub image: Arc<RgbImage>,
+    /// In (0, 1]: 1 keeps nothing of the source's content, small values little of the prompt's.
+    pub strength: f32,
+}
+
+/// `img` as a `[1, 3, h, w]` tensor in [−1, 1], scaled and centre-cropped to `w × h`.
+fn image_tensor<B: Backend>(img: &RgbImage, w: usize, h: usize, device: &B::Device) -> Result<Tensor<B, 4>, String> {
+    let fitted = crate::imaging::cover_crop(img, w as u32, h as u32);
+    let (data, shape) = api::to_nchw(std::slice::from_ref(&fitted))?;
+    Ok(crate::model::host::upload::<B, 4>(data, shape, device))
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +124,7 @@ pub struct ReconstructJob {
 
 #[derive(Debug, Clone)]
 pub enum Job {
-    LoadGenerator(ModelFilesRef),
+    LoadGenerator(GeneratorSource),
     Generate(GenerateJob),
     Reconstruct(ReconstructJob),
     /// Drop every loaded autoencoder (the generator stays).
@@ -142,9 +183,11 @@ pub enum Event {
     /// The preview projection of the loaded generator (fitted now or read from the cache).
     ProjectionReady { model: String, projection: Projection, fit_secs: Option<f64> },
     Progress { job: u64, step: usize, total: usize, sec_per_step: f64, elapsed: f64 },
+    /// A phase outside the sampling steps (text encoding, decoding), with its own progress.
+    Phase { job: u64, label: String, done: usize, total: usize },
     PreviewLatent { job: u64, step: usize, total: usize, latents: LatentBatch },
     PreviewDecoded { job: u64, step: usize, images: Vec<RgbImage>, secs: f64 },
-    Generated { job: u64, images: Vec<RgbImage>, nfe: usize, network_calls: usize, sampling_secs: f64, decode_secs: f64 },
+    Generated { job: u64, images: Vec<RgbImage>, nfe: usize, network_calls: usize, sampling_secs: f64, decode_secs: f64, sampler: String },
     Cancelled { job: u64 },
     /// The prepared (cropped) original every reconstruction of the job is compared against.
     ReconstructInput { job: u64, original: RgbImage },
@@ -308,7 +351,7 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
     let mut choice = config.backend;
     // The generator to reload after a restart.
-    let loaded: Arc<Mutex<Option<ModelFilesRef>>> = Arc::new(Mutex::new(None));
+    let loaded: Arc<Mutex<Option<GeneratorSource>>> = Arc::new(Mutex::new(None));
     let mut restarts = 0usize;
     let mut replay: Option<Job> = None;
     loop {
@@ -351,7 +394,7 @@ struct EngineTask<'a> {
     jobs: &'a Receiver<Job>,
     sink: Sink,
     config: &'a WorkerConfig,
-    loaded: Arc<Mutex<Option<ModelFilesRef>>>,
+    loaded: Arc<Mutex<Option<GeneratorSource>>>,
     replay: Option<Job>,
 }
 
@@ -454,9 +497,33 @@ fn job_id(job: &Job) -> Option<u64> {
 // The engine proper (generic over the backend)
 // ---------------------------------------------------------------------------------------------
 
+enum GenModel<B: Backend> {
+    Class(Generator<B>),
+    Text(Box<TextGenerator<B>>),
+}
+
+impl<B: Backend> GenModel<B> {
+    fn info(&self) -> &GeneratorInfo {
+        match self {
+            GenModel::Class(g) => g.info(),
+            GenModel::Text(t) => t.info(),
+        }
+    }
+}
+
 struct LoadedGenerator<B: Backend> {
-    model: Generator<B>,
-    files: ModelFilesRef,
+    model: GenModel<B>,
+    files: GeneratorSource,
+}
+
+impl<B: Backend> LoadedGenerator<B> {
+    /// What the projection cache is keyed on: the model's name and its autoencoder's weights.
+    fn cache_identity(&self) -> (String, PathBuf) {
+        match &self.files {
+            GeneratorSource::Class(f) => (f.name.clone(), f.weights.clone()),
+            GeneratorSource::Text { name, root } => (name.clone(), root.join("vae")),
+        }
+    }
 }
 
 struct Engine<B: Backend> {
@@ -469,7 +536,7 @@ struct Engine<B: Backend> {
     projection: Option<Projection>,
     /// Autoencoders for reconstruction, by weights path, with the order they were last used.
     autoencoders: HashMap<PathBuf, (DcaeConfig, Dcae<B>, u64)>,
-    loaded: Arc<Mutex<Option<ModelFilesRef>>>,
+    loaded: Arc<Mutex<Option<GeneratorSource>>>,
     /// Set by [`Job::DebugFailNextPreview`].
     fail_next_preview: bool,
 }
@@ -478,7 +545,7 @@ struct Engine<B: Backend> {
 const MAX_AUTOENCODERS: usize = 3;
 
 fn tensor_to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, String> {
-    Ok(super::host::read_back(t)?)
+    Ok(crate::model::host::read_back(t)?)
 }
 
 fn images_from_nchw(data: &[f32], shape: [usize; 4]) -> Result<Vec<RgbImage>, String> {
@@ -538,19 +605,23 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn load_generator(&mut self, files: ModelFilesRef) {
+    fn load_generator(&mut self, files: GeneratorSource) {
         if self.generator.as_ref().is_some_and(|g| g.files == files) {
             if let Some(g) = &self.generator {
                 self.sink.send(Event::GeneratorLoaded { info: g.model.info().clone(), secs: 0.0 });
             }
             return;
         }
-        self.status(format!("Loading {}…", files.name));
+        self.status(format!("Loading {}…", files.name()));
         // Free the old model first: two UViT-H checkpoints need not fit at once.
         self.generator = None;
         self.projection = None;
         let t0 = Instant::now();
-        match Generator::<B>::load(&files.name, &files.config, &files.weights, &self.device) {
+        let loaded = match &files {
+            GeneratorSource::Class(f) => Generator::<B>::load(&f.name, &f.config, &f.weights, &self.device).map(GenModel::Class),
+            GeneratorSource::Text { name, root } => TextGenerator::<B>::load(name, root, &self.device).map(|t| GenModel::Text(Box::new(t))),
+        };
+        match loaded {
             Ok(model) => {
                 let info = model.info().clone();
                 if let Ok(mut l) = self.loaded.lock() {
@@ -568,7 +639,7 @@ impl<B: Backend> Engine<B> {
                 if let Ok(mut l) = self.loaded.lock() {
                     *l = None;
                 }
-                self.sink.send(Event::GeneratorFailed { name: files.name.clone(), message });
+                self.sink.send(Event::GeneratorFailed { name: files.name().to_string(), message });
             }
         }
         self.status("");
@@ -591,13 +662,14 @@ impl<B: Backend> Engine<B> {
     }
 
     fn generator_name(&self) -> String {
-        self.generator.as_ref().map(|g| g.files.name.clone()).unwrap_or_default()
+        self.generator.as_ref().map(|g| g.files.name().to_string()).unwrap_or_default()
     }
 
     fn projection_cache_path(&self) -> Option<PathBuf> {
         let g = self.generator.as_ref()?;
         let dir = self.config.cache_dir.as_ref()?;
-        Some(projection::cache_path(dir, &projection::cache_key(&g.files.name, &g.files.weights)))
+        let (name, weights) = g.cache_identity();
+        Some(projection::cache_path(dir, &projection::cache_key(&name, &weights)))
     }
 
     fn cached_projection(&self) -> Option<Projection> {
@@ -618,24 +690,30 @@ impl<B: Backend> Engine<B> {
             self.sink.send(Event::ProjectionReady { model: self.generator_name(), projection: p, fit_secs: None });
             return Ok(());
         }
-        let Some(g) = &self.generator else { return Err("no generation model is loaded".into()) };
-        let files = g.files.clone();
+        let Some(g) = &mut self.generator else { return Err("no generation model is loaded".into()) };
+        let name = g.files.name().to_string();
         let info = g.model.info().clone();
         let t0 = Instant::now();
-        let (ae, cfg) = g.model.autoencoder();
+        let (ae, cfg) = match &mut g.model {
+            GenModel::Class(m) => {
+                let (ae, cfg) = m.autoencoder();
+                (ae.clone(), cfg.clone())
+            }
+            GenModel::Text(t) => t.autoencoder()?,
+        };
         // On the CPU an f64c128 encode of a 512 px crop takes about a minute: fit on the four
         // photos only there, and on their mirror images too where encodes are cheap.
         let mirrored = self.backend_kind != "cpu";
         let sink = self.sink.clone();
-        let name = files.name.clone();
+        let model_name = name.clone();
         let mut on_crop = |i: usize, n: usize| {
             sink.send(Event::Status(format!(
-                "Fitting the preview projection for {name} (first use only): encoding sample {}/{n}…",
+                "Fitting the preview projection for {model_name} (first use only): encoding sample {}/{n}…",
                 i + 1
             )));
             !cancel.load(Ordering::Relaxed)
         };
-        let p = fit_projection(ae, cfg, info.scaling_factor, self.config.fit_latent_side, mirrored, &mut on_crop, &self.device)?;
+        let p = fit_projection(&ae, &cfg, info.scaling_factor, self.config.fit_latent_side, mirrored, &mut on_crop, &self.device)?;
         let secs = t0.elapsed().as_secs_f64();
         if let Some(path) = self.projection_cache_path() {
             if let Err(e) = projection::store_cached(&path, &p) {
@@ -643,18 +721,25 @@ impl<B: Backend> Engine<B> {
             }
         }
         self.projection = Some(p.clone());
-        self.sink.send(Event::ProjectionReady { model: files.name, projection: p, fit_secs: Some(secs) });
+        self.sink.send(Event::ProjectionReady { model: name, projection: p, fit_secs: Some(secs) });
         Ok(())
     }
 
     fn generate(&mut self, job: GenerateJob) {
         let id = job.id;
-        if self.generator.is_none() {
+        let Some(g) = &self.generator else {
             self.error(Some(id), "no generation model is loaded — see the Models tab");
             return;
-        }
-        if job.labels.is_empty() || job.steps == 0 {
+        };
+        let is_text = matches!(g.model, GenModel::Text(_));
+        let batch = job.text.as_ref().map_or(job.labels.len(), |t| t.batch);
+        if batch == 0 || job.steps == 0 {
             self.error(Some(id), "nothing to generate (batch size or steps is 0)");
+            return;
+        }
+        if is_text != job.text.is_some() {
+            let what = if is_text { "a prompt" } else { "a class" };
+            self.error(Some(id), format!("the loaded model takes {what}; the job was made for another model (load it again)"));
             return;
         }
         if job.preview_latents {
@@ -671,9 +756,38 @@ impl<B: Backend> Engine<B> {
             self.sink.send(Event::Cancelled { job: id });
             return;
         }
-        let Some(g) = &self.generator else { return };
-        let model = &g.model;
-        self.status(format!("Generating with {}…", g.files.name));
+        if is_text {
+            self.generate_text(job);
+        } else {
+            self.generate_class(job);
+        }
+    }
+
+    fn generate_class(&mut self, job: GenerateJob) {
+        let id = job.id;
+        let Some(LoadedGenerator { model: GenModel::Class(model), files }) = &self.generator else { return };
+        self.status(format!("Generating with {}…", files.name()));
+        let init = match &job.init {
+            Some(src) => {
+                self.sink.send(Event::Phase { job: id, label: "Encoding the source image…".into(), done: 0, total: 1 });
+                let side = model.info().image_size();
+                match image_tensor::<B>(&src.image, side, side, &self.device) {
+                    Ok(x) => {
+                        let z = model.encode(x);
+                        Some((Tensor::cat(vec![z; job.labels.len()], 0), src.strength))
+                    }
+                    Err(e) => {
+                        self.error(Some(id), format!("the source image cannot be used: {e}"));
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        if job.cancel.load(Ordering::Relaxed) {
+            self.sink.send(Event::Cancelled { job: id });
+            return;
+        }
         let sink = self.sink.clone();
         let start = Instant::now();
         let mut last = Instant::now();
@@ -705,7 +819,7 @@ impl<B: Backend> Engine<B> {
             });
             last = Instant::now();
         };
-        let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, &mut on_step, &job.cancel);
+        let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, init, &mut on_step, &job.cancel);
         if let Some(e) = callback_err {
             self.warn(Some(id), format!("a step preview failed: {e}"));
         }
@@ -731,9 +845,97 @@ impl<B: Backend> Engine<B> {
                 network_calls,
                 sampling_secs,
                 decode_secs: t.elapsed().as_secs_f64(),
+                sampler: model.info().sampler.clone(),
             }),
             Err(e) => self.error(Some(id), format!("decoding the final image failed: {e}")),
         }
+    }
+
+    fn generate_text(&mut self, job: GenerateJob) {
+        let id = job.id;
+        let Some(req) = job.text.clone() else { return };
+        // The decoder for the full-decode previews: a handle on the pipeline's own weights.
+        let preview_ae = match (&mut self.generator, job.decode_every > 0) {
+            (Some(LoadedGenerator { model: GenModel::Text(t), .. }), true) => match t.autoencoder() {
+                Ok(ae) => Some(ae),
+                Err(e) => {
+                    self.error(Some(id), format!("the autoencoder could not be loaded: {e}"));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let sink = self.sink.clone();
+        let Some(LoadedGenerator { model: GenModel::Text(model), files }) = &mut self.generator else { return };
+        sink.send(Event::Status(format!("Generating with {}…", files.name())));
+        let scaling = model.info().scaling_factor;
+        let start = Instant::now();
+        let mut sampling = 0.0f64;
+        let mut last = Instant::now();
+        let mut decode_started: Option<Instant> = None;
+        let mut callback_err: Option<String> = None;
+        let mut on_event = |e: TextEvent<B>| match e {
+            TextEvent::Phase { label, done, total } => {
+                if label.starts_with("Decoding") && decode_started.is_none() {
+                    decode_started = Some(Instant::now());
+                }
+                sink.send(Event::Status(label.clone()));
+                sink.send(Event::Phase { job: id, label, done, total });
+                // Steps are timed from the end of the phase before them.
+                last = Instant::now();
+            }
+            TextEvent::Step { step, total, x0 } => {
+                sampling += last.elapsed().as_secs_f64();
+                if job.preview_latents {
+                    let shape: [usize; 4] = x0.dims();
+                    match tensor_to_vec(x0.clone()) {
+                        Ok(data) => sink.send(Event::PreviewLatent { job: id, step, total, latents: LatentBatch { data, shape } }),
+                        Err(e) => callback_err = Some(e),
+                    }
+                }
+                if let Some((ae, _)) = preview_ae.as_ref().filter(|_| job.decode_every > 0 && step % job.decode_every == 0 && step < total) {
+                    let t = Instant::now();
+                    match TextGenerator::decode_preview(ae, scaling, x0) {
+                        Ok(images) => sink.send(Event::PreviewDecoded { job: id, step, images, secs: t.elapsed().as_secs_f64() }),
+                        Err(e) => callback_err = Some(e),
+                    }
+                }
+                sink.send(Event::Progress { job: id, step, total, sec_per_step: sampling / step as f64, elapsed: start.elapsed().as_secs_f64() });
+                last = Instant::now();
+            }
+        };
+        let init = job.init.as_ref().map(|i| (i.image.as_ref(), i.strength));
+        let result = model.generate(&req, job.cfg_scale, job.steps, job.seed, init, &mut on_event, &job.cancel);
+        if let Some(e) = callback_err {
+            self.warn(Some(id), format!("a step preview failed: {e}"));
+        }
+        let TextOutput { images, steps, network_calls, dropped_tokens, sampler, .. } = match result {
+            Ok(r) => r,
+            Err(GenerateFailure::Cancelled) => {
+                self.sink.send(Event::Cancelled { job: id });
+                return;
+            }
+            Err(GenerateFailure::Failed(e)) => {
+                self.error(Some(id), format!("generation failed: {e}"));
+                return;
+            }
+        };
+        if dropped_tokens > 0 {
+            self.warn(
+                Some(id),
+                format!("the prompt is longer than the model reads: its last {dropped_tokens} tokens were dropped (shorten it, or turn the instruction off)"),
+            );
+        }
+        let decode_secs = decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.sink.send(Event::Generated {
+            job: id,
+            images,
+            nfe: steps,
+            network_calls,
+            sampling_secs: start.elapsed().as_secs_f64() - decode_secs,
+            decode_secs,
+            sampler,
+        });
     }
 
     fn autoencoder(&mut self, files: &ModelFilesRef) -> Result<(), String> {
@@ -788,7 +990,7 @@ impl<B: Backend> Engine<B> {
             }
         };
         // One upload for every model of the job.
-        let x = super::host::upload::<B, 4>(data, shape, &self.device);
+        let x = crate::model::host::upload::<B, 4>(data, shape, &self.device);
         for m in &job.models {
             if job.cancel.load(Ordering::Relaxed) {
                 self.sink.send(Event::Cancelled { job: id });
@@ -883,7 +1085,7 @@ pub fn fit_projection<B: Backend>(
             }
             let img = if flip { image::imageops::flip_horizontal(&img) } else { img.clone() };
             let (data, shape) = api::to_nchw(std::slice::from_ref(&img))?;
-            let z = ae.encode(super::host::upload::<B, 4>(data, shape, device)) * scaling_factor;
+            let z = ae.encode(crate::model::host::upload::<B, 4>(data, shape, device)) * scaling_factor;
             let [_, zc, zh, zw] = z.dims();
             if zc != c {
                 return Err(format!("the encoder gave {zc} channels, the config says {c}"));

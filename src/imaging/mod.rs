@@ -17,6 +17,7 @@
 mod atomic;
 mod compose;
 mod error;
+mod image_params;
 mod load;
 mod metrics;
 mod params;
@@ -29,14 +30,15 @@ mod tensor;
 pub use atomic::{write_atomic, Existing};
 pub use compose::{diff_heatmap, diff_heatmap_with_gain, grid, side_by_side};
 pub use error::{ImagingError, Result};
+pub use image_params::ImageParams;
 pub use load::{load_rgb, load_rgb_from_bytes, ImageLimits};
 pub use metrics::{psnr, ssim, ssim_with, SsimBorder};
-pub use params::{GenerationParams, PARAMETERS_KEY};
+pub use params::{GenerationParams, Img2Img, PARAMETERS_KEY};
 pub use png_text::{
     encode_png_with_text, read_png_text, read_png_text_from_bytes, save_png_with_text,
     save_png_with_text_new,
 };
 pub use prompt_params::PromptParams;
-pub use preprocess::{default_size, dm_crop, prepare};
+pub use preprocess::{cover_crop, default_size, dm_crop, prepare};
 pub use resample::{resize, ResampleFilter};
 pub use tensor::{from_nchw, to_nchw, to_rgb8};

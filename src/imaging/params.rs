@@ -31,6 +31,33 @@ pub struct GenerationParams {
     pub sampler: String,
     /// Number of images generated together.
     pub batch: usize,
+    /// Image-to-image: where the run started from.
+    pub img2img: Option<Img2Img>,
+}
+
+/// The source of an image-to-image run, as the PNG records it (A1111's `Denoising strength`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Img2Img {
+    /// The source image's file name (or "history item 3").
+    pub source: String,
+    pub strength: f32,
+}
+
+impl Img2Img {
+    pub(super) fn fields(this: &Option<Self>) -> Vec<(&'static str, String)> {
+        match this {
+            Some(i) => vec![("Denoising strength", format!("{:?}", i.strength)), ("Source", quote_if_needed(&i.source))],
+            None => Vec::new(),
+        }
+    }
+
+    pub(super) fn parse(fields: &[(String, String)]) -> Result<Option<Self>> {
+        let field = |key: &str| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
+        match field("Denoising strength") {
+            Some(v) => Ok(Some(Img2Img { source: field("Source").unwrap_or_default().to_owned(), strength: parse_number(v, "Denoising strength")? })),
+            None => Ok(None),
+        }
+    }
 }
 
 impl GenerationParams {
@@ -46,6 +73,8 @@ impl GenerationParams {
             ("Model", quote_if_needed(&self.model)),
             ("Batch", self.batch.to_string()),
         ];
+        let mut fields = fields.to_vec();
+        fields.extend(Img2Img::fields(&self.img2img));
         let line: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         format!("class: {}\n{}", classes.join(", "), line.join(", "))
     }
@@ -87,6 +116,7 @@ impl GenerationParams {
                 Ok(v) => parse_number(v, "Batch")?,
                 Err(_) => 1,
             },
+            img2img: Img2Img::parse(&fields)?,
         })
     }
 }

@@ -164,3 +164,19 @@ mod tests {
         assert_eq!(scaled_side(7, 0.5, 1), 4);
     }
 }
+
+/// `img` scaled (bicubic) to cover `width × height` and centre-cropped to exactly that size:
+/// the source of an image-to-image run at the size the user asked for.
+pub fn cover_crop(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if img.width() == 0 || img.height() == 0 || width == 0 || height == 0 {
+        return RgbImage::new(width, height);
+    }
+    if img.dimensions() == (width, height) {
+        return img.clone();
+    }
+    let scale = (width as f64 / img.width() as f64).max(height as f64 / img.height() as f64);
+    let sw = ((img.width() as f64 * scale).round() as u32).max(width);
+    let sh = ((img.height() as f64 * scale).round() as u32).max(height);
+    let scaled = super::resample::resize(img, sw, sh, super::resample::ResampleFilter::Bicubic);
+    image::imageops::crop_imm(&scaled, (sw - width) / 2, (sh - height) / 2, width, height).to_image()
+}

@@ -11,7 +11,7 @@
 //! all of them, in order, as a JSON list under `Prompts`.
 
 use super::error::{ImagingError, Result};
-use super::params::{parse_number, quote_if_needed, split_fields, strip_prefix_ci};
+use super::params::{parse_number, quote_if_needed, split_fields, strip_prefix_ci, Img2Img};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptParams {
@@ -27,6 +27,8 @@ pub struct PromptParams {
     pub model: String,
     /// The complex human instruction was prepended (the pipelines' default).
     pub instruction: bool,
+    /// Image-to-image: where the run started from.
+    pub img2img: Option<Img2Img>,
 }
 
 fn err(message: &str) -> ImagingError {
@@ -51,6 +53,7 @@ impl PromptParams {
         if !self.instruction {
             fields.push(("Instruction", "off".into()));
         }
+        fields.extend(Img2Img::fields(&self.img2img));
         let line: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let mut text = self.prompts.first().cloned().unwrap_or_default();
         if !self.negative_prompt.is_empty() {
@@ -104,6 +107,7 @@ impl PromptParams {
             height,
             model: field("Model").unwrap_or_default().to_owned(),
             instruction: !field("Instruction").is_some_and(|v| v.eq_ignore_ascii_case("off")),
+            img2img: Img2Img::parse(&fields)?,
         })
     }
 }
@@ -125,6 +129,7 @@ mod tests {
             height: 768,
             model: "Efficient-Large-Model/Sana_600M_1024px_diffusers".into(),
             instruction: false,
+            img2img: Some(Img2Img { source: "photo, 2.png".into(), strength: 0.65 }),
         };
         assert_eq!(PromptParams::parse_parameters_text(&p.to_parameters_text()).unwrap(), p);
         let single = PromptParams { prompts: vec!["one".into()], negative_prompt: String::new(), instruction: true, ..p };

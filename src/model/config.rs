@@ -67,8 +67,11 @@ pub struct DcaeConfig {
     pub attention_head_dim: usize,
 }
 
+/// Channels per LiteMLA head in every published DC-AE.
+pub const HEAD_DIM: usize = 32;
+
 fn default_head_dim() -> usize {
-    crate::model::dcae::HEAD_DIM
+    HEAD_DIM
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,25 +82,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Every published DC-AE name (efficientvit registry plus sana-1.1), with its scaling factor.
-pub const PUBLISHED: &[(&str, f32)] = &[
-    ("dc-ae-f32c32-in-1.0", 0.3189),
-    ("dc-ae-f64c128-in-1.0", 0.2889),
-    ("dc-ae-f128c512-in-1.0", 0.4883),
-    ("dc-ae-f32c32-mix-1.0", 0.4552),
-    ("dc-ae-f64c128-mix-1.0", 0.4538),
-    ("dc-ae-f128c512-mix-1.0", 0.3620),
-    ("dc-ae-f32c32-sana-1.0", 0.41407),
-    ("dc-ae-f32c32-sana-1.1", 0.41407),
-];
-
 impl DcaeConfig {
     /// The architecture of a published model, by its name (with or without `mit-han-lab/` and
     /// `-diffusers`).
     pub fn published(name: &str) -> Result<Self, ConfigError> {
         let base = name.trim_start_matches("mit-han-lab/").trim_end_matches("-diffusers");
-        let Some(&(name, sf)) = PUBLISHED.iter().find(|(n, _)| *n == base) else {
-            let known: Vec<_> = PUBLISHED.iter().map(|(n, _)| *n).collect();
+        let Some((name, sf)) = super::registry::autoencoders().find(|p| p.name == base).map(|p| (p.name, p.scaling_factor())) else {
+            let known: Vec<_> = super::registry::autoencoders().map(|p| p.name).collect();
             return Err(ConfigError::UnknownName(name.to_string(), known.join(", ")));
         };
         let evit = || BlockType::EfficientVit { scales: vec![] };
@@ -409,7 +400,7 @@ impl DcaeConfig {
     /// has a resampling block of at most 36 w²), to refuse absurd configs before building them.
     /// Only meaningful once the widths, depths and kernels are bounded, as [`Self::validate`]
     /// checks first; saturating, so it never overflows.
-    fn approx_params(&self) -> u64 {
+    pub fn approx_params(&self) -> u64 {
         let (e, d) = (&self.encoder, &self.decoder);
         let widest = e.width_list.iter().chain(&d.width_list).copied().max().unwrap_or(0) as u64;
         let io = (self.in_channels as u64).saturating_add(self.latent_channels as u64).saturating_mul(18).saturating_mul(widest);
@@ -433,11 +424,4 @@ const MAX_WIDTH: usize = 1 << 14;
 const MAX_DEPTH: usize = 64;
 const MAX_PARAMS: u64 = 1 << 33;
 
-/// The autoencoder a published diffusion model (the efficientvit diffusion zoo) was trained on.
-pub fn diffusion_autoencoder(name: &str) -> Option<&'static str> {
-    let base = name.trim_start_matches("mit-han-lab/");
-    if !base.contains("-uvit-") && !base.contains("-dit-") && !base.contains("-usit-") {
-        return None;
-    }
-    PUBLISHED.iter().map(|(n, _)| *n).find(|n| base.starts_with(n))
-}
+pub use super::registry::diffusion_autoencoder;

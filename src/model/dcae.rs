@@ -16,8 +16,7 @@ use super::layers::{
 };
 use crate::weights::WeightSource;
 
-/// Channels per LiteMLA head in every DC-AE.
-pub const HEAD_DIM: usize = 32;
+pub use super::config::HEAD_DIM;
 
 /// The linear-attention normaliser's epsilon; representable in f32, which the attention runs in.
 const ATTN_EPS: f64 = 1e-15;

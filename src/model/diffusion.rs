@@ -15,10 +15,10 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::uvit::{registered_uvit, Uvit, UvitConfig, UVIT_MODELS};
+use crate::model::uvit::{registered_uvit, Uvit, UvitConfig};
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::{DpmSolver, SamplerConfig, SamplerError};
-use crate::weights::load::{dcae_config_from_json, read_json, ModelError, AE_PREFIX};
+use crate::model::load::{dcae_config_from_json, read_json, ModelError, AE_PREFIX};
 use crate::weights::{Checkpoint, CheckpointLoader, Layout, LoadError, Problem, RandomWeights};
 
 pub use crate::sampler::StepUpdate;
@@ -43,7 +43,7 @@ fn config_error(msg: impl Into<String>) -> ModelError {
 }
 
 impl DiffusionConfig {
-    /// The configuration of a registered UViT model (see [`UVIT_MODELS`]) at its training
+    /// The configuration of a registered UViT model (see [`crate::model::registry`]) at its training
     /// resolution, 512 px.
     pub fn registered(name: &str) -> Result<Self, ModelError> {
         Self::registered_at(name, None)
@@ -53,7 +53,7 @@ impl DiffusionConfig {
     /// factor; the pos_embed of the published weights only fits 512 px).
     pub fn registered_at(name: &str, resolution: Option<usize>) -> Result<Self, ModelError> {
         let Some(m) = registered_uvit(name) else {
-            let known: Vec<_> = UVIT_MODELS.iter().map(|m| m.name).collect();
+            let known: Vec<_> = crate::model::registry::uvit_models().map(|m| m.name).collect();
             return Err(config_error(format!("unknown diffusion model `{name}`; known UViT models: {}", known.join(", "))));
         };
         let mut autoencoder = DcaeConfig::published(m.autoencoder)?;
@@ -159,6 +159,10 @@ pub struct GenerateRequest<B: Backend> {
     pub seed: u64,
     /// Initial noise `[B, C, S, S]` at t = 1, overriding the seed (e.g. exported from PyTorch).
     pub noise: Option<Tensor<B, 4>>,
+    /// Image-to-image (SDEdit): the source's latent `[B, C, S, S]` (times the scaling factor)
+    /// and the strength in (0, 1]. The source is noised to `t = strength` on the model's own
+    /// schedule and denoised from there with `round(strength · steps)` evaluations.
+    pub init: Option<(Tensor<B, 4>, f32)>,
 }
 
 /// The result of a run.
@@ -187,6 +191,8 @@ pub enum GenerateError {
     BadScale(f32),
     #[error("the noise tensor has shape {found:?}, but {batch} image(s) of this model need {expected:?} ([batch, channels, height, width])")]
     NoiseShape { expected: [usize; 4], found: [usize; 4], batch: usize },
+    #[error("image-to-image strength must be in (0, 1], got {0}")]
+    BadStrength(f32),
     #[error("{0}")]
     Sampler(#[from] SamplerError),
 }
@@ -226,7 +232,7 @@ pub fn sample_uvit<B: Backend>(
     if !req.cfg_scale.is_finite() {
         return Err(GenerateError::BadScale(req.cfg_scale));
     }
-    let solver = DpmSolver::<f32>::new(sampler)?;
+    let mut solver = DpmSolver::<f32>::new(sampler)?;
     let device = uvit.device();
     let expected = cfg.latent_shape(batch);
     let noise = match &req.noise {
@@ -267,7 +273,24 @@ pub fn sample_uvit<B: Backend>(
         let uncond = uvit.forward(x, t_model, y_null.clone());
         Ok(cond.clone() + (cond - uncond).mul_scalar(gain))
     };
-    let latent = solver.sample(noise, req.steps, &mut eps_model, on_step)?;
+    let (x, steps) = match &req.init {
+        Some((z, strength)) => {
+            if !(strength.is_finite() && *strength > 0.0 && *strength <= 1.0) {
+                return Err(GenerateError::BadStrength(*strength));
+            }
+            if z.dims() != expected {
+                return Err(GenerateError::NoiseShape { expected, found: z.dims(), batch });
+            }
+            // q(x_t | x_0) = N(α_t x_0, σ_t² I) at t = t_end + strength·(t_start − t_end).
+            let t0 = solver.t_end + strength * (solver.t_start - solver.t_end);
+            let (a, s) = (solver.schedule.alpha(t0), solver.schedule.sigma(t0));
+            solver.t_start = t0;
+            let steps = ((req.steps as f32 * strength).round() as usize).clamp(1, req.steps);
+            (z.clone().mul_scalar(a as f64) + noise.mul_scalar(s as f64), steps)
+        }
+        None => (noise, req.steps),
+    };
+    let latent = solver.sample(x, steps, &mut eps_model, on_step)?;
     Ok(GenerateOutput { latent, nfe, network_calls: calls })
 }
 

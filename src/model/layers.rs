@@ -7,9 +7,10 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::activation::gelu;
 use burn::tensor::{backend::Backend, Tensor};
 
+pub use super::act::Act;
 use super::cpu_kernels::ConvWeights;
 use crate::weights::WeightSource;
 
@@ -115,29 +116,6 @@ pub fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> T
 pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let device = t.device();
     Tensor::from_data(t.into_data(), &device)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Act {
-    Relu,
-    Silu,
-}
-
-impl Act {
-    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Act::Relu => relu(x),
-            Act::Silu => silu(x),
-        }
-    }
-
-    /// The same, in place on plain values (the CPU convolution's epilogue).
-    pub fn apply_slice(self, v: &mut [f32]) {
-        match self {
-            Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-            Act::Silu => v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,11 +1,15 @@
 //! Model definitions: configs, building blocks and forward passes. Nothing here knows about the
 //! UI, files or threads; weights arrive through [`crate::weights::WeightSource`].
 
+pub mod act;
 pub mod config;
 pub mod cpu_kernels;
 pub mod dcae;
 pub mod diffusion;
+pub mod host;
 pub mod layers;
+pub mod load;
+pub mod registry;
 pub mod sana;
 pub mod tiling;
 pub mod uvit;

@@ -140,7 +140,7 @@ const EXTRAS: usize = 2;
 pub struct RegisteredUvit {
     /// Hub name under `mit-han-lab/`.
     pub name: &'static str,
-    /// The DC-AE it was trained on (a name in [`crate::model::config::PUBLISHED`]).
+    /// The DC-AE it was trained on (a name in [`crate::model::registry::PRETRAINED`]).
     pub autoencoder: &'static str,
     /// `latent_for_diffusion = encode(x) · scaling_factor`.
     pub scaling_factor: f32,
@@ -172,34 +172,10 @@ pub enum UvitSize {
     TwoB,
 }
 
-/// The UViT entries of efficientvit's `REGISTERED_DCAE_DIFFUSION_MODEL` (all at 512 px).
-/// The USiT entries share the network but sample with a flow ODE, and DiT is another network:
-/// neither is supported.
-pub const UVIT_MODELS: &[RegisteredUvit] = &[
-    reg("dc-ae-f32c32-in-1.0-uvit-s-in-512px", "dc-ae-f32c32-in-1.0", 0.3189, UvitSize::S, 32, 16),
-    reg("dc-ae-f32c32-in-1.0-uvit-h-in-512px", "dc-ae-f32c32-in-1.0", 0.3189, UvitSize::H, 32, 16),
-    reg("dc-ae-f32c32-in-1.0-uvit-2b-in-512px", "dc-ae-f32c32-in-1.0", 0.3189, UvitSize::TwoB, 32, 16),
-    reg("dc-ae-f64c128-in-1.0-uvit-h-in-512px", "dc-ae-f64c128-in-1.0", 0.2889, UvitSize::H, 128, 8),
-    reg("dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k", "dc-ae-f64c128-in-1.0", 0.2889, UvitSize::H, 128, 8),
-    reg("dc-ae-f64c128-in-1.0-uvit-2b-in-512px", "dc-ae-f64c128-in-1.0", 0.2889, UvitSize::TwoB, 128, 8),
-    reg("dc-ae-f64c128-in-1.0-uvit-2b-in-512px-train2000k", "dc-ae-f64c128-in-1.0", 0.2889, UvitSize::TwoB, 128, 8),
-];
-
-const fn reg(
-    name: &'static str,
-    autoencoder: &'static str,
-    scaling_factor: f32,
-    size: UvitSize,
-    latent_channels: usize,
-    input_size: usize,
-) -> RegisteredUvit {
-    RegisteredUvit { name, autoencoder, scaling_factor, size, latent_channels, input_size }
-}
-
 /// The registered UViT model called `name` (with or without the `mit-han-lab/` owner).
 pub fn registered_uvit(name: &str) -> Option<&'static RegisteredUvit> {
     let base = name.trim_start_matches("mit-han-lab/");
-    UVIT_MODELS.iter().find(|m| m.name == base)
+    crate::model::registry::uvit_models().find(|m| m.name == base)
 }
 
 /// `nn.LayerNorm(d)`: affine, eps 1e-5 (burn's default, as in PyTorch).

@@ -209,6 +209,29 @@ impl FlowSchedule {
     pub fn steps(&self) -> usize {
         self.model_t.len()
     }
+
+    /// Image-to-image (SDEdit): the last `round(strength · n)` steps (at least one), as
+    /// diffusers' img2img pipelines cut their timesteps. DPM-Solver++ starts that tail with a
+    /// first-order step, as after `set_begin_index`.
+    pub fn img2img(&self, strength: f32) -> Result<Self, SamplerError> {
+        if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
+            return Err(SamplerError::Invalid(format!("image-to-image strength must be in (0, 1], got {strength}")));
+        }
+        let n = self.steps();
+        let k = ((n as f32 * strength).round() as usize).clamp(1, n);
+        Ok(Self { solver: self.solver, sigmas: self.sigmas[n - k..].to_vec(), model_t: self.model_t[n - k..].to_vec(), sigma_data: self.sigma_data })
+    }
+
+    /// The sampler's start from a clean latent `x0` and standard normal `noise`, at the
+    /// schedule's first σ: `(1 − σ)·x0 + σ·ε` for the flow solvers; for SCM the TrigFlow point
+    /// `cos s·x0 + sin s·ε` (in the units [`sample`] takes, before its σ_d scaling).
+    pub fn noised<B: Backend>(&self, x0: Tensor<B, 4>, noise: Tensor<B, 4>) -> Tensor<B, 4> {
+        let s0 = self.sigmas.first().copied().unwrap_or(1.0) as f64;
+        match self.solver {
+            FlowSolver::Dpm | FlowSolver::Euler => x0.mul_scalar(1.0 - s0) + noise.mul_scalar(s0),
+            FlowSolver::Scm => x0.mul_scalar(s0.cos()) + noise.mul_scalar(s0.sin()),
+        }
+    }
 }
 
 /// `u = sin s / (cos s + sin s)` in f32 (1.0000037 at s = 1.5708, and not clamped: the reference
@@ -314,6 +337,28 @@ pub fn sample<B: Backend>(
                 on_step(FlowStep { step: i + 1, total: n, x0: denoised.clone().mul_scalar(1.0 / sd), x: x.clone() });
             }
             Some(denoised.mul_scalar(1.0 / sd))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn img2img_keeps_the_tail_of_the_schedule() {
+        for solver in [FlowSolver::Dpm, FlowSolver::Euler, FlowSolver::Scm] {
+            let cfg = FlowSchedulerConfig { solver, ..FlowSchedulerConfig::default() };
+            let full = FlowSchedule::new(&cfg, 10, None, None).unwrap();
+            let half = full.img2img(0.5).unwrap();
+            assert_eq!(half.steps(), 5);
+            assert_eq!(half.sigmas[..], full.sigmas[5..], "{solver:?}");
+            assert_eq!(half.model_t[..], full.model_t[5..]);
+            assert_eq!(full.img2img(1.0).unwrap(), full);
+            assert_eq!(full.img2img(0.01).unwrap().steps(), 1, "at least one step");
+            for bad in [0.0, -0.5, 1.5, f32::NAN] {
+                assert!(full.img2img(bad).is_err(), "{bad}");
+            }
         }
     }
 }

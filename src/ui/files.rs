@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use poll_promise::Promise;
 
-use crate::engine::worker::api::{self, GenerationParams};
+use crate::engine::worker::api::{self, ImageParams};
 
 /// Largest file the app reads (a bigger one is refused before anything is read): the same
 /// limit the image decoder applies.
@@ -17,7 +17,7 @@ pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// What a file turned out to be.
 pub enum Opened {
     /// A PNG carrying DC-AE Studio parameters (and its picture, when it decodes).
-    Params { params: GenerationParams, image: Option<RgbImage> },
+    Params { params: ImageParams, image: Option<RgbImage> },
     /// Any other picture.
     Image(RgbImage),
     /// A folder (the Models view adds it).
@@ -33,6 +33,8 @@ pub enum Purpose {
     RestoreSettings,
     /// Picked in the Reconstruct view's "Open image…".
     Reconstruct,
+    /// Picked as the Generate view's image-to-image source.
+    Img2ImgSource,
 }
 
 pub struct Loading {
@@ -133,7 +135,7 @@ pub struct Saving {
 }
 
 /// Saves the images of a history item on a helper thread (see [`super::history::save_images`]).
-pub fn save(item: u64, images: Vec<RgbImage>, params: GenerationParams, path: PathBuf, replace: bool) -> Saving {
+pub fn save(item: u64, images: Vec<RgbImage>, params: ImageParams, path: PathBuf, replace: bool) -> Saving {
     let promise = Promise::spawn_thread("save-png", move || {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

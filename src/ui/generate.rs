@@ -12,14 +12,19 @@ use poll_promise::Promise;
 use super::history::{self, class_label, HistoryItem};
 use super::preview::PreviewImage;
 use super::{models, widgets, GeneratorState, Shared};
-use crate::engine::worker::api::{self, GenerationParams, GeneratorInfo};
-use crate::engine::worker::{cancel_token, CancelToken, Event, GenerateJob, Job};
+use crate::engine::worker::api::{self, FlowSolver, GenerationParams, GeneratorInfo, GeneratorKind, ImageParams, Img2Img, PromptParams};
+use crate::engine::worker::text::{aspect_presets, TextRequest};
+use crate::engine::worker::{cancel_token, CancelToken, Event, GenerateJob, InitImage, Job};
 
 /// The authors' demo guidance (efficientvit `demo_dc_ae_diffusion_model.py`).
 pub const DEMO_GUIDANCE: f32 = 6.0;
 /// The guidance of the authors' FID numbers (2.66 for this model).
 pub const FID_GUIDANCE: f32 = 1.5;
 pub const MAX_BATCH: usize = 16;
+/// Prompts kept in the "recent" list.
+pub const PROMPT_HISTORY: usize = 30;
+/// What the text box starts with, so a first Generate shows what the model does.
+pub const EXAMPLE_PROMPT: &str = "a cozy cabin in a snowy forest at dusk, warm light in the windows";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shown {
@@ -34,7 +39,11 @@ pub enum Shown {
 pub struct Run {
     pub id: u64,
     cancel: CancelToken,
-    pub params: GenerationParams,
+    pub params: ImageParams,
+    /// Width / height of the images, for laying out the previews.
+    pub aspect: f32,
+    /// A phase outside the steps (text encoding, decoding): label, done, total.
+    pub phase: Option<(String, usize, usize)>,
     pub step: usize,
     pub total: usize,
     pub sec_per_step: f64,
@@ -48,7 +57,45 @@ pub struct Run {
     pub cancelling: bool,
 }
 
+/// The picture an image-to-image run starts from.
+pub struct Source {
+    pub name: String,
+    pub image: std::sync::Arc<image::RgbImage>,
+    texture: TextureHandle,
+}
+
+/// SDEdit's usual middle ground: the layout of the source, the content of the prompt.
+pub const DEFAULT_STRENGTH: f32 = 0.6;
+
 pub struct GeneratePanel {
+    /// Image-to-image source; `None`: text/class to image from noise.
+    pub source: Option<Source>,
+    /// How much of the schedule is rerun from the source: 1 ignores it, 0.1 barely changes it.
+    pub strength: f32,
+    source_dialog: Option<Promise<Option<PathBuf>>>,
+    /// Which controls are shown: the loaded model's kind.
+    pub kind: GeneratorKind,
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// Recent prompts, newest first.
+    pub prompt_history: Vec<String>,
+    /// Size of text-to-image results (multiples of the model's factor).
+    pub width: usize,
+    pub height: usize,
+    /// `None`: the model's own sampler.
+    pub solver: Option<FlowSolver>,
+    /// Prepend SANA's complex human instruction (the pipelines' default).
+    pub instruction: bool,
+    /// The model whose default guidance and size were applied last.
+    guidance_default: Option<(String, f32)>,
+    size_default: Option<(String, (usize, usize))>,
+    /// Runs the UI stopped following, by job id, whose result is kept if it still arrives.
+    orphans: std::collections::HashMap<u64, ImageParams>,
+    /// Settings were just restored from a PNG: the next model load keeps them (they are the
+    /// user's choice, not defaults to replace).
+    restored: bool,
+    /// The size came from the saved settings: the first model load keeps it.
+    keep_size: bool,
     pub query: String,
     /// `None`: unconditional.
     pub class: Option<usize>,
@@ -88,6 +135,22 @@ pub struct GeneratePanel {
 impl Default for GeneratePanel {
     fn default() -> Self {
         Self {
+            source: None,
+            strength: DEFAULT_STRENGTH,
+            source_dialog: None,
+            kind: GeneratorKind::ClassToImage,
+            prompt: EXAMPLE_PROMPT.to_string(),
+            negative_prompt: String::new(),
+            prompt_history: Vec::new(),
+            width: 512,
+            height: 512,
+            solver: None,
+            instruction: true,
+            guidance_default: None,
+            size_default: None,
+            restored: false,
+            keep_size: false,
+            orphans: std::collections::HashMap::new(),
             query: String::new(),
             class: Some(207),
             guidance: DEMO_GUIDANCE,
@@ -157,7 +220,33 @@ impl GeneratePanel {
 
     /// Adopts a newly loaded model's class count and default steps.
     pub fn on_generator(&mut self, info: &GeneratorInfo) {
-        self.num_classes = info.num_classes;
+        if self.kind != info.kind {
+            // Another family's sampler choice means nothing here.
+            self.solver = None;
+        }
+        self.kind = info.kind;
+        self.num_classes = info.num_classes.max(1);
+        if std::mem::take(&mut self.restored) {
+            self.guidance_default = Some((info.name.clone(), info.default_guidance));
+            self.size_default = Some((info.name.clone(), (info.image_size(), info.image_size())));
+            self.steps_default = Some((info.name.clone(), info.default_steps.max(1)));
+            self.decode_every = self.decode_every.min(self.steps);
+            return;
+        }
+        // Guidance and size like the steps below: the model's defaults unless the user chose.
+        let g = info.default_guidance;
+        let chose_g = matches!(&self.guidance_default, Some((name, d)) if *name == info.name && (self.guidance - *d).abs() > 1e-6);
+        if !chose_g {
+            self.guidance = g;
+        }
+        self.guidance_default = Some((info.name.clone(), g));
+        let side = info.image_size();
+        let chose_size = std::mem::take(&mut self.keep_size)
+            || matches!(&self.size_default, Some((name, d)) if *name == info.name && (self.width, self.height) != *d);
+        if !chose_size {
+            (self.width, self.height) = (side, side);
+        }
+        self.size_default = Some((info.name.clone(), (side, side)));
         if let Some(c) = self.class {
             if c >= info.num_classes {
                 self.class = Some(0);
@@ -178,6 +267,8 @@ impl GeneratePanel {
     pub fn abort_run(&mut self) {
         if let Some(r) = self.run.take() {
             r.cancel.store(true, Ordering::Relaxed);
+            // If the engine finishes it anyway (it was decoding), the result is still kept.
+            self.orphans.insert(r.id, r.params);
         }
     }
 
@@ -197,6 +288,20 @@ impl GeneratePanel {
         false
     }
 
+    /// Sets the image-to-image source (a dropped or picked picture, a history item).
+    pub fn set_source(&mut self, name: String, image: image::RgbImage, ctx: &egui::Context) {
+        let texture = widgets::texture(ctx, "img2img-source", &image);
+        self.source = Some(Source { name, image: std::sync::Arc::new(image), texture });
+    }
+
+    fn img2img(&self) -> Option<Img2Img> {
+        self.source.as_ref().map(|s| Img2Img { source: s.name.clone(), strength: self.strength })
+    }
+
+    fn is_text(&self) -> bool {
+        matches!(self.kind, GeneratorKind::TextToImage { .. })
+    }
+
     fn labels(&self) -> Vec<usize> {
         let id = self.class.filter(|c| *c < self.num_classes).unwrap_or(self.num_classes);
         vec![id; self.batch.max(1)]
@@ -204,12 +309,27 @@ impl GeneratePanel {
 
     /// The settings as saved in PNGs; the unconditional class is written as
     /// `labels::UNCONDITIONAL` (1000) whatever the model's own null id.
-    pub fn params(&self, info: &GeneratorInfo) -> GenerationParams {
+    pub fn params(&self, info: &GeneratorInfo) -> ImageParams {
+        if self.is_text() {
+            return ImageParams::Text(PromptParams {
+                prompts: vec![self.prompt.trim().to_string(); self.batch.max(1)],
+                negative_prompt: self.negative_prompt.trim().to_string(),
+                steps: self.steps,
+                sampler: self.solver.map_or(info.sampler.clone(), |s| s.label().to_string()),
+                guidance: self.guidance,
+                seed: self.seed,
+                width: self.width,
+                height: self.height,
+                model: info.name.clone(),
+                instruction: self.instruction,
+                img2img: self.img2img(),
+            });
+        }
         let id = match self.class.filter(|c| *c < self.num_classes) {
             Some(c) => c as u32,
             None => api::UNCONDITIONAL,
         };
-        GenerationParams {
+        ImageParams::Class(GenerationParams {
             classes: vec![id; self.batch.max(1)],
             guidance: self.guidance,
             steps: self.steps,
@@ -217,7 +337,43 @@ impl GeneratePanel {
             model: info.name.clone(),
             sampler: info.sampler.clone(),
             batch: self.batch.max(1),
+            img2img: self.img2img(),
+        })
+    }
+
+    /// The text part of a job, checked: `Err` says what to fix.
+    fn text_request(&self, info: &GeneratorInfo) -> Result<TextRequest, String> {
+        let prompt = self.prompt.trim();
+        if prompt.is_empty() {
+            return Err("Type a prompt first: describe the picture you want".into());
         }
+        let f = info.factor.max(1);
+        let max = 4096;
+        for (what, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % f != 0 || v > max {
+                return Err(format!("The {what} {v} must be a multiple of {f} between {f} and {max}"));
+            }
+        }
+        Ok(TextRequest {
+            prompt: prompt.to_string(),
+            negative_prompt: self.negative_prompt.trim().to_string(),
+            batch: self.batch.max(1),
+            width: self.width,
+            height: self.height,
+            solver: self.solver,
+            instruction: self.instruction,
+            binning: true,
+        })
+    }
+
+    fn remember_prompt(&mut self) {
+        let p = self.prompt.trim().to_string();
+        if p.is_empty() {
+            return;
+        }
+        self.prompt_history.retain(|h| *h != p);
+        self.prompt_history.insert(0, p);
+        self.prompt_history.truncate(PROMPT_HISTORY);
     }
 
     /// Starts a generation with the current settings.
@@ -230,15 +386,32 @@ impl GeneratePanel {
         if self.run.is_some() {
             return;
         }
+        let text = if self.is_text() {
+            match self.text_request(&info) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    shared.notices.error(e);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if text.is_some() {
+            self.remember_prompt();
+        }
         if !self.seed_locked {
             self.seed = rand::random::<u32>() as u64;
         }
         let id = shared.next_id();
         let cancel = cancel_token();
         let params = self.params(&info);
+        let aspect = if text.is_some() { self.width as f32 / self.height.max(1) as f32 } else { 1.0 };
         shared.worker.send(Job::Generate(GenerateJob {
             id,
-            labels: self.labels(),
+            labels: if text.is_some() { Vec::new() } else { self.labels() },
+            text,
+            init: self.source.as_ref().map(|s| InitImage { image: s.image.clone(), strength: self.strength }),
             cfg_scale: self.guidance,
             steps: self.steps,
             seed: self.seed,
@@ -250,6 +423,8 @@ impl GeneratePanel {
             id,
             cancel,
             params,
+            aspect,
+            phase: None,
             step: 0,
             total: 0,
             sec_per_step: 0.0,
@@ -271,9 +446,22 @@ impl GeneratePanel {
     }
 
     pub fn on_event(&mut self, ev: Event, shared: &mut Shared, ctx: &egui::Context) {
+        // A result of a run the UI stopped following (engine restart, backend switch) that the
+        // engine still finished: kept, not dropped.
+        if let Event::Generated { job, .. } = &ev {
+            if let Some(params) = self.orphans.remove(job) {
+                let Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs, sampler } = ev else { return };
+                let mut params = params;
+                params.set_sampler(sampler);
+                self.add_result(job, params, images, (nfe, network_calls, sampling_secs, decode_secs), shared, ctx);
+                return;
+            }
+        }
         let Some(run) = &mut self.run else { return };
         match ev {
+            Event::Phase { job, label, done, total } if job == run.id => run.phase = Some((label, done, total)),
             Event::Progress { job, step, total, sec_per_step, .. } if job == run.id => {
+                run.phase = None;
                 run.step = step;
                 run.total = total;
                 run.sec_per_step = sec_per_step;
@@ -291,26 +479,114 @@ impl GeneratePanel {
                 self.last_decode_secs = Some(secs);
                 self.previews_decoded += 1;
             }
-            Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs } if job == run.id => {
-                let Some(run) = self.run.take() else { return };
+            Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs, sampler } if job == run.id => {
+                let Some(mut run) = self.run.take() else { return };
+                // What actually ran (the engine's label), whatever the UI assumed.
+                run.params.set_sampler(sampler);
                 self.last_sec_per_step = Some(run.sec_per_step);
-                let textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("result-{job}-{i}"), img)).collect();
-                shared.history.push(HistoryItem {
-                    id: job,
-                    params: run.params,
-                    images,
-                    textures,
-                    sampling_secs,
-                    decode_secs,
-                    nfe,
-                    network_calls,
-                    saved_to: None,
-                    opened: false,
-                    num_classes: self.num_classes,
-                });
+                self.add_result(job, run.params, images, (nfe, network_calls, sampling_secs, decode_secs), shared, ctx);
                 self.shown = Shown::Item(job);
             }
             _ => {}
+        }
+    }
+
+    /// A finished result: into the history and, on disk, into the gallery at once.
+    fn add_result(&mut self, job: u64, params: ImageParams, images: Vec<image::RgbImage>, cost: (usize, usize, f64, f64), shared: &mut Shared, ctx: &egui::Context) {
+        let (nfe, network_calls, sampling_secs, decode_secs) = cost;
+        shared.keep_in_gallery(job, images.clone(), params.clone());
+        let textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("result-{job}-{i}"), img)).collect();
+        shared.history.push(HistoryItem {
+            id: job,
+            params,
+            images,
+            textures,
+            sampling_secs,
+            decode_secs,
+            nfe,
+            network_calls,
+            saved_to: None,
+            opened: false,
+            num_classes: self.num_classes,
+        });
+    }
+
+    /// The gallery's images from earlier sessions, put in front of the history.
+    pub fn add_from_gallery(&mut self, items: Vec<(PathBuf, ImageParams, image::RgbImage)>, shared: &mut Shared, ctx: &egui::Context) {
+        let mut earlier = Vec::with_capacity(items.len());
+        for (path, params, img) in items {
+            let id = shared.next_id();
+            let tex = widgets::texture(ctx, &format!("gallery-{id}"), &img);
+            earlier.push(HistoryItem {
+                id,
+                params,
+                images: vec![img],
+                textures: vec![tex],
+                sampling_secs: 0.0,
+                decode_secs: 0.0,
+                nfe: 0,
+                network_calls: 0,
+                saved_to: Some(path),
+                opened: true,
+                num_classes: self.num_classes,
+            });
+        }
+        shared.history.splice(0..0, earlier);
+    }
+
+    /// The controls worth keeping across restarts.
+    pub fn settings(&self) -> super::persist::GenerateSettings {
+        super::persist::GenerateSettings {
+            prompt: Some(self.prompt.clone()),
+            negative_prompt: self.negative_prompt.clone(),
+            prompt_history: self.prompt_history.clone(),
+            width: Some(self.width),
+            height: Some(self.height),
+            class: Some(self.class),
+            batch: Some(self.batch),
+            locked_seed: self.seed_locked.then_some(self.seed),
+            instruction: Some(self.instruction),
+            live_preview: Some(self.live_preview),
+            decode_every: self.decode_every_touched.then_some(self.decode_every),
+        }
+    }
+
+    pub fn restore_settings(&mut self, saved: &super::persist::Settings) {
+        let g = &saved.generate;
+        if let Some(p) = &g.prompt {
+            self.prompt = p.clone();
+        }
+        self.negative_prompt = g.negative_prompt.clone();
+        self.prompt_history = g.prompt_history.iter().take(PROMPT_HISTORY).cloned().collect();
+        if let (Some(w), Some(h)) = (g.width, g.height) {
+            if (32..=4096).contains(&w) && (32..=4096).contains(&h) {
+                (self.width, self.height) = (w, h);
+                // The size is the user's, not a default for the model that loads next.
+                self.keep_size = true;
+            }
+        }
+        if let Some(c) = g.class {
+            self.class = c;
+        }
+        if let Some(b) = g.batch {
+            self.batch = b.clamp(1, MAX_BATCH);
+        }
+        if let Some(seed) = g.locked_seed {
+            self.seed = seed;
+            self.seed_locked = true;
+        }
+        if let Some(i) = g.instruction {
+            self.instruction = i;
+        }
+        if let Some(l) = g.live_preview {
+            self.live_preview = l;
+        }
+        if let Some(d) = g.decode_every {
+            self.decode_every = d.min(200);
+            self.decode_every_touched = true;
+        }
+        if saved.output_dir.is_some() {
+            self.output_dir = saved.output_dir.clone();
         }
     }
 
@@ -321,6 +597,15 @@ impl GeneratePanel {
                 self.save_dialog = None;
                 if let Some(path) = result {
                     self.save_item(shared, id, path, true);
+                }
+            }
+        }
+        if let Some(p) = &self.source_dialog {
+            if let Some(result) = p.ready() {
+                let result = result.clone();
+                self.source_dialog = None;
+                if let Some(path) = result {
+                    shared.files.open_path(path, super::files::Purpose::Img2ImgSource);
                 }
             }
         }
@@ -366,7 +651,8 @@ impl GeneratePanel {
 
     /// Restores the parameters of a PNG saved by this app (read and decoded off the UI thread
     /// by [`super::files`]) and adds its picture to the history.
-    pub fn open_params(&mut self, name: &str, params: GenerationParams, image: Option<image::RgbImage>, shared: &mut Shared, ctx: &egui::Context) {
+    pub fn open_params(&mut self, name: &str, params: ImageParams, image: Option<image::RgbImage>, shared: &mut Shared, ctx: &egui::Context) {
+        self.restore_model(&params, shared);
         self.apply_params(&params);
         let id = shared.next_id();
         if let Some(img) = image {
@@ -389,8 +675,58 @@ impl GeneratePanel {
         shared.notices.info(format!("Restored the settings of {name} (seed {} locked)", self.seed));
     }
 
+    /// Loads the model a PNG names, when it is on this computer and not the one in use (found
+    /// by its name, its repo id or its folder's name).
+    fn restore_model(&mut self, params: &ImageParams, shared: &mut Shared) {
+        let want = params.model().trim();
+        if want.is_empty() {
+            return;
+        }
+        let base = want.rsplit('/').next().unwrap_or(want);
+        let found = shared
+            .catalog
+            .generators()
+            .filter(|e| e.available())
+            .find(|e| e.label == want || e.key == want || e.label == base || e.key.rsplit('/').next() == Some(base))
+            .map(|e| e.key.clone());
+        match found {
+            Some(key) if shared.generator_key.as_deref() != Some(key.as_str()) => {
+                self.restored = true;
+                shared.use_generator(&key);
+            }
+            Some(_) => {}
+            None => shared.notices.warning(format!("{want}, the model this image was made with, is not on this computer; its settings are restored for the current model")),
+        }
+        // The controls follow the PNG's kind at once, before the model has loaded.
+        self.kind = match params {
+            ImageParams::Class(_) => GeneratorKind::ClassToImage,
+            ImageParams::Text(_) => match self.kind {
+                k @ GeneratorKind::TextToImage { .. } => k,
+                GeneratorKind::ClassToImage => GeneratorKind::TextToImage { sprint: false },
+            },
+        };
+    }
+
     /// Puts a result's settings back into the controls (the seed is locked so it repeats).
-    pub fn apply_params(&mut self, p: &GenerationParams) {
+    pub fn apply_params(&mut self, p: &ImageParams) {
+        let p = match p {
+            ImageParams::Class(c) => c,
+            ImageParams::Text(t) => {
+                self.prompt = t.prompts.first().cloned().unwrap_or_default();
+                self.negative_prompt = t.negative_prompt.clone();
+                self.guidance = t.guidance.clamp(0.0, 20.0);
+                self.steps = t.steps.clamp(1, 200);
+                self.seed = t.seed;
+                self.seed_locked = true;
+                self.batch = t.prompts.len().clamp(1, MAX_BATCH);
+                if t.width > 0 && t.height > 0 {
+                    (self.width, self.height) = (t.width, t.height);
+                }
+                self.instruction = t.instruction;
+                self.solver = [FlowSolver::Dpm, FlowSolver::Euler, FlowSolver::Scm].into_iter().find(|s| s.label() == t.sampler);
+                return;
+            }
+        };
         let first = p.classes.first().map(|&c| c as usize);
         self.class = first.filter(|&c| c < self.num_classes);
         self.guidance = p.guidance.clamp(1.0, 10.0);
@@ -411,23 +747,18 @@ impl GeneratePanel {
     }
 
     fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        // Taken before the prompt box sees it, so Ctrl+Enter generates instead of adding a line.
+        let shortcut = ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter));
         ui.add_space(4.0);
+        self.model_picker(ui, shared);
         let ready = match &shared.generator {
             GeneratorState::Ready(info) => {
-                ui.label(RichText::new(&info.name).strong().monospace()).on_hover_text(format!(
-                    "{} classes · latent {}×{}×{} · {}×{} px images",
-                    info.num_classes,
-                    info.latent_channels,
-                    info.latent_size,
-                    info.latent_size,
-                    info.image_size(),
-                    info.image_size()
-                ));
-                ui.label(
-                    RichText::new(format!("{} classes · {}×{} px · f{}c{}", info.num_classes, info.image_size(), info.image_size(), info.factor, info.latent_channels))
-                        .small()
-                        .weak(),
-                );
+                let what = match info.kind {
+                    GeneratorKind::ClassToImage => format!("{} classes · {}×{} px", info.num_classes, info.image_size(), info.image_size()),
+                    GeneratorKind::TextToImage { sprint: true } => format!("text → image, 1–4 steps · trained at {} px", info.image_size()),
+                    GeneratorKind::TextToImage { sprint: false } => format!("text → image · trained at {} px", info.image_size()),
+                };
+                ui.label(RichText::new(format!("{what} · f{}c{}", info.factor, info.latent_channels)).small().weak());
                 true
             }
             GeneratorState::Loading(name) => {
@@ -451,64 +782,31 @@ impl GeneratePanel {
             }
         };
         ui.separator();
-
-        // Class picker.
-        ui.label(RichText::new("Class").strong());
-        ui.add(
-            egui::TextEdit::singleline(&mut self.query)
-                .hint_text(format!("search {} classes: name or id", self.num_classes))
-                .desired_width(f32::INFINITY),
-        );
-        let hits = self.class_search.hits(&self.query, self.num_classes).to_vec();
-        egui::Frame::group(ui.style()).inner_margin(4.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().id_salt("class_list").max_height(150.0).auto_shrink([false, true]).show(ui, |ui| {
-                if ui.selectable_label(self.class.is_none(), "unconditional (no class)").clicked() {
-                    self.class = None;
-                }
-                for (id, name) in &hits {
-                    if ui.selectable_label(self.class == Some(*id), format!("{id} · {name}")).clicked() {
-                        self.class = Some(*id);
-                    }
-                }
-                if hits.is_empty() {
-                    ui.label(RichText::new("no class matches").weak());
-                } else if self.query.trim().is_empty() && self.num_classes > hits.len() {
-                    ui.label(RichText::new(format!("… type to search all {}", self.num_classes)).weak());
-                }
-            });
-        });
-        ui.horizontal(|ui| {
-            let label = match self.class {
-                Some(c) => class_label(c, self.num_classes),
-                None => "unconditional".into(),
-            };
-            ui.label(RichText::new(format!("Selected: {label}")).strong());
-            if ui.small_button("🎲").on_hover_text("A random class").clicked() {
-                self.class = Some(rand::random::<u32>() as usize % self.num_classes.max(1));
-            }
-        });
+        let info = match &shared.generator {
+            GeneratorState::Ready(info) => Some(info.clone()),
+            _ => None,
+        };
+        if self.is_text() {
+            self.text_controls(ui, info.as_ref());
+        } else {
+            self.class_controls(ui);
+        }
         ui.add_space(6.0);
 
-        // Guidance.
-        ui.label(RichText::new("Guidance (CFG)").strong());
-        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1));
-        ui.horizontal(|ui| {
-            if ui.small_button("6.0 demo").on_hover_text("The authors' demo setting: strong, clean class features").clicked() {
-                self.guidance = DEMO_GUIDANCE;
-            }
-            if ui.small_button("1.5 FID").on_hover_text("The setting of the authors' FID 2.66: more variety, weaker class features").clicked() {
-                self.guidance = FID_GUIDANCE;
-            }
-            if ui.small_button("1.0 off").on_hover_text("No guidance: one network call per step instead of two").clicked() {
-                self.guidance = 1.0;
-            }
-        });
+        self.img2img_controls(ui, shared);
         ui.add_space(6.0);
 
+        let sprint = matches!(self.kind, GeneratorKind::TextToImage { sprint: true });
+        let max_steps = if sprint { 4 } else { 200 };
+        self.steps = self.steps.clamp(1, max_steps);
         egui::Grid::new("gen_numbers").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
             ui.label("Steps");
-            ui.add(egui::DragValue::new(&mut self.steps).range(1..=200))
-                .on_hover_text("Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps");
+            let hint = match self.kind {
+                GeneratorKind::ClassToImage => "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps",
+                GeneratorKind::TextToImage { sprint: false } => "Solver steps; SANA's default is 20",
+                GeneratorKind::TextToImage { sprint: true } => "SANA-Sprint samples in 1 to 4 steps; 2 is its default",
+            };
+            ui.add(egui::DragValue::new(&mut self.steps).range(1..=max_steps)).on_hover_text(hint);
             ui.end_row();
             ui.label("Seed");
             ui.horizontal(|ui| {
@@ -558,7 +856,6 @@ impl GeneratePanel {
                 let button = egui::Button::new(RichText::new("✨ Generate").size(18.0)).min_size(Vec2::new(ui.available_width(), 36.0));
                 let resp = ui.add_enabled(ready, button);
                 let resp = if ready { resp.on_hover_text("Ctrl+Enter") } else { resp.on_disabled_hover_text("Load a generation model first (Models tab)") };
-                let shortcut = ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter));
                 if resp.clicked() || (ready && shortcut) {
                     self.start(shared);
                 }
@@ -574,7 +871,13 @@ impl GeneratePanel {
         }
         if let Some(run) = &self.run {
             let frac = if run.total > 0 { run.step as f32 / run.total as f32 } else { 0.0 };
-            let text = if run.step == 0 {
+            let (frac, text) = match &run.phase {
+                Some((label, done, total)) => (if *total > 0 { *done as f32 / *total as f32 } else { 0.0 }, Some(label.clone())),
+                None => (frac, None),
+            };
+            let text = if let Some(t) = text {
+                t
+            } else if run.step == 0 {
                 let status = if shared.engine_status.is_empty() { "starting…".to_string() } else { shared.engine_status.clone() };
                 status
             } else if run.step >= run.total {
@@ -592,6 +895,224 @@ impl GeneratePanel {
         }
     }
 
+    fn img2img_controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let title = if self.source.is_some() { "Image to image: on" } else { "Image to image" };
+        egui::CollapsingHeader::new(RichText::new(title).strong()).id_salt("img2img").default_open(self.source.is_some()).show(ui, |ui| {
+            let mut remove = false;
+            match &self.source {
+                Some(src) => {
+                    ui.horizontal(|ui| {
+                        let (rect, _) = ui.allocate_exact_size(Vec2::splat(64.0), egui::Sense::hover());
+                        widgets::paint_texture(ui, rect, src.texture.id());
+                        ui.vertical(|ui| {
+                            ui.label(RichText::new(&src.name).monospace()).on_hover_text(format!("{}×{} px", src.image.width(), src.image.height()));
+                            remove = ui.small_button("✖ Remove").on_hover_text("Back to generating from noise").clicked();
+                        });
+                    });
+                    ui.add(egui::Slider::new(&mut self.strength, 0.05..=1.0).step_by(0.05).text("strength")).on_hover_text(
+                        "How much is redrawn: the source is noised to this point of the model's schedule and denoised from there (SDEdit). 1.0 keeps nothing of it.",
+                    );
+                }
+                None => {
+                    ui.label(RichText::new("Start from a picture: drop one on this view, open one, or use a result").small().weak());
+                }
+            }
+            ui.horizontal(|ui| {
+                if ui.button("📂 Open image…").clicked() {
+                    self.source_dialog =
+                        Some(Promise::spawn_thread("open-source", || rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg", "webp"]).pick_file()));
+                }
+                if let Shown::Item(id) = self.shown {
+                    if let Some(item) = shared.history.iter().find(|h| h.id == id) {
+                        if ui.button("⬆ Use the shown result").clicked() {
+                            if let Some(img) = item.images.first().cloned() {
+                                let name = format!("history: {}", history::short_prompt(&item.title(), 40));
+                                self.set_source(name, img, &shared.egui_ctx());
+                            }
+                        }
+                    }
+                }
+            });
+            if remove {
+                self.source = None;
+            }
+        });
+    }
+
+    /// Every generation model on this computer, class- and text-conditional, in one list.
+    fn model_picker(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
+        let models: Vec<(String, String, models::ModelKind)> =
+            shared.catalog.generators().filter(|e| e.available()).map(|e| (e.key.clone(), e.label.clone(), e.kind)).collect();
+        let current = shared.generator_key.clone();
+        let shown = current
+            .as_ref()
+            .and_then(|k| models.iter().find(|(key, _, _)| key == k))
+            .map(|(_, label, _)| label.clone())
+            .unwrap_or_else(|| if models.is_empty() { "no model on this computer".into() } else { "choose a model".into() });
+        let mut pick = None;
+        ui.label(RichText::new("Model").strong());
+        egui::ComboBox::from_id_salt("generator_picker").width(ui.available_width() - 8.0).selected_text(RichText::new(shown).monospace()).show_ui(ui, |ui| {
+            for (key, label, kind) in &models {
+                let tag = match kind {
+                    models::ModelKind::TextToImage => "text → image",
+                    _ => "class → image",
+                };
+                if ui.selectable_label(current.as_deref() == Some(key.as_str()), format!("{label}  ·  {tag}")).clicked() {
+                    pick = Some(key.clone());
+                }
+            }
+            if models.is_empty() {
+                ui.label(RichText::new("Download one in the Models tab").weak());
+            }
+        });
+        if let Some(key) = pick.filter(|k| current.as_deref() != Some(k.as_str())) {
+            if self.run.is_some() {
+                shared.notices.error("Cancel the running generation before switching models");
+            } else {
+                shared.use_generator(&key);
+            }
+        }
+    }
+
+    fn class_controls(&mut self, ui: &mut egui::Ui) {
+        ui.label(RichText::new("Class").strong());
+        ui.add(
+            egui::TextEdit::singleline(&mut self.query)
+                .hint_text(format!("search {} classes: name or id", self.num_classes))
+                .desired_width(f32::INFINITY),
+        );
+        let hits = self.class_search.hits(&self.query, self.num_classes).to_vec();
+        egui::Frame::group(ui.style()).inner_margin(4.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().id_salt("class_list").max_height(150.0).auto_shrink([false, true]).show(ui, |ui| {
+                if ui.selectable_label(self.class.is_none(), "unconditional (no class)").clicked() {
+                    self.class = None;
+                }
+                for (id, name) in &hits {
+                    if ui.selectable_label(self.class == Some(*id), format!("{id} · {name}")).clicked() {
+                        self.class = Some(*id);
+                    }
+                }
+                if hits.is_empty() {
+                    ui.label(RichText::new("no class matches").weak());
+                } else if self.query.trim().is_empty() && self.num_classes > hits.len() {
+                    ui.label(RichText::new(format!("… type to search all {}", self.num_classes)).weak());
+                }
+            });
+        });
+        ui.horizontal(|ui| {
+            let label = match self.class {
+                Some(c) => class_label(c, self.num_classes),
+                None => "unconditional".into(),
+            };
+            ui.label(RichText::new(format!("Selected: {label}")).strong());
+            if ui.small_button("🎲").on_hover_text("A random class").clicked() {
+                self.class = Some(rand::random::<u32>() as usize % self.num_classes.max(1));
+            }
+        });
+        ui.add_space(6.0);
+        ui.label(RichText::new("Guidance (CFG)").strong());
+        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1));
+        ui.horizontal(|ui| {
+            if ui.small_button("6.0 demo").on_hover_text("The authors' demo setting: strong, clean class features").clicked() {
+                self.guidance = DEMO_GUIDANCE;
+            }
+            if ui.small_button("1.5 FID").on_hover_text("The setting of the authors' FID 2.66: more variety, weaker class features").clicked() {
+                self.guidance = FID_GUIDANCE;
+            }
+            if ui.small_button("1.0 off").on_hover_text("No guidance: one network call per step instead of two").clicked() {
+                self.guidance = 1.0;
+            }
+        });
+    }
+
+    fn text_controls(&mut self, ui: &mut egui::Ui, info: Option<&GeneratorInfo>) {
+        let sprint = matches!(self.kind, GeneratorKind::TextToImage { sprint: true });
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("Prompt").strong());
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                let mut chosen = None;
+                ui.add_enabled_ui(!self.prompt_history.is_empty(), |ui| {
+                    egui::ComboBox::from_id_salt("prompt_history").selected_text("recent").width(80.0).show_ui(ui, |ui| {
+                        for p in &self.prompt_history {
+                            if ui.selectable_label(false, history::short_prompt(p, 48)).on_hover_text(p).clicked() {
+                                chosen = Some(p.clone());
+                            }
+                        }
+                    });
+                });
+                if let Some(p) = chosen {
+                    self.prompt = p;
+                }
+            });
+        });
+        ui.add(
+            egui::TextEdit::multiline(&mut self.prompt)
+                .id_salt("prompt")
+                .hint_text("Describe the picture: subject, setting, light, style…")
+                .desired_rows(4)
+                .desired_width(f32::INFINITY),
+        );
+        ui.label(RichText::new("Negative prompt").strong());
+        ui.add_enabled(
+            !sprint,
+            egui::TextEdit::multiline(&mut self.negative_prompt)
+                .id_salt("negative_prompt")
+                .hint_text(if sprint { "Sprint uses no negative prompt" } else { "What to avoid (optional)" })
+                .desired_rows(1)
+                .desired_width(f32::INFINITY),
+        );
+        ui.add_space(6.0);
+
+        // Size: the model's resolution bins as presets, or any multiple of its factor.
+        let (sample, factor) = info.map_or((16, 32), |i| (i.latent_size, i.factor.max(1)));
+        ui.label(RichText::new("Size").strong());
+        ui.horizontal_wrapped(|ui| {
+            for (w, h) in aspect_presets(sample, factor) {
+                let g = gcd(w, h);
+                let label = format!("{}:{}", w / g, h / g);
+                let label = if label.len() > 5 { format!("{w}×{h}") } else { label };
+                if ui.selectable_label((self.width, self.height) == (w, h), label).on_hover_text(format!("{w} × {h} px, one of the model's training sizes")).clicked() {
+                    (self.width, self.height) = (w, h);
+                }
+            }
+        });
+        ui.horizontal(|ui| {
+            let step = factor as f64;
+            let max = 4096usize.max(factor);
+            ui.add(egui::DragValue::new(&mut self.width).range(factor..=max).speed(step)).on_hover_text(format!("Width in pixels, a multiple of {factor}"));
+            ui.label("×");
+            ui.add(egui::DragValue::new(&mut self.height).range(factor..=max).speed(step)).on_hover_text(format!("Height in pixels, a multiple of {factor}"));
+            ui.label("px");
+            // Snapped to the factor grid as the user drags.
+            self.width = (self.width / factor).max(1) * factor;
+            self.height = (self.height / factor).max(1) * factor;
+        });
+        ui.add_space(6.0);
+
+        ui.label(RichText::new("Guidance (CFG)").strong());
+        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1)).on_hover_text(if sprint {
+            "Sprint takes guidance as an input of its network (one call per step)"
+        } else {
+            "Classifier-free guidance; SANA's default is 4.5. 1.0 turns it off (one network call per step instead of two)"
+        });
+        ui.horizontal(|ui| {
+            ui.label("Sampler");
+            if sprint {
+                ui.label(FlowSolver::Scm.label());
+            } else {
+                let shown = self.solver.map_or_else(|| format!("{} (model default)", info.map_or("Flow DPM-Solver++ (order 2)", |i| i.sampler.as_str())), |s| s.label().to_string());
+                egui::ComboBox::from_id_salt("flow_solver").selected_text(shown).show_ui(ui, |ui| {
+                    ui.selectable_value(&mut self.solver, None, "model default");
+                    ui.selectable_value(&mut self.solver, Some(FlowSolver::Dpm), FlowSolver::Dpm.label());
+                    ui.selectable_value(&mut self.solver, Some(FlowSolver::Euler), FlowSolver::Euler.label());
+                });
+            }
+        });
+        ui.checkbox(&mut self.instruction, "SANA's prompt instruction").on_hover_text(
+            "Prepend the pipelines' \"complex human instruction\" to the prompt, as SANA does by default; long prompts may then lose their last tokens",
+        );
+    }
+
     fn central(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
         match self.shown {
             Shown::Current => {
@@ -606,7 +1127,8 @@ impl GeneratePanel {
                     }
                 } else {
                     ui.centered_and_justified(|ui| {
-                        ui.label(RichText::new("Pick a class and press Generate").weak().size(18.0));
+                        let hint = if self.is_text() { "Type a prompt and press Generate (Ctrl+Enter)" } else { "Pick a class and press Generate" };
+                        ui.label(RichText::new(hint).weak().size(18.0));
                     });
                 }
             }
@@ -645,7 +1167,7 @@ impl GeneratePanel {
     }
 
     fn show_run(&self, ui: &mut egui::Ui, run: &Run) {
-        let n = run.params.batch.max(1);
+        let n = run.params.batch();
         let show_decoded = !run.decoded.is_empty();
         let heading = if run.projected.is_empty() && !show_decoded {
             "Waiting for the first step…".to_string()
@@ -656,7 +1178,7 @@ impl GeneratePanel {
         let draw = |ui: &mut egui::Ui, title: String, tex: Vec<Option<egui::TextureId>>| {
             ui.vertical(|ui| {
                 ui.label(RichText::new(title).small());
-                widgets::grid(ui, n, 1.0, 512.0, |ui, i, rect| match tex.get(i).copied().flatten() {
+                widgets::grid(ui, n, run.aspect, 512.0, |ui, i, rect| match tex.get(i).copied().flatten() {
                     Some(t) => widgets::paint_texture(ui, rect, t),
                     None => {
                         ui.painter().rect_filled(rect, 4.0, super::preview::placeholder_color());
@@ -692,7 +1214,7 @@ impl GeneratePanel {
             } else {
                 format!(
                     "{} · sampling {} ({} guided predictions, {} network calls) · decode {}",
-                    item.params.model,
+                    item.params.model(),
                     widgets::secs(item.sampling_secs),
                     item.nfe,
                     item.network_calls,
@@ -820,5 +1342,13 @@ fn per_step(secs: f64) -> String {
         format!("{secs:.2} s/step")
     } else {
         format!("{:.0} ms/step", secs * 1e3)
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
     }
 }

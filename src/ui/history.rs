@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use eframe::egui::TextureHandle;
 use image::RgbImage;
 
-use crate::engine::worker::api::{self, GenerationParams};
+use crate::engine::worker::api::{self, ImageParams};
 
 pub struct HistoryItem {
     pub id: u64,
-    pub params: GenerationParams,
+    pub params: ImageParams,
     pub images: Vec<RgbImage>,
     pub textures: Vec<TextureHandle>,
     /// Seconds: sampling, final decode. Zero for opened files.
@@ -30,8 +30,12 @@ pub struct HistoryItem {
 impl HistoryItem {
     /// Short description for tooltips and headings.
     pub fn title(&self) -> String {
-        let classes = class_list(&self.params.classes, self.num_classes);
-        format!("{classes} · cfg {:.1} · {} steps · seed {}", self.params.guidance, self.params.steps, self.params.seed)
+        let p = &self.params;
+        let what = match p {
+            ImageParams::Class(c) => class_list(&c.classes, self.num_classes),
+            ImageParams::Text(t) => format!("“{}”", short_prompt(t.prompts.first().map_or("", String::as_str), 60)),
+        };
+        format!("{what} · cfg {:.1} · {} steps · seed {}", p.guidance(), p.steps(), p.seed())
     }
 }
 
@@ -42,7 +46,7 @@ impl HistoryItem {
 /// them); otherwise, and always for the numbered files of a batch, nothing that exists is
 /// replaced: the first free name of `stem`, `stem (2)`, `stem (3)`… is used, checked for every
 /// file of the batch (the dialog showed `stem.png`, not `stem-1.png`).
-pub fn save_images(images: &[RgbImage], params: &GenerationParams, path: &Path, replace: bool) -> Result<Vec<PathBuf>, String> {
+pub fn save_images(images: &[RgbImage], params: &ImageParams, path: &Path, replace: bool) -> Result<Vec<PathBuf>, String> {
     let replace = replace && images.len() <= 1;
     let mut written = Vec::new();
     let mut paths = Vec::new();
@@ -108,8 +112,32 @@ pub fn class_label(id: usize, num_classes: usize) -> String {
     }
 }
 
-/// A file name made from the parameters: `dcae-207-golden_retriever-s42.png`.
-pub fn suggested_file_name(p: &GenerationParams, num_classes: usize) -> String {
+/// The prompt's first `max` characters on one line, with "…" when cut.
+pub fn short_prompt(prompt: &str, max: usize) -> String {
+    let line: String = prompt.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let cut: String = line.chars().take(max).collect();
+    format!("{}…", cut.trim_end())
+}
+
+/// A file name made from the parameters: `dcae-207-golden_retriever-s42.png`, or for a prompt
+/// `sana-a_cat_on_a_windowsill-s42.png`.
+pub fn suggested_file_name(p: &ImageParams, num_classes: usize) -> String {
+    let p = match p {
+        ImageParams::Class(c) => c,
+        ImageParams::Text(t) => {
+            let words: String = short_prompt(t.prompts.first().map_or("", String::as_str), 40)
+                .chars()
+                .filter(|c| *c != '…')
+                .map(|ch| if ch.is_alphanumeric() { ch.to_lowercase().next().unwrap_or(ch) } else { '_' })
+                .collect();
+            let words = words.trim_matches('_');
+            let words = if words.is_empty() { "image" } else { words };
+            return format!("sana-{words}-s{}.png", t.seed);
+        }
+    };
     let class = match p.classes.first() {
         Some(&c) if (c as usize) < num_classes => {
             let name = api::class_name(c as usize).unwrap_or_default();

@@ -8,6 +8,7 @@ pub mod files;
 pub mod generate;
 pub mod history;
 pub mod models;
+pub mod persist;
 pub mod preview;
 pub mod reconstruct;
 pub mod settings;
@@ -18,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Color32, RichText};
+use poll_promise::Promise;
 
 use crate::engine::backend::{BackendChoice, BackendInfo};
-use crate::engine::worker::api::{hub::HubOptions, GeneratorInfo};
+use crate::engine::worker::api::{self, hub::HubOptions, GeneratorInfo};
 use crate::engine::worker::projection::Projection;
 use crate::engine::downloads::Downloads;
 use crate::engine::worker::{Event, Job, Worker, WorkerConfig};
@@ -42,11 +44,28 @@ pub struct AppOptions {
     pub auto_load: bool,
     /// Side of the sample crops used to fit the preview projection, in latent pixels.
     pub fit_latent_side: usize,
+    /// The generation model to load at start (a catalog key or label); `None`: the one used
+    /// last, else the catalog's default.
+    pub generator: Option<String>,
+    /// Where settings and the gallery live (`None`: nothing is kept across restarts).
+    pub state_dir: Option<PathBuf>,
+    /// The settings saved last time, read before the window opens ([`run`]).
+    pub saved: Option<persist::Settings>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { model_dir: None, backend: BackendChoice::Auto, cache_dir: None, hub: None, auto_load: true, fit_latent_side: 8 }
+        Self {
+            model_dir: None,
+            backend: BackendChoice::Auto,
+            cache_dir: None,
+            hub: None,
+            auto_load: true,
+            fit_latent_side: 8,
+            generator: None,
+            state_dir: persist::default_state_dir(),
+            saved: None,
+        }
     }
 }
 
@@ -140,6 +159,18 @@ impl Notices {
     }
 }
 
+/// What waits for a model scan to finish.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AfterScan {
+    Nothing,
+    /// The app just started: load the default generation model, pick autoencoders.
+    Startup,
+    /// The user added this folder: say what it holds.
+    FolderAdded(PathBuf),
+    /// This repo finished downloading: use it if nothing is loaded.
+    Downloaded(String),
+}
+
 /// State shared by the views.
 pub struct Shared {
     pub worker: Worker,
@@ -159,6 +190,10 @@ pub struct Shared {
     pub projection: Option<Projection>,
     pub projection_note: Option<String>,
     pub catalog: Catalog,
+    /// The model scan running on a helper thread.
+    scan: Option<Promise<Catalog>>,
+    rescan_pending: bool,
+    after_scan: Vec<AfterScan>,
     pub hub: HubOptions,
     pub notices: Notices,
     /// What the engine says it is doing.
@@ -170,6 +205,10 @@ pub struct Shared {
     pub goto: Option<Tab>,
     /// The Models view asked the Reconstruct view to select this autoencoder.
     pub select_autoencoder: Option<String>,
+    /// The gallery's newest images, being read at start.
+    gallery_load: Option<Promise<Vec<(PathBuf, api::ImageParams, image::RgbImage)>>>,
+    /// Gallery writes in flight (each finished image is kept on disk as soon as it arrives).
+    gallery_saves: Vec<std::thread::JoinHandle<Result<Vec<PathBuf>, String>>>,
     ctx: egui::Context,
 }
 
@@ -189,23 +228,108 @@ impl Shared {
             self.notices.error(format!("unknown model {key}"));
             return;
         };
-        let Some(files) = entry.files.clone() else {
-            self.notices.error(format!("{} is not on this computer yet; download it in the Models tab", entry.label));
+        let Some(source) = entry.generator_source() else {
+            let why = if entry.kind.is_generator() { "is not on this computer yet; download it in the Models tab" } else { "is an autoencoder, not a generation model" };
+            self.notices.error(format!("{} {why}", entry.label));
             return;
         };
         self.generator_key = Some(key.to_string());
         self.generator = GeneratorState::Loading(entry.label.clone());
         self.projection = None;
-        self.worker.send(Job::LoadGenerator(files));
+        self.projection_note = None;
+        self.worker.send(Job::LoadGenerator(source));
+    }
+
+    /// Scans the model folders and the Hugging Face cache again, on a helper thread (a big cache
+    /// or a network drive must not freeze the window); `after` runs once the new catalog is in.
+    /// A scan asked for while one runs starts when it ends, so the last one wins.
+    pub fn rescan_then(&mut self, after: AfterScan) {
+        self.after_scan.push(after);
+        if self.scan.is_some() {
+            self.rescan_pending = true;
+            return;
+        }
+        let (dirs, hub) = (self.catalog.local_dirs.clone(), self.hub.clone());
+        let repaint = self.ctx.clone();
+        self.scan = Some(Promise::spawn_thread("model-scan", move || {
+            let c = Catalog::scan(&dirs, &hub);
+            repaint.request_repaint();
+            c
+        }));
     }
 
     pub fn rescan(&mut self) {
-        self.catalog = Catalog::scan(&self.catalog.local_dirs.clone(), &self.hub);
+        self.rescan_then(AfterScan::Nothing);
+    }
+
+    /// The gallery folder, when the app keeps one.
+    pub fn gallery_dir(&self) -> Option<PathBuf> {
+        self.options.state_dir.as_deref().map(persist::gallery::folder)
+    }
+
+    /// Keeps a finished result in the gallery, written on a helper thread.
+    pub fn keep_in_gallery(&mut self, id: u64, images: Vec<image::RgbImage>, params: api::ImageParams) {
+        let Some(dir) = self.gallery_dir() else { return };
+        let spawned = std::thread::Builder::new().name("gallery".into()).spawn(move || persist::gallery::store(&dir, id, &images, &params));
+        match spawned {
+            Ok(h) => self.gallery_saves.push(h),
+            Err(e) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
+        }
+    }
+
+    fn poll_gallery(&mut self) {
+        let mut i = 0;
+        while i < self.gallery_saves.len() {
+            if !self.gallery_saves[i].is_finished() {
+                i += 1;
+                continue;
+            }
+            let h = self.gallery_saves.remove(i);
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
+                Err(_) => self.notices.warning("the gallery writer crashed; the result is still in the history"),
+            }
+        }
+    }
+
+    /// Gallery writes still running (tests wait for them).
+    pub fn gallery_busy(&self) -> bool {
+        !self.gallery_saves.is_empty() || self.gallery_load.is_some()
+    }
+
+    /// A scan is running.
+    pub fn scanning(&self) -> bool {
+        self.scan.is_some()
+    }
+
+    /// The finished scan's catalog is put in place; returns what was waiting for it.
+    fn poll_scan(&mut self) -> Vec<AfterScan> {
+        let Some(p) = &self.scan else { return Vec::new() };
+        let Some(catalog) = p.ready() else { return Vec::new() };
+        let mut catalog = catalog.clone();
+        // Folders added while it ran are kept.
+        for d in &self.catalog.local_dirs {
+            if !catalog.local_dirs.contains(d) {
+                catalog.local_dirs.push(d.clone());
+            }
+        }
+        self.catalog = catalog;
+        self.scan = None;
+        if std::mem::take(&mut self.rescan_pending) {
+            // What waits runs after the newer scan, which sees everything the user did.
+            self.rescan_then(AfterScan::Nothing);
+            return Vec::new();
+        }
+        std::mem::take(&mut self.after_scan)
     }
 }
 
 pub struct StudioApp {
     pub shared: Shared,
+    /// The settings as last written (saving happens when they differ).
+    last_saved: Option<persist::Settings>,
+    last_save_check: Instant,
     pub tab: Tab,
     pub generate: generate::GeneratePanel,
     pub reconstruct: reconstruct::ReconstructPanel,
@@ -226,7 +350,19 @@ impl StudioApp {
 
     /// The app on a bare egui context (CPU previews).
     pub fn with_context(ctx: &egui::Context, options: AppOptions, preview: preview::PreviewRenderer) -> Self {
-        let hub = options.hub.clone().unwrap_or_else(HubOptions::from_env);
+        let mut options = options;
+        let saved = options.saved.take().unwrap_or_default();
+        // A backend given at start wins; else the one chosen last time.
+        if options.backend == BackendChoice::Auto {
+            options.backend = saved.backend.unwrap_or(BackendChoice::Auto);
+        }
+        if options.generator.is_none() {
+            options.generator = saved.generator.clone();
+        }
+        let mut hub = options.hub.clone().unwrap_or_else(HubOptions::from_env);
+        if saved.offline == Some(true) {
+            hub.offline = true;
+        }
         let config = WorkerConfig {
             backend: options.backend,
             cache_dir: options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
@@ -236,8 +372,14 @@ impl StudioApp {
         let worker = Worker::spawn(config, Arc::new(move || repaint.request_repaint()));
         let repaint = ctx.clone();
         let downloads = Downloads::new(Arc::new(move || repaint.request_repaint()));
-        let local_dirs: Vec<PathBuf> = options.model_dir.iter().cloned().collect();
-        let catalog = Catalog::scan(&local_dirs, &hub);
+        let mut local_dirs: Vec<PathBuf> = options.model_dir.iter().cloned().collect();
+        for d in &saved.local_dirs {
+            if !local_dirs.contains(d) {
+                local_dirs.push(d.clone());
+            }
+        }
+        // Empty until the first scan (off this thread) is in.
+        let catalog = Catalog { entries: Vec::new(), local_dirs };
         let mut notices = Notices::default();
         if let Some(dir) = &options.model_dir {
             if !dir.is_dir() {
@@ -257,6 +399,9 @@ impl StudioApp {
             projection: None,
             projection_note: None,
             catalog,
+            scan: None,
+            rescan_pending: false,
+            after_scan: Vec::new(),
             hub,
             notices,
             engine_status: String::new(),
@@ -265,10 +410,14 @@ impl StudioApp {
             next_id: 0,
             goto: None,
             select_autoencoder: None,
+            gallery_load: None,
+            gallery_saves: Vec::new(),
             ctx: ctx.clone(),
         };
         let mut app = Self {
             shared,
+            last_saved: None,
+            last_save_check: Instant::now(),
             tab: Tab::Generate,
             generate: generate::GeneratePanel::default(),
             reconstruct: reconstruct::ReconstructPanel::default(),
@@ -277,13 +426,77 @@ impl StudioApp {
             ctx: ctx.clone(),
         };
         app.settings.backend = app.shared.options.backend;
-        if app.shared.options.auto_load {
-            if let Some(key) = app.shared.catalog.default_generator() {
-                app.shared.use_generator(&key);
+        app.generate.restore_settings(&saved);
+        app.last_saved = Some(app.settings_snapshot());
+        app.shared.rescan_then(AfterScan::Startup);
+        if let Some(dir) = app.shared.gallery_dir() {
+            app.shared.gallery_load = Some(Promise::spawn_thread("gallery-open", move || reopen_gallery(&dir)));
+        }
+        app
+    }
+
+    /// What would be saved now.
+    pub fn settings_snapshot(&self) -> persist::Settings {
+        let s = &self.shared;
+        let model_dir = s.options.model_dir.as_ref();
+        persist::Settings {
+            version: persist::SETTINGS_VERSION,
+            backend: Some(s.options.backend),
+            local_dirs: s.catalog.local_dirs.iter().filter(|d| Some(*d) != model_dir).cloned().collect(),
+            generator: s.generator_key.clone(),
+            offline: Some(s.hub.offline),
+            output_dir: self.generate.output_dir.clone(),
+            generate: self.generate.settings(),
+        }
+    }
+
+    /// Saves the settings now if they changed, and waits for the write (closing, tests).
+    pub fn save_settings_now(&mut self) {
+        self.save_settings_if_changed(true);
+    }
+
+    /// Saves the settings when they changed since the last save (on a helper thread).
+    fn save_settings_if_changed(&mut self, wait: bool) {
+        let Some(dir) = self.shared.options.state_dir.clone() else { return };
+        if self.shared.scanning() {
+            // The catalog (and its folders) is not final yet.
+            return;
+        }
+        let now = self.settings_snapshot();
+        if self.last_saved.as_ref() == Some(&now) {
+            return;
+        }
+        self.last_saved = Some(now.clone());
+        let h = std::thread::spawn(move || persist::save_settings(&dir, &now));
+        if wait {
+            if let Ok(Err(e)) = h.join() {
+                eprintln!("warning: {e}");
             }
         }
-        app.reconstruct.select_defaults(&app.shared.catalog);
-        app
+    }
+
+    fn after_scan(&mut self, what: AfterScan) {
+        let s = &mut self.shared;
+        let nothing_loaded = s.generator_key.is_none() || matches!(s.generator, GeneratorState::Missing | GeneratorState::Failed { .. });
+        match what {
+            AfterScan::Nothing => {}
+            AfterScan::Startup => {
+                if s.options.auto_load && s.generator_key.is_none() {
+                    if let Some(key) = s.catalog.default_generator_or(s.options.generator.as_deref()) {
+                        s.use_generator(&key);
+                    }
+                }
+                self.reconstruct.select_defaults(&s.catalog);
+            }
+            AfterScan::FolderAdded(dir) => self.models.folder_scanned(dir, s),
+            AfterScan::Downloaded(repo) => {
+                let is_gen = s.catalog.get(&repo).is_some_and(|e| e.kind.is_generator() && e.available());
+                if is_gen && nothing_loaded {
+                    s.use_generator(&repo);
+                }
+                self.reconstruct.select_defaults(&s.catalog);
+            }
+        }
     }
 
     /// Restarts the engine on another backend (models are reloaded).
@@ -348,6 +561,7 @@ impl StudioApp {
                 s.projection = Some(projection);
             }
             Event::Progress { .. }
+            | Event::Phase { .. }
             | Event::PreviewLatent { .. }
             | Event::PreviewDecoded { .. }
             | Event::Generated { .. } => self.generate.on_event(ev, &mut self.shared, &self.ctx),
@@ -413,6 +627,15 @@ impl StudioApp {
                 }
             };
             match (opened, purpose) {
+                // A picture dropped on Generate (or picked for it) is an image-to-image source.
+                (Opened::Image(image), Purpose::Dropped(Tab::Generate) | Purpose::Img2ImgSource)
+                | (Opened::Params { image: Some(image), .. }, Purpose::Img2ImgSource) => {
+                    self.generate.set_source(name, image, ctx);
+                    self.tab = Tab::Generate;
+                }
+                (Opened::Params { image: None, .. }, Purpose::Img2ImgSource) => {
+                    self.shared.notices.error(format!("{name}: its picture cannot be decoded"));
+                }
                 (Opened::Folder(dir), Purpose::Dropped(_)) => {
                     self.models.add_folder(dir, &mut self.shared);
                     self.tab = Tab::Models;
@@ -547,7 +770,7 @@ impl StudioApp {
         }
         let text = match self.tab {
             Tab::Reconstruct => "Drop an image to reconstruct it",
-            Tab::Generate => "Drop a PNG saved by DC-AE Studio to restore its settings",
+            Tab::Generate => "Drop a PNG saved by DC-AE Studio to restore its settings, or any picture to start image-to-image from it",
             Tab::Models => "Drop a model folder to add it",
         };
         let painter = ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::new("drop")));
@@ -562,6 +785,11 @@ impl eframe::App for StudioApp {
     fn on_exit(&mut self) {
         self.generate.abort_run();
         self.reconstruct.abort_run();
+        self.save_settings_if_changed(true);
+        // Results still being written to the gallery are finished, not cut off.
+        for h in self.shared.gallery_saves.drain(..) {
+            let _ = h.join();
+        }
     }
 
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
@@ -571,6 +799,21 @@ impl eframe::App for StudioApp {
         for ev in self.shared.downloads.poll() {
             self.handle_event(ev);
         }
+        for after in self.shared.poll_scan() {
+            self.after_scan(after);
+        }
+        self.shared.poll_gallery();
+        if let Some(p) = &self.shared.gallery_load {
+            if let Some(items) = p.ready() {
+                let items = items.clone();
+                self.shared.gallery_load = None;
+                self.generate.add_from_gallery(items, &mut self.shared, ctx);
+            }
+        }
+        if self.last_save_check.elapsed() > Duration::from_secs(2) {
+            self.last_save_check = Instant::now();
+            self.save_settings_if_changed(false);
+        }
         self.handle_dropped_files(ctx);
         self.handle_opened_files(ctx);
         self.models.poll(&mut self.shared);
@@ -579,7 +822,7 @@ impl eframe::App for StudioApp {
         if let Some(tab) = self.shared.goto.take() {
             self.tab = tab;
         }
-        if self.shared.files.busy() || self.generate.saving() {
+        if self.shared.files.busy() || self.generate.saving() || self.shared.scanning() || self.shared.gallery_busy() {
             // Helper threads do not wake the UI; look again soon.
             ctx.request_repaint_after(Duration::from_millis(30));
         }
@@ -606,8 +849,29 @@ impl eframe::App for StudioApp {
     }
 }
 
-/// Starts the app window (the `dcae-studio` binary's main).
-pub fn run(options: AppOptions) -> eframe::Result {
+/// The gallery's newest images with their parameters (files that do not read are skipped:
+/// the gallery is a convenience, the files stay for the user).
+fn reopen_gallery(dir: &std::path::Path) -> Vec<(PathBuf, api::ImageParams, image::RgbImage)> {
+    let mut out = Vec::new();
+    for (path, _, _) in persist::gallery::list(dir).into_iter().take(persist::gallery::REOPEN) {
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let (Ok(Some(params)), Ok(img)) = (api::read_png_params(&bytes), api::load_image_bytes(&bytes)) else { continue };
+        out.push((path, params, img));
+    }
+    // Oldest first, like the history.
+    out.reverse();
+    out
+}
+
+/// Starts the app window (the `dcae-studio` binary's main). The saved settings are read here,
+/// before the window and its UI thread exist.
+pub fn run(mut options: AppOptions) -> eframe::Result {
+    if let Some(dir) = &options.state_dir {
+        match persist::load_settings(dir) {
+            Ok(s) => options.saved = s,
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("DC-AE Studio")

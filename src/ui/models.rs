@@ -13,41 +13,27 @@ use super::{widgets, GeneratorState, Shared};
 use crate::engine::worker::api::{self, hub, hub::HubOptions};
 use crate::engine::worker::{cancel_token, CancelToken, Event, ModelFilesRef};
 
+pub use crate::engine::worker::GeneratorSource;
+use crate::engine::worker::api::pipeline;
+use crate::engine::worker::api::registry::{self, Pretrained, Spec};
+
 /// The generation model the app is built around.
 pub const GENERATOR_REPO: &str = "mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelKind {
     /// Class-conditional UViT + its DC-AE.
-    Generator,
+    ClassToImage,
+    /// A SANA / Sprint pipeline (text encoder, transformer, DC-AE, scheduler).
+    TextToImage,
     Autoencoder,
 }
 
-/// A published model the app knows about.
-pub struct Published {
-    pub repo: &'static str,
-    pub kind: ModelKind,
-    pub about: &'static str,
-    /// Approximate download size (fp32 safetensors), when known.
-    pub approx_bytes: Option<u64>,
+impl ModelKind {
+    pub fn is_generator(self) -> bool {
+        self != ModelKind::Autoencoder
+    }
 }
-
-pub const PUBLISHED: &[Published] = &[
-    Published {
-        repo: GENERATOR_REPO,
-        kind: ModelKind::Generator,
-        about: "UViT-H on f64c128, ImageNet 512 px, FID 2.66",
-        approx_bytes: Some(4_710_000_000),
-    },
-    Published { repo: "mit-han-lab/dc-ae-f32c32-in-1.0", kind: ModelKind::Autoencoder, about: "f32c32, ImageNet", approx_bytes: Some(1_290_000_000) },
-    Published { repo: "mit-han-lab/dc-ae-f64c128-in-1.0", kind: ModelKind::Autoencoder, about: "f64c128, ImageNet", approx_bytes: Some(2_710_000_000) },
-    Published { repo: "mit-han-lab/dc-ae-f128c512-in-1.0", kind: ModelKind::Autoencoder, about: "f128c512, ImageNet", approx_bytes: None },
-    Published { repo: "mit-han-lab/dc-ae-f32c32-mix-1.0", kind: ModelKind::Autoencoder, about: "f32c32, mixed data", approx_bytes: Some(1_290_000_000) },
-    Published { repo: "mit-han-lab/dc-ae-f64c128-mix-1.0", kind: ModelKind::Autoencoder, about: "f64c128, mixed data", approx_bytes: Some(2_710_000_000) },
-    Published { repo: "mit-han-lab/dc-ae-f128c512-mix-1.0", kind: ModelKind::Autoencoder, about: "f128c512, mixed data", approx_bytes: None },
-    Published { repo: "mit-han-lab/dc-ae-f32c32-sana-1.0", kind: ModelKind::Autoencoder, about: "f32c32, SANA's autoencoder", approx_bytes: None },
-    Published { repo: "mit-han-lab/dc-ae-f32c32-sana-1.1", kind: ModelKind::Autoencoder, about: "f32c32, SANA 1.1 (better decoder)", approx_bytes: None },
-];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Origin {
@@ -63,24 +49,37 @@ pub struct ModelEntry {
     pub kind: ModelKind,
     pub origin: Origin,
     pub about: String,
-    /// Present when both files are on disk.
+    /// Config and weights, when both are on disk (autoencoders and class-to-image models).
     pub files: Option<ModelFilesRef>,
+    /// The pipeline folder, when every file of it is on disk (text-to-image models).
+    pub pipeline: Option<PathBuf>,
     pub bytes_on_disk: u64,
     /// Bytes of an unfinished download (resume offers to continue from there).
     pub partial_bytes: u64,
     pub approx_bytes: Option<u64>,
+    /// Download size per component, from the registry.
+    pub components: &'static [(&'static str, u64)],
     /// `(factor, latent channels)` when the config could be read.
     pub geometry: Option<(usize, usize)>,
 }
 
 impl ModelEntry {
     pub fn available(&self) -> bool {
-        self.files.is_some()
+        self.files.is_some() || self.pipeline.is_some()
     }
 
     /// "f32c32" style tag.
     pub fn tag(&self) -> Option<String> {
         self.geometry.map(|(f, c)| format!("f{f}c{c}"))
+    }
+
+    /// What the engine loads to generate with this entry.
+    pub fn generator_source(&self) -> Option<GeneratorSource> {
+        match self.kind {
+            ModelKind::ClassToImage => self.files.clone().map(GeneratorSource::Class),
+            ModelKind::TextToImage => self.pipeline.clone().map(|root| GeneratorSource::Text { name: self.label.clone(), root }),
+            ModelKind::Autoencoder => None,
+        }
     }
 }
 
@@ -96,9 +95,40 @@ fn folder_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every file under `dir` (a pipeline's components are folders), two levels deep.
+fn tree_size(dir: &Path) -> u64 {
+    let subdirs: u64 = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).map(|p| folder_size(&p)).sum())
+        .unwrap_or(0);
+    folder_size(dir) + subdirs
+}
+
 fn local_entry(dir: &Path, label: String) -> Option<ModelEntry> {
+    if pipeline::is_pipeline_dir(dir) {
+        // A pipeline folder that does not resolve (a component missing) is listed with the
+        // reason on hover rather than dropped: the user pointed at it.
+        let resolved = pipeline::resolve_pipeline_dir(dir, None);
+        let about = match &resolved {
+            Ok(p) => format!("local {} pipeline {}", kind_word(p.kind), dir.display()),
+            Err(e) => format!("incomplete pipeline {}: {e}", dir.display()),
+        };
+        return Some(ModelEntry {
+            key: dir.display().to_string(),
+            label: label.clone(),
+            kind: ModelKind::TextToImage,
+            origin: Origin::Local(dir.to_path_buf()),
+            about,
+            files: resolved.as_ref().ok().and_then(|p| vae_files(p, &label)),
+            pipeline: resolved.ok().map(|_| dir.to_path_buf()),
+            bytes_on_disk: tree_size(dir),
+            partial_bytes: 0,
+            approx_bytes: None,
+            components: &[],
+            geometry: Some((32, 32)),
+        });
+    }
     let files = hub::resolve_local_dir(dir).ok()?;
-    let kind = if api::config_is_generator(&files.config) { ModelKind::Generator } else { ModelKind::Autoencoder };
+    let kind = if api::config_is_generator(&files.config) { ModelKind::ClassToImage } else { ModelKind::Autoencoder };
     let geometry = api::autoencoder_config(&files.config, &label).ok().map(|c| (c.factor(), c.latent_channels));
     let weights_size = std::fs::metadata(&files.weights).map(|m| m.len()).unwrap_or(0);
     Some(ModelEntry {
@@ -108,17 +138,77 @@ fn local_entry(dir: &Path, label: String) -> Option<ModelEntry> {
         origin: Origin::Local(dir.to_path_buf()),
         about: format!("local folder {}", dir.display()),
         files: Some(ModelFilesRef { name: label, config: files.config, weights: files.weights }),
+        pipeline: None,
         bytes_on_disk: folder_size(dir).max(weights_size),
         partial_bytes: 0,
         approx_bytes: None,
+        components: &[],
         geometry,
     })
+}
+
+/// A pipeline's DC-AE as a model of its own, so Reconstruct can compare it with the others.
+fn vae_files(p: &pipeline::PipelineFiles, label: &str) -> Option<ModelFilesRef> {
+    match &p.vae.weights {
+        pipeline::WeightFiles::Single(w) => Some(ModelFilesRef { name: format!("{label} (autoencoder)"), config: p.vae.config.clone(), weights: w.clone() }),
+        pipeline::WeightFiles::Sharded(_) => None,
+    }
+}
+
+fn kind_word(kind: pipeline::PipelineKind) -> &'static str {
+    match kind {
+        pipeline::PipelineKind::Sana => "SANA",
+        pipeline::PipelineKind::Sprint => "SANA-Sprint",
+    }
+}
+
+/// A published model's row: what the cache holds of it (the file system only, never the
+/// network).
+fn published_entry(p: &Pretrained, hub_opts: &HubOptions, cached: &[hub::CachedModel]) -> ModelEntry {
+    let repo = p.repo();
+    let short = p.name.to_string();
+    let offline = hub_opts.clone().with_offline(true);
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let (kind, files, pipeline_root) = match p.spec {
+        Spec::TextToImage(_) => {
+            let found = pipeline::fetch_pipeline(&repo, &offline, None, &mut |_| {}, &never).ok();
+            (ModelKind::TextToImage, found.as_ref().and_then(|f| vae_files(f, &short)), found.map(|f| f.root))
+        }
+        _ => {
+            let kind = if p.is_generator() { ModelKind::ClassToImage } else { ModelKind::Autoencoder };
+            let files = if hub::is_cached(&repo, hub_opts) {
+                hub::resolve_model(&repo, &offline, &mut |_| {}, &never)
+                    .ok()
+                    .map(|f| ModelFilesRef { name: short.clone(), config: f.config, weights: f.weights })
+            } else {
+                None
+            };
+            (kind, files, None)
+        }
+    };
+    let bytes_on_disk = cached.iter().filter(|c| c.repo == repo).map(|c| c.total_bytes).max().unwrap_or(0);
+    let geometry = api::dcae_published(p.autoencoder()).ok().map(|c| (c.factor(), c.latent_channels));
+    ModelEntry {
+        key: repo.clone(),
+        label: short,
+        kind,
+        origin: Origin::Hub(repo.clone()),
+        about: p.about.to_string(),
+        files,
+        pipeline: pipeline_root,
+        bytes_on_disk,
+        partial_bytes: hub::partial_download_bytes(&repo, hub_opts),
+        approx_bytes: p.approx_bytes(),
+        components: p.components.unwrap_or(&[]),
+        geometry,
+    }
 }
 
 impl Catalog {
     /// Finds models in `local_dirs` (each a model folder, or a folder of model folders, two
     /// levels deep) and the published models' state in the Hugging Face cache. Only the file
-    /// system is read; nothing touches the network.
+    /// system is read; nothing touches the network. Slow on a big cache or a network drive:
+    /// the app runs it on a helper thread ([`super::Shared::rescan`]).
     pub fn scan(local_dirs: &[PathBuf], hub_opts: &HubOptions) -> Self {
         let mut entries = Vec::new();
         for root in local_dirs {
@@ -133,7 +223,11 @@ impl Catalog {
             subdirs.sort();
             for sub in subdirs {
                 let name = sub.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                // A pipeline's component folders (vae/, transformer/ …) are not models of their
+                // own; a pipeline beside them (the Sprint one in sana-tiny/sprint) is.
+                let mut in_pipeline = false;
                 if let Some(e) = local_entry(&sub, name.clone()) {
+                    in_pipeline = e.kind == ModelKind::TextToImage;
                     entries.push(e);
                 }
                 let mut inner: Vec<PathBuf> = std::fs::read_dir(&sub)
@@ -141,6 +235,9 @@ impl Catalog {
                     .unwrap_or_default();
                 inner.sort();
                 for d in inner {
+                    if in_pipeline && !pipeline::is_pipeline_dir(&d) {
+                        continue;
+                    }
                     let inner_name = format!("{name}/{}", d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
                     if let Some(e) = local_entry(&d, inner_name) {
                         entries.push(e);
@@ -148,35 +245,9 @@ impl Catalog {
                 }
             }
         }
-        let cached = hub::list_cached_models(hub_opts);
-        let offline = hub_opts.clone().with_offline(true);
-        let never = std::sync::atomic::AtomicBool::new(false);
-        for p in PUBLISHED {
-            let short = p.repo.rsplit('/').next().unwrap_or(p.repo).to_string();
-            let files = if hub::is_cached(p.repo, hub_opts) {
-                hub::resolve_model(p.repo, &offline, &mut |_| {}, &never)
-                    .ok()
-                    .map(|f| ModelFilesRef { name: short.clone(), config: f.config, weights: f.weights })
-            } else {
-                None
-            };
-            let bytes_on_disk = cached.iter().filter(|c| c.repo == p.repo).map(|c| c.total_bytes).max().unwrap_or(0);
-            let geometry = crate::model::config::diffusion_autoencoder(&short)
-                .or(Some(short.as_str()))
-                .and_then(|n| crate::model::DcaeConfig::published(n).ok())
-                .map(|c| (c.factor(), c.latent_channels));
-            entries.push(ModelEntry {
-                key: p.repo.to_string(),
-                label: short,
-                kind: p.kind,
-                origin: Origin::Hub(p.repo.to_string()),
-                about: p.about.to_string(),
-                files,
-                bytes_on_disk,
-                partial_bytes: hub::partial_download_bytes(p.repo, hub_opts),
-                approx_bytes: p.approx_bytes,
-                geometry,
-            });
+        let cached = hub::list_all_cached_models(hub_opts);
+        for p in registry::PRETRAINED.iter().filter(|p| p.in_app) {
+            entries.push(published_entry(p, hub_opts, &cached));
         }
         Self { entries, local_dirs: local_dirs.to_vec() }
     }
@@ -185,10 +256,23 @@ impl Catalog {
         self.entries.iter().find(|e| e.key == key)
     }
 
-    /// The generation model to load at start: a local one first, else the published one if cached.
+    /// The generation model to load at start: `preferred` (a key or a label, e.g. the one used
+    /// last) when it is here, else a local one, else a published one that is cached
+    /// (text-to-image first: that is what the app is opened for).
+    pub fn default_generator_or(&self, preferred: Option<&str>) -> Option<String> {
+        let wanted = preferred.and_then(|p| self.generators().filter(|e| e.available()).find(|e| e.key == p || e.label == p));
+        wanted.map(|e| e.key.clone()).or_else(|| self.default_generator())
+    }
+
     pub fn default_generator(&self) -> Option<String> {
-        let gens = || self.entries.iter().filter(|e| e.kind == ModelKind::Generator && e.available());
-        gens().find(|e| matches!(e.origin, Origin::Local(_))).or_else(|| gens().next()).map(|e| e.key.clone())
+        let gens = || self.entries.iter().filter(|e| e.kind.is_generator() && e.available());
+        let local = || gens().filter(|e| matches!(e.origin, Origin::Local(_)));
+        local()
+            .find(|e| e.kind == ModelKind::TextToImage)
+            .or_else(|| local().next())
+            .or_else(|| gens().find(|e| e.kind == ModelKind::TextToImage))
+            .or_else(|| gens().next())
+            .map(|e| e.key.clone())
     }
 
     pub fn autoencoders(&self) -> impl Iterator<Item = &ModelEntry> {
@@ -196,23 +280,26 @@ impl Catalog {
     }
 
     pub fn generators(&self) -> impl Iterator<Item = &ModelEntry> {
-        self.entries.iter().filter(|e| e.kind == ModelKind::Generator)
+        self.entries.iter().filter(|e| e.kind.is_generator())
     }
 }
 
-/// The message shown when the generation model is not on this computer.
+/// The message shown when no generation model is on this computer.
 pub fn missing_generator_help(offline: bool) -> String {
-    let size = PUBLISHED[0].approx_bytes.map(widgets::bytes).unwrap_or_default();
+    let sana = registry::find("Sana_600M_512px_diffusers");
+    let sana_repo = sana.map(|p| p.repo()).unwrap_or_default();
+    let sana_size = sana.and_then(|p| p.approx_bytes()).map(widgets::bytes).unwrap_or_default();
+    let uvit_size = registry::find(GENERATOR_REPO).and_then(|p| p.approx_bytes()).map(widgets::bytes).unwrap_or_default();
     let how = if offline {
-        "Offline mode is on, so the app will not download it. Turn Offline off in the Models tab and press Download"
+        "Offline mode is on, so the app will not download one. Turn Offline off in the Models tab and press Download"
     } else {
         "Press Download in the Models tab"
     };
     format!(
-        "The generation model {GENERATOR_REPO} (about {size}) is not on this computer.\n\n\
+        "No generation model is on this computer yet: text-to-image {sana_repo} (about {sana_size}) or class-to-image {GENERATOR_REPO} (about {uvit_size}).\n\n\
          • {how}, or\n\
-         • on a computer with internet: `dcae download {GENERATOR_REPO}` or `huggingface-cli download {GENERATOR_REPO}`, then copy the Hugging Face cache folder (~/.cache/huggingface/hub) here, or\n\
-         • open a local folder holding its config.json and model.safetensors (Models tab: Open folder…, or start with --model-dir DIR)."
+         • on a computer with internet: `dcae download {sana_repo}` (or `huggingface-cli download …`), then copy the Hugging Face cache folder (~/.cache/huggingface/hub) here, or\n\
+         • open a local folder holding a model (Models tab: Open folder…, or start with --model-dir DIR)."
     )
 }
 
@@ -223,6 +310,12 @@ struct Download {
     total: u64,
     started: Instant,
     start_bytes: u64,
+    /// Bytes of the files already finished in this download (a pipeline has many).
+    finished: u64,
+    /// Files finished so far.
+    files: usize,
+    /// The whole model's size (the registry's), for the total bar.
+    expected: Option<u64>,
 }
 
 #[derive(Default)]
@@ -245,10 +338,21 @@ impl ModelsPanel {
         }
         let cancel = cancel_token();
         let partial = shared.catalog.get(repo).map(|e| e.partial_bytes).unwrap_or(0);
+        let expected = shared.catalog.get(repo).and_then(|e| e.approx_bytes);
         self.failures.remove(repo);
         self.downloads.insert(
             repo.to_string(),
-            Download { cancel: cancel.clone(), file: String::new(), done: partial, total: 0, started: Instant::now(), start_bytes: partial },
+            Download {
+                cancel: cancel.clone(),
+                file: String::new(),
+                done: partial,
+                total: 0,
+                started: Instant::now(),
+                start_bytes: partial,
+                finished: 0,
+                files: 0,
+                expected,
+            },
         );
         // The download service, not the engine: it outlives engine restarts and backend switches.
         shared.downloads.start(repo.to_string(), shared.hub.clone(), cancel);
@@ -258,8 +362,11 @@ impl ModelsPanel {
         if !shared.catalog.local_dirs.contains(&dir) {
             shared.catalog.local_dirs.push(dir.clone());
         }
-        let before = shared.catalog.entries.len();
-        shared.rescan();
+        shared.rescan_then(super::AfterScan::FolderAdded(dir));
+    }
+
+    /// The scan after [`Self::add_folder`] is in: say what the folder holds.
+    pub fn folder_scanned(&mut self, dir: PathBuf, shared: &mut Shared) {
         let found: Vec<String> = shared
             .catalog
             .entries
@@ -269,13 +376,12 @@ impl ModelsPanel {
             .collect();
         if found.is_empty() {
             shared.notices.error(format!(
-                "{} holds no model: a model folder has config.json and model.safetensors (or diffusion_pytorch_model.safetensors)",
+                "{} holds no model: a model folder has config.json and model.safetensors (or diffusion_pytorch_model.safetensors), a SANA pipeline folder model_index.json and its component folders",
                 dir.display()
             ));
             shared.catalog.local_dirs.retain(|d| d != &dir);
         } else {
             shared.notices.info(format!("Found {} in {}", found.join(", "), dir.display()));
-            let _ = before;
             if shared.generator_key.is_none() || matches!(shared.generator, GeneratorState::Missing | GeneratorState::Failed { .. }) {
                 if let Some(key) = shared.catalog.default_generator() {
                     shared.use_generator(&key);
@@ -301,6 +407,10 @@ impl ModelsPanel {
             Event::DownloadProgress { repo, file, bytes_done, bytes_total } => {
                 if let Some(d) = self.downloads.get_mut(&repo) {
                     if d.file != file {
+                        if !d.file.is_empty() {
+                            d.finished += d.total.max(d.done);
+                            d.files += 1;
+                        }
                         d.start_bytes = bytes_done;
                         d.started = Instant::now();
                     }
@@ -314,11 +424,7 @@ impl ModelsPanel {
                 match result {
                     Ok(()) => {
                         shared.notices.info(format!("Downloaded {repo}"));
-                        shared.rescan();
-                        let is_gen = shared.catalog.get(&repo).is_some_and(|e| e.kind == ModelKind::Generator);
-                        if is_gen && !matches!(shared.generator, GeneratorState::Ready(_) | GeneratorState::Loading(_)) {
-                            shared.use_generator(&repo);
-                        }
+                        shared.rescan_then(super::AfterScan::Downloaded(repo));
                     }
                     Err(e) if cancelled => {
                         shared.notices.info(format!("Download of {repo} paused; press Resume to continue"));
@@ -380,9 +486,26 @@ impl ModelsPanel {
                     self.table(ui, "local_models", &local, shared);
                     ui.add_space(10.0);
                 }
-                ui.label(RichText::new("Published by MIT HAN Lab (Hugging Face)").strong());
-                let published: Vec<ModelEntry> = shared.catalog.entries.iter().filter(|e| matches!(e.origin, Origin::Hub(_))).cloned().collect();
-                self.table(ui, "hub_models", &published, shared);
+                if shared.scanning() && shared.catalog.entries.is_empty() {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("Looking for models on this computer…");
+                    });
+                }
+                let sections = [
+                    ("Text to image: SANA (Efficient-Large-Model, Hugging Face)", ModelKind::TextToImage, "hub_t2i"),
+                    ("Class to image: DC-AE + UViT (MIT HAN Lab)", ModelKind::ClassToImage, "hub_c2i"),
+                    ("Autoencoders: DC-AE (MIT HAN Lab)", ModelKind::Autoencoder, "hub_ae"),
+                ];
+                for (title, kind, id) in sections {
+                    let published: Vec<ModelEntry> = shared.catalog.entries.iter().filter(|e| matches!(e.origin, Origin::Hub(_)) && e.kind == kind).cloned().collect();
+                    if published.is_empty() {
+                        continue;
+                    }
+                    ui.label(RichText::new(title).strong());
+                    self.table(ui, id, &published, shared);
+                    ui.add_space(10.0);
+                }
             });
         });
     }
@@ -399,7 +522,8 @@ impl ModelsPanel {
             for e in entries {
                 ui.label(RichText::new(&e.label).monospace()).on_hover_text(&e.about);
                 let kind = match e.kind {
-                    ModelKind::Generator => "generation".to_string(),
+                    ModelKind::ClassToImage => "class → image".to_string(),
+                    ModelKind::TextToImage => "text → image".to_string(),
                     ModelKind::Autoencoder => format!("autoencoder {}", e.tag().unwrap_or_default()),
                 };
                 ui.label(kind);
@@ -419,6 +543,16 @@ impl ModelsPanel {
                                 .desired_width(220.0)
                                 .text(format!("{} {} / {} · {}/s", d.file, widgets::bytes(d.done), widgets::bytes(d.total), widgets::bytes(speed as u64))),
                         );
+                        // The whole model: finished files plus this one, against the expected size.
+                        let so_far = d.finished + d.done;
+                        let whole = d.expected.unwrap_or(0).max(d.finished + d.total);
+                        if whole > 0 && (d.files > 0 || d.expected.is_some_and(|e| e > d.total)) {
+                            ui.add(
+                                egui::ProgressBar::new(so_far as f32 / whole as f32)
+                                    .desired_width(220.0)
+                                    .text(format!("total {} / ≈{} · {} files done", widgets::bytes(so_far), widgets::bytes(whole), d.files)),
+                            );
+                        }
                     });
                 } else if e.available() {
                     ui.label(RichText::new(if in_use { "✔ in use" } else { "✔ on disk" }).color(Color32::from_rgb(90, 190, 90)));
@@ -446,7 +580,7 @@ impl ModelsPanel {
                             }
                         }
                     }
-                    if e.kind == ModelKind::Generator && e.available() && !in_use && ui.button("Use").clicked() {
+                    if e.kind.is_generator() && e.available() && !in_use && ui.button("Use").clicked() {
                         shared.use_generator(&e.key);
                         shared.goto = Some(super::Tab::Generate);
                     }
@@ -456,7 +590,12 @@ impl ModelsPanel {
                     }
                 });
                 let about = match &e.origin {
+                    Origin::Local(_) if e.kind == ModelKind::TextToImage && !e.available() => "incomplete pipeline (hover)".to_string(),
                     Origin::Local(_) => "local folder".to_string(),
+                    Origin::Hub(_) if e.components.len() > 1 => {
+                        let parts: Vec<String> = e.components.iter().map(|(n, b)| format!("{} {}", n.split(' ').next().unwrap_or(n), widgets::bytes(*b))).collect();
+                        format!("{} · {}", e.about, parts.join(" + "))
+                    }
                     Origin::Hub(_) => e.about.clone(),
                 };
                 ui.label(RichText::new(about).weak()).on_hover_text(&e.about);

@@ -256,7 +256,7 @@ impl ReconstructPanel {
         for e in &entries {
             let mut on = self.selected.contains(&e.key);
             let label = match (e.kind, e.tag()) {
-                (ModelKind::Generator, _) => format!("{} (its autoencoder)", e.label),
+                (ModelKind::ClassToImage | ModelKind::TextToImage, _) => format!("{} (its autoencoder)", e.label),
                 (_, Some(tag)) if !e.label.contains(&tag) => format!("{} · {tag}", e.label),
                 _ => e.label.clone(),
             };

@@ -8,7 +8,6 @@
 pub mod checkpoint;
 pub mod hub;
 pub mod keys;
-pub mod load;
 pub mod pipeline;
 pub mod tensor_file;
 

@@ -10,7 +10,7 @@ use dcae::model::dcae::{linear_attention, quadratic_attention};
 use dcae::model::layers::{channel_average, pixel_shuffle, pixel_unshuffle, repeat_channels, upsample_nearest2};
 use dcae::model::{Dcae, DcaeConfig};
 use dcae::weights::keys::{to_diffusers, Stored};
-use dcae::weights::load::load_dcae_files;
+use dcae::model::load::load_dcae_files;
 use dcae::weights::KeyRecorder;
 
 use super::common::*;

@@ -27,7 +27,7 @@ use dcae::model::sana::text_encoder::Gemma2Config;
 use dcae::model::sana::transformer::SanaTransformerConfig;
 use dcae::model::DcaeConfig;
 use dcae::sampler::flow::FlowSchedulerConfig;
-use dcae::weights::load::{dcae_config_from_json, python_json, read_json};
+use dcae::model::load::{dcae_config_from_json, python_json, read_json};
 use dcae::weights::pipeline::{pipeline_kind, resolve_pipeline_dir};
 use dcae::weights::tensor_file::{read_f32, read_nchw};
 use dcae::weights::Checkpoint;
@@ -413,7 +413,7 @@ fn fixture_configs_are_accepted() {
     g.validate().unwrap();
     gemma_size_ok(&g).unwrap();
     // The published registry is within the bounds as well.
-    for (name, _) in dcae::model::config::PUBLISHED {
+    for name in dcae::model::registry::autoencoders().map(|p| p.name) {
         dcae_size_ok(&DcaeConfig::published(name).unwrap()).unwrap();
     }
     gemma_size_ok(&Gemma2Config::gemma2_2b()).unwrap();
@@ -608,6 +608,7 @@ fn generation_params() -> GenerationParams {
         model: "dc-ae-f32c32-in-1.0-uvit-h-in-512px".into(),
         sampler: "DPM-Solver (order 3, fast)".into(),
         batch: 3,
+        img2img: None,
     }
 }
 
@@ -623,6 +624,7 @@ fn prompt_params() -> PromptParams {
         height: 1024,
         model: "Sana_600M".into(),
         instruction: false,
+        img2img: None,
     }
 }
 

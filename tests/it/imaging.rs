@@ -593,6 +593,7 @@ fn sample_params() -> GenerationParams {
         model: "dc-ae-f64c128-in-1.0 + uvit-2b".to_owned(),
         sampler: "DPM-Solver (order 3, fast)".to_owned(),
         batch: 2,
+        img2img: None,
     }
 }
 

@@ -11,4 +11,6 @@ mod sana_text;
 mod tiling;
 #[cfg(feature = "gui")]
 mod ui;
+#[cfg(feature = "gui")]
+mod ui_text;
 mod uvit;

@@ -21,6 +21,7 @@ fn request(exp: &std::collections::HashMap<String, Stored>, p: &str) -> Generate
         steps: exp[&format!("{p}steps")].i64[0] as usize,
         seed: 0,
         noise: Some(tensor4(&exp[&format!("{p}noise")])),
+        init: None,
     }
 }
 
@@ -210,7 +211,7 @@ fn sampler_cancel_mid_run_then_clean_rerun() {
 fn sampler_rejects_bad_requests_clearly() {
     let model = load_tiny();
     let cancel = AtomicBool::new(false);
-    let ok = GenerateRequest::<Cpu> { labels: vec![3, 10], cfg_scale: 1.5, steps: 3, seed: 7, noise: None };
+    let ok = GenerateRequest::<Cpu> { labels: vec![3, 10], cfg_scale: 1.5, steps: 3, seed: 7, noise: None, init: None };
     let err = |req: GenerateRequest<Cpu>| model.generate(&req, &mut |_| {}, &cancel).unwrap_err();
 
     let e = err(GenerateRequest { labels: vec![3, 11], ..ok.clone() });
@@ -240,7 +241,7 @@ fn sampler_small_step_counts_and_seeded_noise() {
     let model = load_tiny();
     let cancel = AtomicBool::new(false);
     for steps in [1, 2, 3, 4, 5] {
-        let req = GenerateRequest::<Cpu> { labels: vec![1, 2], cfg_scale: 4.0, steps, seed: 1, noise: None };
+        let req = GenerateRequest::<Cpu> { labels: vec![1, 2], cfg_scale: 4.0, steps, seed: 1, noise: None, init: None };
         let mut n = 0;
         let out = model.generate(&req, &mut |_| n += 1, &cancel).unwrap();
         assert_eq!((out.nfe, out.network_calls, n), (steps, 2 * steps, fast_orders(steps, 3).len()));
@@ -253,7 +254,7 @@ fn sampler_small_step_counts_and_seeded_noise() {
     let mean = a.iter().sum::<f32>() / a.len() as f32;
     assert!(mean.abs() < 0.5);
     // Same seed, same sample.
-    let req = GenerateRequest::<Cpu> { labels: vec![5], cfg_scale: 2.0, steps: 4, seed: 9, noise: None };
+    let req = GenerateRequest::<Cpu> { labels: vec![5], cfg_scale: 2.0, steps: 4, seed: 9, noise: None, init: None };
     let x1 = values(model.generate(&req, &mut |_| {}, &cancel).unwrap().latent);
     let x2 = values(model.generate(&req, &mut |_| {}, &cancel).unwrap().latent);
     assert_eq!(x1, x2);
@@ -264,7 +265,7 @@ fn sampler_cli_generate_end_to_end() {
     let exp = expected();
     let tmp = tempfile::tempdir().unwrap();
     let noise_path = tmp.path().join("noise.safetensors");
-    dcae::cli::generate::write_tensor_f32(&noise_path, "noise", tensor4(&exp["cfg6_noise"])).unwrap();
+    dcae::cli::write_tensor_f32(&noise_path, "noise", tensor4(&exp["cfg6_noise"])).unwrap();
     let out = tmp.path().join("grid.png");
     let latent_out = tmp.path().join("latent.safetensors");
     let steps_dir = tmp.path().join("steps");

@@ -68,13 +68,13 @@ pub fn vals<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn json(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(rel)).unwrap();
-    serde_json::from_str(&dcae::weights::load::python_json(&text)).unwrap()
+    serde_json::from_str(&dcae::model::load::python_json(&text)).unwrap()
 }
 
 /// diffusers writes Python's non-standard `-Infinity` into scheduler configs.
 #[test]
 fn python_json_constants_become_null() {
-    let v: serde_json::Value = serde_json::from_str(&dcae::weights::load::python_json(r#"{"a": -Infinity, "b": [NaN, Infinity], "s": "NaN -Infinity", "e": "\"NaN"}"#)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dcae::model::load::python_json(r#"{"a": -Infinity, "b": [NaN, Infinity], "s": "NaN -Infinity", "e": "\"NaN"}"#)).unwrap();
     assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
     assert_eq!(v["s"], "NaN -Infinity");
     assert_eq!(v["e"], "\"NaN");

@@ -7,7 +7,7 @@ use std::process::Command;
 use burn::tensor::{Tensor, TensorData};
 use dcae::model::tiling::{tiled_decode, tiled_encode, TileConfig, TileConfigError};
 use dcae::model::Dcae;
-use dcae::weights::load::load_dcae_files;
+use dcae::model::load::load_dcae_files;
 
 use super::common::*;
 

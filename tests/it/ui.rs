@@ -11,13 +11,19 @@ use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 
-fn fixtures() -> PathBuf {
+pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The app on the CPU, models from `model_dir`, an empty offline hub cache and a private
-/// projection cache, so nothing outside the temp folder is read or written.
+/// The app on the CPU, models from `model_dir` (the class-to-image `uvit-tiny` loaded), an
+/// empty offline hub cache and a private projection cache, so nothing outside the temp folder
+/// is read or written.
 fn app(model_dir: PathBuf, tmp: &Path) -> Harness<'static, StudioApp> {
+    app_with(model_dir, tmp, "uvit-tiny")
+}
+
+/// The same with the generation model `generator` (a folder name under `model_dir`).
+pub fn app_with(model_dir: PathBuf, tmp: &Path, generator: &str) -> Harness<'static, StudioApp> {
     let options = AppOptions {
         model_dir: Some(model_dir),
         backend: BackendChoice::Cpu,
@@ -25,6 +31,9 @@ fn app(model_dir: PathBuf, tmp: &Path) -> Harness<'static, StudioApp> {
         hub: Some(HubOptions::new(tmp.join("hf")).with_offline(true)),
         auto_load: true,
         fit_latent_side: 8,
+        generator: Some(generator.to_string()),
+        state_dir: Some(tmp.join("state")),
+        saved: None,
     };
     let mut harness = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).build_eframe(move |cc| {
         let mut app = StudioApp::new(cc, options);
@@ -32,15 +41,17 @@ fn app(model_dir: PathBuf, tmp: &Path) -> Harness<'static, StudioApp> {
         app
     });
     harness.step();
+    // The model scan runs off the UI thread; tests start from its result.
+    wait_for(&mut harness, "the model scan", 30.0, |a| !a.shared.scanning());
     harness
 }
 
-fn errors(app: &StudioApp) -> Vec<String> {
+pub fn errors(app: &StudioApp) -> Vec<String> {
     app.shared.notices.errors().map(str::to_string).collect()
 }
 
 /// Steps frames until `cond` holds (the engine works on its own thread meanwhile).
-fn wait_for(h: &mut Harness<'_, StudioApp>, what: &str, secs: f64, cond: impl Fn(&StudioApp) -> bool) {
+pub fn wait_for(h: &mut Harness<'_, StudioApp>, what: &str, secs: f64, cond: impl Fn(&StudioApp) -> bool) {
     let start = Instant::now();
     while !cond(h.state()) {
         assert!(start.elapsed().as_secs_f64() < secs, "timed out after {secs} s waiting for {what}; errors: {:?}", errors(h.state()));
@@ -50,7 +61,7 @@ fn wait_for(h: &mut Harness<'_, StudioApp>, what: &str, secs: f64, cond: impl Fn
     h.step();
 }
 
-fn wait_ready(h: &mut Harness<'_, StudioApp>) {
+pub fn wait_ready(h: &mut Harness<'_, StudioApp>) {
     wait_for(h, "the generation model", 30.0, |a| matches!(a.shared.generator, GeneratorState::Ready(_)));
 }
 
@@ -85,7 +96,7 @@ fn ui_generate_preview_result_cancel_and_again() {
     let item = &app.shared.history[0];
     assert_eq!(item.images.len(), 2);
     assert_eq!((item.images[0].width(), item.images[0].height()), (16, 16));
-    assert_eq!(item.params.classes, vec![3, 3]);
+    assert_eq!(item.params.class().unwrap().classes, vec![3, 3]);
     // Guidance at 6.0 doubles the UViT passes: one conditional and one unconditional per step.
     assert_eq!((item.nfe, item.network_calls), (12, 24));
     assert!(errors(app).is_empty(), "{:?}", errors(app));
@@ -109,7 +120,7 @@ fn ui_generate_preview_result_cancel_and_again() {
     h.state_mut().generate.steps = 6;
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "the second result", 30.0, |a| a.shared.history.len() == 2);
-    assert_eq!(h.state().shared.history[1].params.classes, vec![1000, 1000], "unconditional is saved as the null class 1000");
+    assert_eq!(h.state().shared.history[1].params.class().unwrap().classes, vec![1000, 1000], "unconditional is saved as the null class 1000");
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
 
@@ -158,10 +169,11 @@ fn ui_missing_model_offline_says_what_to_download() {
     let empty = tmp.path().join("models");
     std::fs::create_dir_all(&empty).unwrap();
     let mut h = app(empty, tmp.path());
-    h.step();
+    wait_for(&mut h, "the model scan", 30.0, |a| !a.shared.scanning());
     assert_eq!(h.state().shared.generator, GeneratorState::Missing);
-    assert!(h.get_all_by_label_contains("is not on this computer").next().is_some());
-    assert!(h.get_all_by_label_contains("dcae download mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").next().is_some());
+    assert!(h.get_all_by_label_contains("No generation model is on this computer").next().is_some());
+    assert!(h.get_all_by_label_contains("dcae download Efficient-Large-Model/Sana_600M_512px_diffusers").next().is_some());
+    assert!(h.get_all_by_label_contains("mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").next().is_some());
     assert!(h.get_all_by_label_contains("Offline mode is on").next().is_some());
     h.get_by_label("📦 Models").click();
     h.step();
@@ -225,7 +237,7 @@ fn ui_preview_cost() {
             readback += r.elapsed().as_secs_f64();
             last_x0 = Some(x0);
         };
-        let latent = g.generate(&[1], 6.0, nfe, 0, &mut cb, &never).ok().expect("sampling failed").latent;
+        let latent = g.generate(&[1], 6.0, nfe, 0, None, &mut cb, &never).ok().expect("sampling failed").latent;
         let total = t.elapsed().as_secs_f64() - readback;
         let x0 = last_x0.unwrap_or(latent);
         let decode = time(2, || g.decode(x0.clone()).into_data());
@@ -540,10 +552,10 @@ fn ui_results_name_the_models_sampler() {
     h.state_mut().generate.steps = 2;
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
-    let json = dcae::weights::load::read_json(&fixtures().join("uvit-tiny/config.json")).unwrap();
+    let json = dcae::model::load::read_json(&fixtures().join("uvit-tiny/config.json")).unwrap();
     let config = dcae::model::diffusion::DiffusionConfig::from_json(&json, "uvit-tiny").unwrap();
-    let sampler = &h.state().shared.history[0].params.sampler;
-    assert_eq!(sampler, &config.sampler.label());
+    let sampler = h.state().shared.history[0].params.sampler();
+    assert_eq!(sampler, config.sampler.label());
     assert!(!sampler.contains("++"), "{sampler}");
 }
 
@@ -586,6 +598,9 @@ fn ui_download_survives_a_backend_switch() {
         hub: Some(HubOptions::new(tmp.path().join("hf")).with_endpoint(hub.endpoint())),
         auto_load: true,
         fit_latent_side: 8,
+        generator: Some("uvit-tiny".into()),
+        state_dir: Some(tmp.path().join("state")),
+        saved: None,
     };
     let mut h = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).build_eframe(move |cc| StudioApp::new(cc, options));
     h.step();
@@ -597,7 +612,8 @@ fn ui_download_survives_a_backend_switch() {
         app.restart_engine(BackendChoice::Cpu);
     }
     wait_for(&mut h, "the end of the download", 30.0, |a| !a.models.downloading());
-    assert!(h.state().shared.catalog.get(REPO).is_some_and(|e| e.available()), "errors: {:?}", errors(h.state()));
+    // The catalog is scanned again off the UI thread.
+    wait_for(&mut h, "the model on disk", 30.0, |a| a.shared.catalog.get(REPO).is_some_and(|e| e.available()));
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
     wait_ready(&mut h);
 }
@@ -625,10 +641,10 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
         }
         panic!("no GeneratorLoaded; saw {seen:?}");
     };
-    w.send(Job::LoadGenerator(files.clone()));
+    w.send(Job::LoadGenerator(dcae::engine::worker::GeneratorSource::Class(files.clone())));
     until_loaded(&w);
     w.restart(config);
-    w.send(Job::LoadGenerator(files));
+    w.send(Job::LoadGenerator(dcae::engine::worker::GeneratorSource::Class(files)));
     let seen = until_loaded(&w);
     let stopped = seen.iter().position(|e| e == "EngineStopped").unwrap_or_else(|| panic!("{seen:?}"));
     let ready = seen.iter().position(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Int, Tensor, TensorData};
 use dcae::engine::backend::Cpu;
 use dcae::model::diffusion::{DiffusionConfig, DiffusionModel, UVIT_PREFIX};
-use dcae::model::uvit::{registered_uvit, unpatchify, Uvit, UvitConfig, UVIT_MODELS};
+use dcae::model::uvit::{registered_uvit, unpatchify, Uvit, UvitConfig};
 use dcae::weights::{Checkpoint, KeyRecorder, RandomWeights};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
@@ -117,9 +117,9 @@ fn uvit_h_keys_and_parameter_count() {
 
 #[test]
 fn uvit_registry_covers_the_zoo() {
-    let names: Vec<_> = UVIT_MODELS.iter().map(|m| m.name).collect();
+    let names: Vec<_> = dcae::model::registry::uvit_models().map(|m| m.name).collect();
     assert_eq!(names.len(), 7);
-    for m in UVIT_MODELS {
+    for m in dcae::model::registry::uvit_models() {
         let cfg = DiffusionConfig::registered(m.name).unwrap();
         assert_eq!(cfg.autoencoder.name, m.autoencoder);
         assert_eq!(cfg.image_size(), 512, "{}", m.name);
@@ -309,7 +309,7 @@ fn uvit_wgpu_matches_golden() {
     println!("wgpu fwd_eps max |diff| = {err:.3e}");
     assert!(err < 1e-4);
 
-    let req = GenerateRequest::<Gpu> { labels: vec![3, 7], cfg_scale: 6.0, steps: 30, seed: 0, noise: Some(to_gpu(&exp["cfg6_noise"])) };
+    let req = GenerateRequest::<Gpu> { labels: vec![3, 7], cfg_scale: 6.0, steps: 30, seed: 0, noise: Some(to_gpu(&exp["cfg6_noise"])), init: None };
     let out = model.generate(&req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     let err = max_abs_diff(&gpu_values(out.latent.clone()), &exp["cfg6_latent"].f32);
     println!("wgpu cfg6_latent max |diff| = {err:.3e}");

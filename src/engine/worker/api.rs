@@ -18,10 +18,20 @@ use crate::sampler::StepUpdate;
 // Generator (class-conditional UViT + its DC-AE)
 // ---------------------------------------------------------------------------------------------
 
+/// Which controls a generation model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratorKind {
+    /// ImageNet class ids (UViT).
+    ClassToImage,
+    /// A prompt (SANA); Sprint samples in 1–4 steps with guidance as an input.
+    TextToImage { sprint: bool },
+}
+
 /// What the UI needs to know about a loaded generation model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratorInfo {
     pub name: String,
+    pub kind: GeneratorKind,
     /// Number of real classes; the unconditional (null) id is `num_classes`.
     pub num_classes: usize,
     pub latent_channels: usize,
@@ -30,6 +40,7 @@ pub struct GeneratorInfo {
     /// Autoencoder downsampling factor.
     pub factor: usize,
     pub default_steps: usize,
+    pub default_guidance: f32,
     pub scaling_factor: f32,
     /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
     /// label the CLI writes too.
@@ -57,8 +68,8 @@ impl<B: Backend> Generator<B> {
     pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
         // Named by the caller (the catalog's name), not by the folder config.json sits in: for a
         // model from the hub that folder is a snapshot's commit hash.
-        let load = || -> Result<DiffusionModel<B>, crate::weights::load::ModelError> {
-            let json = crate::weights::load::read_json(config)?;
+        let load = || -> Result<DiffusionModel<B>, crate::model::load::ModelError> {
+            let json = crate::model::load::read_json(config)?;
             let config = DiffusionConfig::from_json(&json, name)?;
             let ckpt = crate::weights::Checkpoint::open(weights)?;
             DiffusionModel::<B>::load_checkpoint(&ckpt, config, device)
@@ -83,11 +94,13 @@ impl<B: Backend> Generator<B> {
         let c = &model.config;
         let info = GeneratorInfo {
             name: name.to_string(),
+            kind: GeneratorKind::ClassToImage,
             num_classes: c.uvit.num_classes,
             latent_channels: c.uvit.in_channels,
             latent_size: c.uvit.input_size,
             factor: c.autoencoder.factor(),
             default_steps: c.sampler.steps.max(1),
+            default_guidance: crate::model::registry::find(name).and_then(|p| p.defaults()).map_or(6.0, |d| d.guidance),
             scaling_factor: c.scaling_factor,
             sampler: c.sampler.label(),
         };
@@ -109,16 +122,23 @@ impl<B: Backend> Generator<B> {
         cfg_scale: f32,
         steps: usize,
         seed: u64,
+        init: Option<(Tensor<B, 4>, f32)>,
         on_step: &mut dyn FnMut(usize, usize, Tensor<B, 4>),
         cancel: &AtomicBool,
     ) -> Result<GenerateOutput<B>, GenerateFailure> {
-        let req = GenerateRequest::<B> { labels: labels.to_vec(), cfg_scale, steps, seed, noise: None };
+        let req = GenerateRequest::<B> { labels: labels.to_vec(), cfg_scale, steps, seed, noise: None, init };
         let mut cb = |u: StepUpdate<B>| on_step(u.step, u.total, u.x0);
         match self.model.generate(&req, &mut cb, cancel) {
             Ok(out) => Ok(out),
             Err(GenerateError::Cancelled) => Err(GenerateFailure::Cancelled),
             Err(e) => Err(GenerateFailure::Failed(e.to_string())),
         }
+    }
+
+    /// An image (`[B, 3, H, W]` in [−1, 1]) → its latent times the scaling factor, as the
+    /// sampler's latents are (the start of an image-to-image run).
+    pub fn encode(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.model.autoencoder.encode(x).mul_scalar(self.info.scaling_factor as f64)
     }
 
     /// Sampled (scaled) latent → image in about [-1, 1].
@@ -140,10 +160,10 @@ pub fn peak_decode_batch() -> usize {
 /// The generator's autoencoder on its own, for fitting the preview projection.
 /// `name` names it (see [`Generator::load`]).
 pub fn load_autoencoder<B: Backend>(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<(DcaeConfig, Dcae<B>), String> {
-    let load = || -> Result<(DcaeConfig, Dcae<B>), crate::weights::load::ModelError> {
-        let cfg = crate::weights::load::dcae_config_from_json(&crate::weights::load::read_json(config)?, name)?;
+    let load = || -> Result<(DcaeConfig, Dcae<B>), crate::model::load::ModelError> {
+        let cfg = crate::model::load::dcae_config_from_json(&crate::model::load::read_json(config)?, name)?;
         let ckpt = crate::weights::Checkpoint::open(weights)?;
-        let model = crate::weights::load::load_dcae::<B>(&ckpt, &cfg, device)?;
+        let model = crate::model::load::load_dcae::<B>(&ckpt, &cfg, device)?;
         Ok((cfg, model))
     };
     load().map_err(|e| e.to_string())
@@ -152,21 +172,26 @@ pub fn load_autoencoder<B: Backend>(name: &str, config: &Path, weights: &Path, d
 /// Reads a model folder's config.json and says whether it is a generation model (a diffusion
 /// config, or the `model_name` of a registered one).
 pub fn config_is_generator(config: &Path) -> bool {
-    let Ok(json) = crate::weights::load::read_json(config) else { return false };
+    let Ok(json) = crate::model::load::read_json(config) else { return false };
     json.get("uvit").is_some() || DiffusionConfig::from_json(&json, "").is_ok()
+}
+
+/// The architecture of a published DC-AE, by name.
+pub fn dcae_published(name: &str) -> Result<DcaeConfig, String> {
+    DcaeConfig::published(name).map_err(|e| e.to_string())
 }
 
 /// The DC-AE config of a config.json (autoencoder or combined diffusion config).
 pub fn autoencoder_config(config: &Path, name: &str) -> Result<DcaeConfig, String> {
-    let json = crate::weights::load::read_json(config).map_err(|e| e.to_string())?;
-    crate::weights::load::dcae_config_from_json(&json, name).map_err(|e| e.to_string())
+    let json = crate::model::load::read_json(config).map_err(|e| e.to_string())?;
+    crate::model::load::dcae_config_from_json(&json, name).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Imaging
 // ---------------------------------------------------------------------------------------------
 
-pub use crate::imaging::GenerationParams;
+pub use crate::imaging::{GenerationParams, ImageParams, Img2Img, PromptParams};
 use crate::imaging::{self, ImageLimits};
 
 pub fn to_nchw(images: &[RgbImage]) -> Result<(Vec<f32>, [usize; 4]), String> {
@@ -205,7 +230,7 @@ pub fn load_image_file(path: &Path) -> Result<RgbImage, String> {
 /// Saves a PNG with the parameters in its `parameters` text chunk, atomically. With
 /// `replace` false an existing file is never touched: the save fails with
 /// [`std::io::ErrorKind::AlreadyExists`] instead.
-pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &GenerationParams, replace: bool) -> Result<(), SaveError> {
+pub fn save_png_with_params(img: &RgbImage, path: &Path, params: &ImageParams, replace: bool) -> Result<(), SaveError> {
     let text = params.to_parameters_text();
     let entries = [(imaging::PARAMETERS_KEY, text.as_str()), ("Software", "DC-AE Studio")];
     let saved = if replace { imaging::save_png_with_text(img, path, &entries) } else { imaging::save_png_with_text_new(img, path, &entries) };
@@ -224,7 +249,7 @@ pub struct SaveError {
 
 /// The generation parameters of a PNG's bytes: `Ok(None)` for anything that is not a PNG or
 /// carries no `parameters` entry; an error for a PNG whose entry cannot be read.
-pub fn read_png_params(bytes: &[u8]) -> Result<Option<GenerationParams>, String> {
+pub fn read_png_params(bytes: &[u8]) -> Result<Option<ImageParams>, String> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
     if !bytes.starts_with(PNG_SIGNATURE) {
         return Ok(None);
@@ -233,7 +258,7 @@ pub fn read_png_params(bytes: &[u8]) -> Result<Option<GenerationParams>, String>
     let Some((_, text)) = entries.iter().find(|(k, _)| k == imaging::PARAMETERS_KEY) else {
         return Ok(None);
     };
-    GenerationParams::parse_parameters_text(text)
+    ImageParams::parse_parameters_text(text)
         .map(Some)
         .map_err(|e| format!("its saved parameters cannot be read: {e}"))
 }
@@ -258,4 +283,12 @@ pub fn class_search(query: &str, limit: usize) -> Vec<(usize, String)> {
 // ---------------------------------------------------------------------------------------------
 
 pub use crate::weights::hub;
+
+// ---------------------------------------------------------------------------------------------
+// The model registry and the pipeline layout (pure data: what exists, what a folder holds)
+// ---------------------------------------------------------------------------------------------
+
+pub use crate::model::registry;
+pub use crate::weights::pipeline;
+pub use crate::sampler::flow::FlowSolver;
 

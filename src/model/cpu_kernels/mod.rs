@@ -26,7 +26,7 @@ use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::layers::Act;
+use super::act::Act;
 
 mod winograd;
 

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::{matmul, OutPtr};
-use crate::model::layers::Act;
+use crate::model::act::Act;
 
 /// Positions in a transformed tile (4×4).
 const POS: usize = 16;

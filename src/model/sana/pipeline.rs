@@ -20,11 +20,11 @@ use serde_json::Value;
 use super::prompt::{default_instruction, PromptEmbeds, SanaTokenizer, TextEncoder};
 use super::text_encoder::{Gemma2, Gemma2Config};
 use super::transformer::{SanaTransformer, SanaTransformerConfig, MAX_SEQUENCE_LENGTH};
-use crate::engine::host::read_back;
+use crate::model::host::read_back;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
 use crate::sampler::SamplerError;
-use crate::weights::load::{dcae_config_from_json, load_dcae, read_json, ModelError};
+use crate::model::load::{dcae_config_from_json, load_dcae, read_json, ModelError};
 use crate::weights::pipeline::{PipelineFiles, PipelineKind, WeightFiles};
 use crate::weights::{load_strict, Checkpoint, CheckpointLoader, Layout};
 
@@ -200,6 +200,9 @@ pub struct T2iRequest<B: Backend> {
     pub step_noise: Option<Tensor<B, 5>>,
     pub max_timestep: Option<f64>,
     pub intermediate_timestep: Option<f64>,
+    /// Image-to-image: the source's latent `[B, C, h, w]` (times the scaling factor; its size
+    /// is the run's, no binning) and the strength in (0, 1].
+    pub init: Option<(Tensor<B, 4>, f32)>,
 }
 
 impl<B: Backend> T2iRequest<B> {
@@ -220,6 +223,7 @@ impl<B: Backend> T2iRequest<B> {
             step_noise: None,
             max_timestep: None,
             intermediate_timestep: None,
+            init: None,
         }
     }
 }
@@ -430,6 +434,10 @@ impl<B: Backend> SanaPipeline<B> {
             _ => None,
         };
         let schedule = FlowSchedule::new(&sched_cfg, steps, req.max_timestep, intermediate)?;
+        let schedule = match &req.init {
+            Some((_, strength)) => schedule.img2img(*strength)?,
+            None => schedule,
+        };
         let sprint = cfg.kind == PipelineKind::Sprint;
         let use_cfg = !sprint && guidance > 1.0;
 
@@ -451,8 +459,17 @@ impl<B: Backend> SanaPipeline<B> {
             }
             None => normal(&mut rng, [b, c, lh, lw], &device),
         };
+        let x = match &req.init {
+            Some((z, _)) => {
+                if z.dims() != [b, c, lh, lw] {
+                    return Err(T2iError::Invalid(format!("the source latent is {:?}, but this run needs [{b}, {c}, {lh}, {lw}]", z.dims())));
+                }
+                schedule.noised(z.clone(), x)
+            }
+            None => x,
+        };
         if let Some(sn) = &req.step_noise {
-            let want = [steps, b, c, lh, lw];
+            let want = [schedule.steps(), b, c, lh, lw];
             if sn.dims() != want {
                 return Err(T2iError::Invalid(format!("the step noise tensor is {:?}, but this run needs {want:?}", sn.dims())));
             }
@@ -510,7 +527,7 @@ impl<B: Backend> SanaPipeline<B> {
     /// The latent `(h, w)` a request runs at: its noise's, else the bin's (or the asked size).
     pub fn latent_size(&self, req: &T2iRequest<B>) -> Result<(usize, usize), T2iError> {
         let f = self.config.vae_factor();
-        if let Some(n) = &req.noise {
+        if let Some(n) = req.noise.as_ref().or(req.init.as_ref().map(|(z, _)| z)) {
             let [_, _, h, w] = n.dims();
             return Ok((h, w));
         }

@@ -1,6 +1,6 @@
-//! The published SANA pipelines (all under `Efficient-Large-Model/` on the Hugging Face Hub):
-//! what each one is, so that benchmarks can build its architecture with random weights and the
-//! UI can list it before anything is downloaded.
+//! What a published SANA pipeline is (all under `Efficient-Large-Model/` on the Hugging Face
+//! Hub), so that benchmarks can build its architecture with random weights. The list itself is
+//! in [`crate::model::registry`].
 
 use super::transformer::SanaTransformerConfig;
 use crate::weights::pipeline::PipelineKind;
@@ -51,28 +51,8 @@ impl RegisteredSana {
     }
 }
 
-const fn sana(name: &'static str, arch: SanaArch, sample_size: usize) -> RegisteredSana {
-    RegisteredSana { name, kind: PipelineKind::Sana, arch, sample_size, interpolation_scale: None, flow_shift: 3.0 }
-}
-
-pub const SANA_MODELS: &[RegisteredSana] = &[
-    sana("Sana_600M_512px_diffusers", SanaArch::Sana600M, 16),
-    sana("Sana_600M_1024px_diffusers", SanaArch::Sana600M, 32),
-    sana("Sana_1600M_512px_diffusers", SanaArch::Sana1600M, 16),
-    sana("Sana_1600M_512px_MultiLing_diffusers", SanaArch::Sana1600M, 16),
-    sana("Sana_1600M_1024px_diffusers", SanaArch::Sana1600M, 32),
-    sana("Sana_1600M_1024px_MultiLing_diffusers", SanaArch::Sana1600M, 32),
-    sana("Sana_1600M_1024px_BF16_diffusers", SanaArch::Sana1600M, 32),
-    RegisteredSana { interpolation_scale: Some(1.0), ..sana("Sana_1600M_2Kpx_BF16_diffusers", SanaArch::Sana1600M, 64) },
-    RegisteredSana { interpolation_scale: Some(2.0), flow_shift: 6.0, ..sana("Sana_1600M_4Kpx_BF16_diffusers", SanaArch::Sana1600M, 128) },
-    sana("SANA1.5_1.6B_1024px_diffusers", SanaArch::Sana15 { layers: 20 }, 32),
-    sana("SANA1.5_4.8B_1024px_diffusers", SanaArch::Sana15 { layers: 60 }, 32),
-    RegisteredSana { kind: PipelineKind::Sprint, ..sana("Sana_Sprint_0.6B_1024px_diffusers", SanaArch::Sana600M, 32) },
-    RegisteredSana { kind: PipelineKind::Sprint, ..sana("Sana_Sprint_1.6B_1024px_diffusers", SanaArch::Sana1600M, 32) },
-];
-
 /// The registered pipeline called `name` (with or without the owner).
 pub fn registered_sana(name: &str) -> Option<&'static RegisteredSana> {
     let base = name.trim().trim_start_matches(OWNER).trim_start_matches('/');
-    SANA_MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(base))
+    crate::model::registry::sana_models().find(|m| m.name.eq_ignore_ascii_case(base))
 }

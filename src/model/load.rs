@@ -5,8 +5,8 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
-use super::{load_strict, Checkpoint, LoadError};
-use crate::model::{Dcae, DcaeConfig};
+use super::{Dcae, DcaeConfig};
+use crate::weights::{load_strict, Checkpoint, LoadError};
 
 /// Prefix of the autoencoder inside the combined diffusion checkpoints.
 pub const AE_PREFIX: &str = "autoencoder.";
@@ -18,7 +18,7 @@ pub enum ModelError {
     #[error("{path} is not valid JSON: {source}")]
     Json { path: String, source: serde_json::Error },
     #[error("{0}")]
-    Config(#[from] crate::model::config::ConfigError),
+    Config(#[from] super::config::ConfigError),
     #[error("{0}")]
     Load(#[from] LoadError),
     #[error("{0}")]
@@ -80,7 +80,7 @@ pub fn dcae_config_from_json(v: &Value, name: &str) -> Result<DcaeConfig, ModelE
         return Ok(cfg);
     }
     if let Some(n) = v.get("model_name").and_then(Value::as_str) {
-        if let Some(ae) = crate::model::config::diffusion_autoencoder(n) {
+        if let Some(ae) = super::config::diffusion_autoencoder(n) {
             return Ok(DcaeConfig::published(ae)?);
         }
     }

@@ -1,0 +1,209 @@
+//! The engine's side of text-to-image: a SANA / Sprint pipeline behind the same small surface
+//! the class-conditional [`super::api::Generator`] has, so the worker runs either the same way
+//! (progress, x0 previews, a full decode every k steps, cancel in every phase).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use burn::tensor::{backend::Backend, Tensor};
+use image::RgbImage;
+
+use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind};
+use crate::model::sana::pipeline::{postprocess, SanaPipeline, T2iError, T2iEvent, T2iRequest};
+use crate::model::{Dcae, DcaeConfig};
+use crate::sampler::flow::FlowSolver;
+use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind};
+
+/// What the user asked for, beside the settings every generation has (steps, guidance, seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// Images of the same prompt, one seed each run (the batch shares the noise generator).
+    pub batch: usize,
+    pub width: usize,
+    pub height: usize,
+    /// `None`: the model's scheduler (DPM-Solver++ for SANA, SCM for Sprint).
+    pub solver: Option<FlowSolver>,
+    /// Prepend SANA's complex human instruction (the pipelines' default).
+    pub instruction: bool,
+    /// Generate at the model's closest resolution bin and resize back (diffusers' default).
+    pub binning: bool,
+}
+
+/// A phase of a text-to-image run, as the worker reports it.
+pub enum TextEvent<B: Backend> {
+    Phase { label: String, done: usize, total: usize },
+    /// 1-based step, its x0 estimate (scaled latents, as the projection takes them).
+    Step { step: usize, total: usize, x0: Tensor<B, 4> },
+}
+
+pub struct TextOutput {
+    pub images: Vec<RgbImage>,
+    pub steps: usize,
+    pub network_calls: usize,
+    /// Prompt tokens beyond the model's limit, dropped (0 when it fit).
+    pub dropped_tokens: usize,
+    pub sampler: String,
+    pub generated_size: (usize, usize),
+}
+
+/// Models whose weights in f32 come to more than this share of the memory available are run
+/// with the text encoder released after encoding (prompt embeddings stay cached, so a new seed
+/// of the same prompt still costs no encoding).
+const LOW_MEMORY_SHARE: f64 = 0.6;
+
+pub struct TextGenerator<B: Backend> {
+    pipeline: SanaPipeline<B>,
+    info: GeneratorInfo,
+}
+
+impl<B: Backend> TextGenerator<B> {
+    /// Opens the pipeline folder `root`: every config read and every component's keys and
+    /// shapes checked; weights load when the first generation needs them.
+    pub fn load(name: &str, root: &Path, device: &B::Device) -> Result<Self, String> {
+        let files = resolve_pipeline_dir(root, None).map_err(|e| e.to_string())?;
+        let mut pipeline = SanaPipeline::<B>::open(&files, name, device).map_err(|e| e.to_string())?;
+        let c = &pipeline.config;
+        let sprint = c.kind == PipelineKind::Sprint;
+        let weights_f32 = 4 * (c.transformer.num_params() as u64 + c.text_encoder.num_params().unwrap_or(0) as u64 + c.vae.approx_params());
+        pipeline.low_memory = available_memory().is_some_and(|avail| weights_f32 as f64 > LOW_MEMORY_SHARE * avail as f64);
+        let sample = c.transformer.sample_size;
+        let info = GeneratorInfo {
+            name: name.to_string(),
+            kind: GeneratorKind::TextToImage { sprint },
+            num_classes: 0,
+            latent_channels: c.transformer.in_channels,
+            latent_size: sample,
+            factor: c.vae_factor(),
+            default_steps: c.default_steps(),
+            default_guidance: c.default_guidance(),
+            scaling_factor: c.vae.scaling_factor,
+            sampler: c.scheduler.solver.label().to_string(),
+        };
+        Ok(Self { pipeline, info })
+    }
+
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.info
+    }
+
+    /// Whether the text encoder is released after each encoding (memory is tight).
+    pub fn low_memory(&self) -> bool {
+        self.pipeline.low_memory
+    }
+
+    /// The pipeline's DC-AE (loaded now if need be) and its config, for the preview projection.
+    pub fn autoencoder(&mut self) -> Result<(Dcae<B>, DcaeConfig), String> {
+        let cfg = self.pipeline.config.vae.clone();
+        let ae = self.pipeline.load_vae().map_err(|e| e.to_string())?.clone();
+        Ok((ae, cfg))
+    }
+
+    /// The x0 of a step as images (scaled latent → decoder → RGB), for the full-decode preview.
+    pub fn decode_preview(ae: &Dcae<B>, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
+        let b = x0.dims()[0];
+        let mut images = Vec::with_capacity(b);
+        for i in 0..b {
+            let img = ae.decode(x0.clone().narrow(0, i, 1).div_scalar(scaling_factor as f64));
+            let [_, _, h, w] = img.dims();
+            let values = crate::model::host::read_back(img)?;
+            images.push(postprocess(&values, h, w, h, w).map_err(|e| e.to_string())?);
+        }
+        Ok(images)
+    }
+
+    pub fn generate(
+        &mut self,
+        req: &TextRequest,
+        cfg_scale: f32,
+        steps: usize,
+        seed: u64,
+        init: Option<(&RgbImage, f32)>,
+        on_event: &mut dyn FnMut(TextEvent<B>),
+        cancel: &AtomicBool,
+    ) -> Result<TextOutput, GenerateFailure> {
+        let b = req.batch.max(1);
+        let mut r = T2iRequest::<B>::new(vec![req.prompt.clone(); b], req.width, req.height);
+        if let Some((img, strength)) = init {
+            on_event(TextEvent::Phase { label: "Encoding the source image…".into(), done: 0, total: 1 });
+            let f = self.info.factor.max(1);
+            if req.width % f != 0 || req.height % f != 0 || req.width == 0 || req.height == 0 {
+                return Err(GenerateFailure::Failed(format!("size {}×{}: width and height must be multiples of {f}", req.width, req.height)));
+            }
+            let sf = self.info.scaling_factor as f64;
+            let device = self.pipeline.device().clone();
+            let x = super::image_tensor::<B>(img, req.width, req.height, &device).map_err(GenerateFailure::Failed)?;
+            let ae = self.pipeline.load_vae().map_err(|e| GenerateFailure::Failed(e.to_string()))?;
+            let z = ae.encode(x).mul_scalar(sf);
+            // The source sets the size: no binning, the image comes out as asked.
+            r.init = Some((Tensor::cat(vec![z; b], 0), strength));
+        }
+        r.negative_prompt = req.negative_prompt.clone();
+        r.steps = Some(steps);
+        r.guidance = Some(cfg_scale);
+        r.solver = req.solver;
+        r.instruction = req.instruction;
+        r.binning = req.binning && r.init.is_none();
+        r.seed = seed;
+        let mut on = |e: T2iEvent<B>| match e {
+            T2iEvent::LoadingTextEncoder => on_event(TextEvent::Phase { label: "Loading the text encoder (Gemma-2)…".into(), done: 0, total: 1 }),
+            T2iEvent::TextEncoder { prompt, prompts, done, total } => {
+                let which = if prompts > 1 { format!(" {}/{prompts}", prompt + 1) } else { String::new() };
+                on_event(TextEvent::Phase { label: format!("Encoding the prompt{which}: layer {done}/{total}"), done, total })
+            }
+            T2iEvent::Step(s) => on_event(TextEvent::Step { step: s.step, total: s.total, x0: s.x0 }),
+            T2iEvent::Decode { done, total } if done < total => {
+                on_event(TextEvent::Phase { label: format!("Decoding image {}/{total}…", done + 1), done, total })
+            }
+            T2iEvent::Decode { .. } => {}
+        };
+        match self.pipeline.generate(&r, &mut on, cancel) {
+            Ok(out) => Ok(TextOutput {
+                dropped_tokens: out.conditioning.dropped_tokens.iter().copied().max().unwrap_or(0),
+                images: out.images,
+                steps: out.steps,
+                network_calls: out.network_calls,
+                sampler: out.solver.label().to_string(),
+                generated_size: out.generated_size,
+            }),
+            Err(T2iError::Cancelled) => Err(GenerateFailure::Cancelled),
+            Err(e) => Err(GenerateFailure::Failed(e.to_string())),
+        }
+    }
+}
+
+/// Memory the system can give this process now (Linux: `MemAvailable`); `None` elsewhere.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The size presets of a model trained at `sample_size` latents: its resolution bins (the
+/// aspect ratios it was trained on), common ones first.
+pub fn aspect_presets(sample_size: usize, factor: usize) -> Vec<(usize, usize)> {
+    let side = sample_size * factor;
+    let ratios: [(usize, usize); 7] = [(1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16)];
+    let mut out = Vec::new();
+    for (rw, rh) in ratios {
+        let (w, h) = if factor == 32 {
+            // The published models: the bin diffusers would pick for this ratio.
+            match crate::model::sana::pipeline::bin_table(sample_size).and_then(|t| crate::model::sana::pipeline::closest_bin(t, side * rh, side * rw)) {
+                Some((h, w)) => (w, h),
+                None => (side, side),
+            }
+        } else {
+            // Tiny test models: the same ratio at about the training area, on the factor grid.
+            let area = (side * side) as f64;
+            let w = ((area * rw as f64 / rh as f64).sqrt() / factor as f64).round().max(1.0) as usize * factor;
+            let h = ((area * rh as f64 / rw as f64).sqrt() / factor as f64).round().max(1.0) as usize * factor;
+            (w, h)
+        };
+        if !out.contains(&(w, h)) {
+            out.push((w, h));
+        }
+    }
+    out
+}
