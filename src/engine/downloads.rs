@@ -28,12 +28,19 @@ impl Downloads {
 
     /// Fetches `repo` into the Hugging Face cache (every file of a pipeline); reports [`Event::DownloadProgress`] and one
     /// [`Event::DownloadFinished`].
-    pub fn start(&mut self, repo: String, options: HubOptions, cancel: CancelToken) {
+    pub fn start(&mut self, repo: String, options: HubOptions, cancel: CancelToken, damaged: Option<std::path::PathBuf>) {
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
         let failed = (repo.clone(), self.tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("download {repo}"))
-            .spawn(move || download(repo, options, cancel, tx, wake));
+        let spawned = std::thread::Builder::new().name(format!("download {repo}")).spawn(move || {
+            if let Some(path) = damaged {
+                if let Err(e) = remove_from_cache(&path, &options.cache_dir) {
+                    let _ = tx.send(Event::DownloadFinished { repo, result: Err(e), cancelled: false });
+                    wake();
+                    return;
+                }
+            }
+            download(repo, options, cancel, tx, wake)
+        });
         match spawned {
             Ok(h) => self.threads.push(h),
             Err(e) => {
@@ -54,6 +61,28 @@ impl Downloads {
     pub fn running(&self) -> usize {
         self.threads.iter().filter(|h| !h.is_finished()).count()
     }
+}
+
+/// Deletes a damaged file of the cache (the snapshot's link and the blob it points to), never
+/// anything outside `cache_dir`.
+fn remove_from_cache(path: &std::path::Path, cache_dir: &std::path::Path) -> Result<(), String> {
+    let cache = cache_dir.canonicalize().map_err(|e| format!("cannot read the cache folder {}: {e}", cache_dir.display()))?;
+    let inside = |p: &std::path::Path| p.canonicalize().map(|c| c.starts_with(&cache)).unwrap_or(false);
+    let parent_inside = path.parent().is_some_and(inside);
+    if !parent_inside {
+        return Err(format!("{} is not in the Hugging Face cache; delete or replace it yourself", path.display()));
+    }
+    let blob = std::fs::canonicalize(path).ok().filter(|b| b.starts_with(&cache) && b != path);
+    for p in [Some(path.to_path_buf()), blob].into_iter().flatten() {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // A folder (a pipeline component): its files are fetched again where missing.
+            Err(_) if p.is_dir() => {}
+            Err(e) => return Err(format!("cannot delete the damaged {}: {e}", p.display())),
+        }
+    }
+    Ok(())
 }
 
 fn download(repo: String, options: HubOptions, cancel: CancelToken, tx: Sender<Event>, wake: Waker) {

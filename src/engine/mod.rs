@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod downloads;
+pub mod memory;
 pub mod worker;
 
 pub use backend::{run_on, BackendChoice, BackendError, BackendInfo, BackendTask};

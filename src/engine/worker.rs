@@ -177,7 +177,7 @@ pub enum Event {
     /// What the engine is doing right now (loading, fitting…); empty when idle.
     Status(String),
     GeneratorLoaded { info: GeneratorInfo, secs: f64 },
-    GeneratorFailed { name: String, message: String },
+    GeneratorFailed { name: String, message: String, kind: api::FailureKind },
     /// [`Job::ClearProjections`] is done: the cached projections are gone (or why not).
     ProjectionsCleared { result: Result<(), String> },
     /// The preview projection of the loaded generator (fitted now or read from the cache).
@@ -635,11 +635,11 @@ impl<B: Backend> Engine<B> {
                     self.sink.send(Event::ProjectionReady { model: self.generator_name(), projection: p, fit_secs: None });
                 }
             }
-            Err(message) => {
+            Err(api::LoadFailure { message, kind }) => {
                 if let Ok(mut l) = self.loaded.lock() {
                     *l = None;
                 }
-                self.sink.send(Event::GeneratorFailed { name: files.name().to_string(), message });
+                self.sink.send(Event::GeneratorFailed { name: files.name().to_string(), message, kind });
             }
         }
         self.status("");
@@ -885,6 +885,9 @@ impl<B: Backend> Engine<B> {
                 last = Instant::now();
             }
             TextEvent::Step { step, total, x0 } => {
+                if step == 1 {
+                    sink.send(Event::Status("Sampling…".into()));
+                }
                 sampling += last.elapsed().as_secs_f64();
                 if job.preview_latents {
                     let shape: [usize; 4] = x0.dims();

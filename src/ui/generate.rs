@@ -755,8 +755,8 @@ impl GeneratePanel {
             GeneratorState::Ready(info) => {
                 let what = match info.kind {
                     GeneratorKind::ClassToImage => format!("{} classes · {}×{} px", info.num_classes, info.image_size(), info.image_size()),
-                    GeneratorKind::TextToImage { sprint: true } => format!("text → image, 1–4 steps · trained at {} px", info.image_size()),
-                    GeneratorKind::TextToImage { sprint: false } => format!("text → image · trained at {} px", info.image_size()),
+                    GeneratorKind::TextToImage { sprint: true } => format!("text to image, 1–4 steps · trained at {} px", info.image_size()),
+                    GeneratorKind::TextToImage { sprint: false } => format!("text to image · trained at {} px", info.image_size()),
                 };
                 ui.label(RichText::new(format!("{what} · f{}c{}", info.factor, info.latent_channels)).small().weak());
                 true
@@ -775,9 +775,32 @@ impl GeneratePanel {
                 }
                 false
             }
-            GeneratorState::Failed { name, message } => {
+            GeneratorState::Failed { name, message, kind } => {
                 ui.label(RichText::new(format!("{name} could not be loaded")).color(ui.visuals().error_fg_color));
                 ui.label(RichText::new(message).small());
+                let repo = shared.generator_key.as_ref().and_then(|k| shared.catalog.get(k)).and_then(|e| match &e.origin {
+                    models::Origin::Hub(r) => Some(r.clone()),
+                    models::Origin::Local(_) => None,
+                });
+                match (kind, repo) {
+                    (api::FailureKind::Damaged { path }, Some(repo)) => {
+                        if ui.button("🗑 Delete the damaged file and download again").on_hover_text(path.display().to_string()).clicked() {
+                            shared.download_request = Some((repo, Some(path.clone())));
+                            shared.goto = Some(super::Tab::Models);
+                        }
+                    }
+                    (api::FailureKind::NotCached, Some(repo)) => {
+                        if ui.button("🌐 Go online and download it").clicked() {
+                            shared.hub.offline = false;
+                            shared.download_request = Some((repo, None));
+                            shared.goto = Some(super::Tab::Models);
+                        }
+                    }
+                    (api::FailureKind::Damaged { path }, None) => {
+                        ui.label(RichText::new(format!("Replace {} with a good copy, then load the model again.", path.display())).small());
+                    }
+                    _ => {}
+                }
                 false
             }
         };
@@ -869,6 +892,11 @@ impl GeneratePanel {
                 }
             }
         }
+        if self.run.is_none() {
+            if let (GeneratorState::Ready(info), Some(backend)) = (&shared.generator, &shared.backend) {
+                self.memory_line(ui, info, backend.kind, shared.memory.available());
+            }
+        }
         if let Some(run) = &self.run {
             let frac = if run.total > 0 { run.step as f32 / run.total as f32 } else { 0.0 };
             let (frac, text) = match &run.phase {
@@ -892,6 +920,35 @@ impl GeneratePanel {
         ui.add_space(10.0);
         if ui.button("📂 Open PNG…").on_hover_text("Restore the settings saved in a PNG (or drop it on the window)").clicked() {
             self.open_dialog = Some(Promise::spawn_thread("open-png", || rfd::FileDialog::new().add_filter("PNG", &["png"]).pick_file()));
+        }
+    }
+
+    /// The run's estimated peak memory, and what to change when it will not fit.
+    fn memory_line(&self, ui: &mut egui::Ui, info: &GeneratorInfo, backend: &str, available: Option<u64>) {
+        let (w, h) = if self.is_text() { (self.width, self.height) } else { (info.image_size(), info.image_size()) };
+        let f = info.factor.max(1);
+        let tokens = (w / f).max(1) * (h / f).max(1);
+        let cfg = !matches!(self.kind, GeneratorKind::TextToImage { sprint: true }) && self.guidance > 1.0;
+        // Guided UViT runs its two passes one after the other: one batch of rows at a time.
+        let rows_cfg = cfg && self.is_text();
+        let e = crate::engine::memory::estimate(&info.footprint, backend, w, h, self.batch, tokens, rows_cfg, available);
+        let gpu = if backend == "cpu" { "" } else { " (GPU memory is not queried; compared with system memory)" };
+        let text = match e.available {
+            Some(a) => format!("Estimated peak memory: {} of {} available ({}){gpu}", widgets::bytes(e.peak), widgets::bytes(a), e.phase),
+            None => format!("Estimated peak memory: {} ({})", widgets::bytes(e.peak), e.phase),
+        };
+        match &e.advice {
+            Some(advice) => {
+                ui.label(RichText::new(text).small().color(ui.visuals().warn_fg_color));
+                ui.label(RichText::new(format!("⚠ Will likely not fit: {advice}")).small().color(ui.visuals().warn_fg_color));
+            }
+            None => {
+                ui.label(RichText::new(text).small().weak()).on_hover_text(if info.footprint.low_memory {
+                    "The text encoder is released after encoding (memory is tight); prompts already encoded are cached, so a new seed costs no encoding"
+                } else {
+                    "Weights as held in memory plus the largest phase's activations"
+                });
+            }
         }
     }
 
@@ -954,8 +1011,8 @@ impl GeneratePanel {
         egui::ComboBox::from_id_salt("generator_picker").width(ui.available_width() - 8.0).selected_text(RichText::new(shown).monospace()).show_ui(ui, |ui| {
             for (key, label, kind) in &models {
                 let tag = match kind {
-                    models::ModelKind::TextToImage => "text → image",
-                    _ => "class → image",
+                    models::ModelKind::TextToImage => "text to image",
+                    _ => "class to image",
                 };
                 if ui.selectable_label(current.as_deref() == Some(key.as_str()), format!("{label}  ·  {tag}")).clicked() {
                     pick = Some(key.clone());
@@ -1069,8 +1126,8 @@ impl GeneratePanel {
         ui.horizontal_wrapped(|ui| {
             for (w, h) in aspect_presets(sample, factor) {
                 let g = gcd(w, h);
-                let label = format!("{}:{}", w / g, h / g);
-                let label = if label.len() > 5 { format!("{w}×{h}") } else { label };
+                // 4:3, 16:9 … where the bin is that ratio; otherwise its size.
+                let label = if w / g <= 21 && h / g <= 21 { format!("{}:{}", w / g, h / g) } else { format!("{w}×{h}") };
                 if ui.selectable_label((self.width, self.height) == (w, h), label).on_hover_text(format!("{w} × {h} px, one of the model's training sizes")).clicked() {
                     (self.width, self.height) = (w, h);
                 }

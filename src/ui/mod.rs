@@ -93,7 +93,7 @@ pub enum GeneratorState {
     Missing,
     Loading(String),
     Ready(GeneratorInfo),
-    Failed { name: String, message: String },
+    Failed { name: String, message: String, kind: api::FailureKind },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +178,8 @@ pub struct Shared {
     pub downloads: Downloads,
     /// Files being read and decoded off the UI thread.
     pub files: files::FileLoader,
+    /// The process's memory and what the system has, read off the UI thread.
+    pub memory: crate::engine::memory::Watch,
     pub options: AppOptions,
     pub backend: Option<BackendInfo>,
     /// Set when the requested backend could not start and the CPU took over.
@@ -205,6 +207,10 @@ pub struct Shared {
     pub goto: Option<Tab>,
     /// The Models view asked the Reconstruct view to select this autoencoder.
     pub select_autoencoder: Option<String>,
+    /// A view handed a picture to the Generate view's image-to-image source.
+    pub img2img_source: Option<(String, image::RgbImage)>,
+    /// A view asked for a download: the repo, and a damaged file of it to delete first.
+    pub download_request: Option<(String, Option<PathBuf>)>,
     /// The gallery's newest images, being read at start.
     gallery_load: Option<Promise<Vec<(PathBuf, api::ImageParams, image::RgbImage)>>>,
     /// Gallery writes in flight (each finished image is kept on disk as soon as it arrives).
@@ -390,6 +396,7 @@ impl StudioApp {
             worker,
             downloads,
             files: files::FileLoader::default(),
+            memory: crate::engine::memory::Watch::start(),
             options,
             backend: None,
             backend_note: None,
@@ -410,6 +417,8 @@ impl StudioApp {
             next_id: 0,
             goto: None,
             select_autoencoder: None,
+            download_request: None,
+            img2img_source: None,
             gallery_load: None,
             gallery_saves: Vec::new(),
             ctx: ctx.clone(),
@@ -545,9 +554,9 @@ impl StudioApp {
                 self.generate.on_generator(&info);
                 s.generator = GeneratorState::Ready(info);
             }
-            Event::GeneratorFailed { name, message } => {
+            Event::GeneratorFailed { name, message, kind } => {
                 s.notices.error(format!("Could not load {name}: {message}"));
-                s.generator = GeneratorState::Failed { name, message };
+                s.generator = GeneratorState::Failed { name, message, kind };
             }
             Event::ProjectionsCleared { result } => match result {
                 Ok(()) => s.notices.info("Preview projections cleared; they are refitted on the next generation"),
@@ -703,7 +712,7 @@ impl StudioApp {
                 ui.label(format!("GPU {}", widgets::bytes(in_use)))
                     .on_hover_text(format!("GPU memory in use by the models and buffers ({} reserved by the allocator)", widgets::bytes(reserved)));
             }
-            if let Some(mem) = widgets::process_memory() {
+            if let Some(mem) = s.memory.rss() {
                 ui.separator();
                 ui.label(format!("RAM {}", widgets::bytes(mem))).on_hover_text("Memory used by this process (models, images, caches)");
             }
@@ -816,6 +825,13 @@ impl eframe::App for StudioApp {
         }
         self.handle_dropped_files(ctx);
         self.handle_opened_files(ctx);
+        if let Some((name, image)) = self.shared.img2img_source.take() {
+            self.generate.set_source(name, image, ctx);
+            self.tab = Tab::Generate;
+        }
+        if let Some((repo, damaged)) = self.shared.download_request.take() {
+            self.models.start_download_replacing(&repo, damaged, &mut self.shared);
+        }
         self.models.poll(&mut self.shared);
         self.reconstruct.poll(&mut self.shared, ctx);
         self.generate.poll(&mut self.shared);

@@ -332,6 +332,12 @@ impl ModelsPanel {
     }
 
     pub fn start_download(&mut self, repo: &str, shared: &mut Shared) {
+        self.start_download_replacing(repo, None, shared);
+    }
+
+    /// Downloads `repo`; `damaged`, a file of its cache entry that failed to load, is deleted
+    /// first (on the download's thread, and only inside the Hugging Face cache).
+    pub fn start_download_replacing(&mut self, repo: &str, damaged: Option<PathBuf>, shared: &mut Shared) {
         if shared.hub.offline {
             shared.notices.error(format!("Offline mode is on; turn it off to download {repo}"));
             return;
@@ -355,7 +361,7 @@ impl ModelsPanel {
             },
         );
         // The download service, not the engine: it outlives engine restarts and backend switches.
-        shared.downloads.start(repo.to_string(), shared.hub.clone(), cancel);
+        shared.downloads.start(repo.to_string(), shared.hub.clone(), cancel, damaged);
     }
 
     pub fn add_folder(&mut self, dir: PathBuf, shared: &mut Shared) {
@@ -522,8 +528,8 @@ impl ModelsPanel {
             for e in entries {
                 ui.label(RichText::new(&e.label).monospace()).on_hover_text(&e.about);
                 let kind = match e.kind {
-                    ModelKind::ClassToImage => "class → image".to_string(),
-                    ModelKind::TextToImage => "text → image".to_string(),
+                    ModelKind::ClassToImage => "class to image".to_string(),
+                    ModelKind::TextToImage => "text to image".to_string(),
                     ModelKind::Autoencoder => format!("autoencoder {}", e.tag().unwrap_or_default()),
                 };
                 ui.label(kind);

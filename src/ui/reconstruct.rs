@@ -344,6 +344,13 @@ impl ReconstructPanel {
                 if ui.selectable_label(self.focus == i, "focus").on_hover_text("Show this one in the split and difference views").clicked() {
                     self.focus = i;
                 }
+                if ui
+                    .small_button("img2img")
+                    .on_hover_text("Use this reconstruction as the source of an image-to-image run in the Generate view")
+                    .clicked()
+                {
+                    shared.img2img_source = Some((format!("{} reconstruction", r.model), r.recon.clone()));
+                }
                 ui.end_row();
             }
         });

@@ -40,20 +40,6 @@ pub fn secs(s: f64) -> String {
     }
 }
 
-/// Resident memory of this process (Linux), for the status bar.
-pub fn process_memory() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some(pages * 4096)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
-
 /// The largest size with `aspect` (w/h) that fits `avail`.
 pub fn fit(size: Vec2, avail: Vec2) -> Vec2 {
     if size.x <= 0.0 || size.y <= 0.0 {

@@ -123,6 +123,9 @@ fn ui_text_empty_prompt_says_what_to_do() {
     assert!(h.state().generate.run.is_none());
     assert!(errors(h.state()).iter().any(|e| e.contains("Type a prompt")), "{:?}", errors(h.state()));
     assert!(h.state().shared.history.is_empty());
+    // The run's memory estimate is shown before it starts.
+    wait_for(&mut h, "the memory reading", 10.0, |a| a.shared.memory.available().is_some());
+    assert!(h.get_all_by_label_contains("Estimated peak memory").next().is_some());
 }
 
 #[test]
@@ -312,4 +315,52 @@ fn ui_image_to_image_from_a_dropped_picture() {
     let c = item.params.class().expect("class parameters");
     assert_eq!(c.img2img.as_ref().map(|i| i.strength), Some(0.3));
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
+/// A pipeline with a truncated transformer file fails to load with the kind that lets the app
+/// offer "delete and download again", naming that very file; one with a component folder
+/// missing names the folder.
+#[test]
+fn damaged_pipeline_failures_say_which_file() {
+    use dcae::engine::backend::BackendChoice;
+    use dcae::engine::worker::api::FailureKind;
+    use dcae::engine::worker::{Event, GeneratorSource, Job, Worker, WorkerConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("sana");
+    copy_dir(&fixtures().join("sana-tiny"), &copy);
+    let weights = copy.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: None, fit_latent_side: 8 };
+    let w = Worker::spawn(config, std::sync::Arc::new(|| {}));
+    let failure = |w: &Worker| loop {
+        match w.recv_timeout(Duration::from_secs(60)) {
+            Some(Event::GeneratorFailed { kind, message, .. }) => return (kind, message),
+            Some(Event::GeneratorLoaded { .. }) => panic!("a damaged pipeline loaded"),
+            Some(_) => {}
+            None => panic!("no answer"),
+        }
+    };
+    let mut w = w;
+    w.send(Job::LoadGenerator(GeneratorSource::Text { name: "sana".into(), root: copy.clone() }));
+    let (kind, message) = failure(&w);
+    assert_eq!(kind, FailureKind::Damaged { path: weights.clone() }, "{message}");
+    assert!(message.contains("truncated") || message.contains("corrupt"), "{message}");
+
+    std::fs::remove_dir_all(copy.join("vae")).unwrap();
+    w.send(Job::LoadGenerator(GeneratorSource::Text { name: "sana".into(), root: copy.clone() }));
+    let (kind, message) = failure(&w);
+    assert!(matches!(&kind, FailureKind::Damaged { path } if path.ends_with("vae")), "{kind:?}: {message}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }

@@ -45,11 +45,74 @@ pub struct GeneratorInfo {
     /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
     /// label the CLI writes too.
     pub sampler: String,
+    /// What the memory estimate is made from ([`crate::engine::memory`]).
+    pub footprint: crate::engine::memory::ModelFootprint,
 }
 
 impl GeneratorInfo {
     pub fn image_size(&self) -> usize {
         self.latent_size * self.factor
+    }
+}
+
+/// What kind of failure a load was, so the UI can offer the fix instead of only the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A model file is damaged, truncated or missing from its folder: deleting it and
+    /// downloading again fixes it.
+    Damaged { path: std::path::PathBuf },
+    /// The model is not (completely) on this computer and the hub may not be contacted.
+    NotCached,
+    /// The files describe something this app refuses (another model family, absurd config).
+    Refused,
+    /// Anything else (I/O, internal).
+    Other,
+}
+
+/// A failed model load: the message for people, the kind for the UI's offer.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+impl From<crate::model::load::ModelError> for LoadFailure {
+    fn from(e: crate::model::load::ModelError) -> Self {
+        use crate::model::load::ModelError as M;
+        use crate::weights::LoadError as L;
+        let kind = match &e {
+            M::Load(L::Corrupt { path, .. }) => FailureKind::Damaged { path: path.clone() },
+            M::Load(L::MissingShard { shard, .. }) => FailureKind::Damaged { path: shard.clone() },
+            M::Load(L::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+                FailureKind::Damaged { path: path.clone() }
+            }
+            M::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => FailureKind::Damaged { path: path.into() },
+            M::Json { path, .. } => FailureKind::Damaged { path: path.into() },
+            M::Config(_) | M::Load(L::Mismatch { .. }) | M::Load(L::Layout { .. }) => FailureKind::Refused,
+            _ => FailureKind::Other,
+        };
+        Self { message: e.to_string(), kind }
+    }
+}
+
+impl From<crate::weights::pipeline::PipelineError> for LoadFailure {
+    fn from(e: crate::weights::pipeline::PipelineError) -> Self {
+        use crate::weights::pipeline::PipelineError as P;
+        let kind = match &e {
+            P::MissingFiles { dir, .. } => FailureKind::Damaged { path: dir.clone() },
+            P::MissingComponent { root, component, .. } => FailureKind::Damaged { path: root.join(component) },
+            P::Index { path, .. } => FailureKind::Damaged { path: path.clone() },
+            P::Hub(crate::weights::hub::HubError::NotCached { .. }) => FailureKind::NotCached,
+            P::NotAPipeline(_) | P::OtherPipeline { .. } => FailureKind::Refused,
+            _ => FailureKind::Other,
+        };
+        Self { message: e.to_string(), kind }
+    }
+}
+
+impl From<String> for LoadFailure {
+    fn from(message: String) -> Self {
+        Self { message, kind: FailureKind::Other }
     }
 }
 
@@ -65,7 +128,7 @@ pub struct Generator<B: Backend> {
 }
 
 impl<B: Backend> Generator<B> {
-    pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, String> {
+    pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, LoadFailure> {
         // Named by the caller (the catalog's name), not by the folder config.json sits in: for a
         // model from the hub that folder is a snapshot's commit hash.
         let load = || -> Result<DiffusionModel<B>, crate::model::load::ModelError> {
@@ -74,7 +137,7 @@ impl<B: Backend> Generator<B> {
             let ckpt = crate::weights::Checkpoint::open(weights)?;
             DiffusionModel::<B>::load_checkpoint(&ckpt, config, device)
         };
-        let model = load().map_err(|e| e.to_string())?;
+        let model = load()?;
         Ok(Self::wrap(name, model))
     }
 
@@ -103,6 +166,15 @@ impl<B: Backend> Generator<B> {
             default_guidance: crate::model::registry::find(name).and_then(|p| p.defaults()).map_or(6.0, |d| d.guidance),
             scaling_factor: c.scaling_factor,
             sampler: c.sampler.label(),
+            footprint: crate::engine::memory::ModelFootprint {
+                denoiser: 4 * burn::module::Module::num_params(&model.uvit) as u64,
+                text_encoder: 0,
+                autoencoder: 4 * burn::module::Module::num_params(&model.autoencoder) as u64,
+                // Attention, qkv and the 4× MLP of one block, per token (guided pairs run as two calls).
+                per_token: 4.0 * 10.0 * c.uvit.hidden_size as f64,
+                decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.autoencoder).1,
+                low_memory: false,
+            },
         };
         Self { info, model }
     }

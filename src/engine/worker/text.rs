@@ -8,11 +8,20 @@ use std::sync::atomic::AtomicBool;
 use burn::tensor::{backend::Backend, Tensor};
 use image::RgbImage;
 
-use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind};
+use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
 use crate::model::sana::pipeline::{postprocess, SanaPipeline, T2iError, T2iEvent, T2iRequest};
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::FlowSolver;
-use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind};
+use crate::engine::memory::ModelFootprint;
+use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind, WeightFiles};
+
+/// The bytes a checkpoint's tensors take as f32 (what they are in memory today), from its
+/// header alone.
+fn f32_bytes(w: &WeightFiles) -> Option<u64> {
+    let ckpt = w.open().ok()?;
+    let keys: Vec<String> = ckpt.keys().map(str::to_string).collect();
+    Some(keys.iter().filter_map(|k| ckpt.shape(k)).map(|s| 4 * s.iter().product::<usize>() as u64).sum())
+}
 
 /// What the user asked for, beside the settings every generation has (steps, guidance, seed).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,9 +70,9 @@ pub struct TextGenerator<B: Backend> {
 impl<B: Backend> TextGenerator<B> {
     /// Opens the pipeline folder `root`: every config read and every component's keys and
     /// shapes checked; weights load when the first generation needs them.
-    pub fn load(name: &str, root: &Path, device: &B::Device) -> Result<Self, String> {
-        let files = resolve_pipeline_dir(root, None).map_err(|e| e.to_string())?;
-        let mut pipeline = SanaPipeline::<B>::open(&files, name, device).map_err(|e| e.to_string())?;
+    pub fn load(name: &str, root: &Path, device: &B::Device) -> Result<Self, LoadFailure> {
+        let files = resolve_pipeline_dir(root, None)?;
+        let mut pipeline = SanaPipeline::<B>::open(&files, name, device)?;
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
         let weights_f32 = 4 * (c.transformer.num_params() as u64 + c.text_encoder.num_params().unwrap_or(0) as u64 + c.vae.approx_params());
@@ -80,6 +89,16 @@ impl<B: Backend> TextGenerator<B> {
             default_guidance: c.default_guidance(),
             scaling_factor: c.vae.scaling_factor,
             sampler: c.scheduler.solver.label().to_string(),
+            footprint: ModelFootprint {
+                denoiser: 4 * c.transformer.num_params() as u64,
+                text_encoder: 4 * c.text_encoder.num_params().unwrap_or(0) as u64,
+                autoencoder: f32_bytes(&files.vae.weights).unwrap_or(4 * c.vae.approx_params()),
+                // Cross-attention scores over the 300 text tokens per head, and the GLU FFN's
+                // 2 × 2.5·D channels with its depthwise output and gate, per token.
+                per_token: 4.0 * ((c.transformer.hidden() / 32).max(1) as f64 * 300.0 + 12.0 * c.transformer.hidden() as f64),
+                decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.vae).1,
+                low_memory: pipeline.low_memory,
+            },
         };
         Ok(Self { pipeline, info })
     }

@@ -1,0 +1,169 @@
+//! The memory a generation will need, estimated before it runs, and what to change when it
+//! will not fit. The figures come from the loaded model's parameter counts (weights as they sit
+//! in memory, f32 today) and per-pixel / per-token activation models of its parts; the budget is
+//! what the system can give the process (its own resident memory plus `MemAvailable`).
+//!
+//! It is an estimate, not a bound: it says "about 3.1 GB", and "will not fit" only when the
+//! estimate is over what the system has.
+
+/// What the engine measures of a loaded model for the estimate (sent with its info).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ModelFootprint {
+    /// Bytes of the denoiser's weights in memory (UViT or SANA transformer).
+    pub denoiser: u64,
+    /// The text encoder's (0 for class models).
+    pub text_encoder: u64,
+    /// The autoencoder's, counted twice on the CPU (its kernels keep a rearranged copy).
+    pub autoencoder: u64,
+    /// Activation bytes per latent token and image at the denoiser's peak (CFG doubles the
+    /// batch for SANA, whose guided rows run as one batch).
+    pub per_token: f64,
+    /// Decoder activation bytes per output pixel (one image is decoded at a time).
+    pub decode_per_pixel: f64,
+    /// The text encoder is released before the transformer loads (memory is tight).
+    pub low_memory: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub peak: u64,
+    /// The phase that sets the peak: "text encoding", "sampling" or "decoding".
+    pub phase: &'static str,
+    /// What the process can have: its resident memory plus what the system has available.
+    pub available: Option<u64>,
+    /// Set when the peak is over what is available: what to change.
+    pub advice: Option<String>,
+}
+
+/// The estimate for one run: `batch` images of `width × height` pixels with `tokens` latent
+/// positions each, guided (`cfg`) or not, on `backend` ("cpu", "wgpu", "cuda").
+pub fn estimate(f: &ModelFootprint, backend: &str, width: usize, height: usize, batch: usize, tokens: usize, cfg: bool, available: Option<u64>) -> Estimate {
+    let ae = if backend == "cpu" { 2 * f.autoencoder } else { f.autoencoder };
+    let rows = batch.max(1) * if cfg { 2 } else { 1 };
+    let sampling_acts = (f.per_token * (rows * tokens) as f64) as u64;
+    let decode_acts = (f.decode_per_pixel * (width * height) as f64) as u64;
+    // With low memory the text encoder is gone before the transformer and the decoder load.
+    let resident = |with_text: bool| f.denoiser + ae + if with_text { f.text_encoder } else { 0 };
+    let text_phase = if f.low_memory { f.text_encoder } else { resident(true) };
+    let sampling = resident(!f.low_memory) + sampling_acts;
+    let decoding = resident(!f.low_memory) + decode_acts;
+    let (peak, phase) = [(text_phase, "text encoding"), (sampling, "sampling"), (decoding, "decoding")]
+        .into_iter()
+        .max_by_key(|(b, _)| *b)
+        .unwrap_or((0, "sampling"));
+    let advice = available.filter(|a| peak > *a).map(|a| {
+        let over = peak - a;
+        match phase {
+            "decoding" => format!(
+                "about {} over what this computer has: the {width}×{height} decode is the peak; choose a smaller size{}",
+                human(over),
+                if backend == "cpu" { "" } else { ", or the CPU backend (system memory is usually larger)" }
+            ),
+            "sampling" if batch > 1 => format!("about {} over what this computer has: lower the batch (now {batch}) or the size", human(over)),
+            "sampling" => format!("about {} over what this computer has: choose a smaller size", human(over)),
+            _ => format!(
+                "about {} over what this computer has: the model's weights alone do not fit; close other programs or use a smaller model (e.g. Sana 600M or Sprint 0.6B)",
+                human(over)
+            ),
+        }
+    });
+    Estimate { peak, phase, available, advice }
+}
+
+/// What this process could have now: its resident memory plus `MemAvailable` (Linux).
+pub fn available_to_process() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let avail: u64 = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let rss: u64 = statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096;
+    Some(avail + rss)
+}
+
+fn human(b: u64) -> String {
+    let g = b as f64 / (1u64 << 30) as f64;
+    if g >= 1.0 {
+        format!("{g:.1} GB")
+    } else {
+        format!("{:.0} MB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sana_600m() -> ModelFootprint {
+        ModelFootprint {
+            denoiser: 2_367_000_000,
+            text_encoder: 10_458_000_000,
+            autoencoder: 1_249_000_000,
+            per_token: 98_000.0,
+            decode_per_pixel: 1024.0,
+            low_memory: true,
+        }
+    }
+
+    #[test]
+    fn the_peak_phase_and_the_advice_follow_the_numbers() {
+        let f = sana_600m();
+        // Low memory: Gemma alone (10.5 GB) is the peak at 512², larger than transformer + VAE.
+        let e = estimate(&f, "cpu", 512, 512, 1, 256, true, Some(16 << 30));
+        assert_eq!((e.phase, e.peak), ("text encoding", f.text_encoder));
+        assert!(e.advice.is_none());
+        // Everything resident at once: the sum.
+        let all = ModelFootprint { low_memory: false, ..f };
+        let e = estimate(&all, "cuda", 512, 512, 1, 256, true, None);
+        assert!(e.peak >= all.text_encoder + all.denoiser + all.autoencoder);
+        // A 4096² decode on an 8 GB budget: the decoder is the peak and the advice says so.
+        // (1024 B/px × 16.8 M px = 17 GB of activations, above Gemma's 10.5 GB.)
+        let e = estimate(&f, "cpu", 4096, 4096, 1, 128 * 128, true, Some(8 << 30));
+        assert_eq!(e.phase, "decoding", "{e:?}");
+        assert_eq!(e.peak, f.denoiser + 2 * f.autoencoder + 1024 * 4096 * 4096);
+        assert!(e.advice.as_deref().is_some_and(|a| a.contains("smaller size")), "{e:?}");
+        // A big batch of tokens: sampling is the peak and the advice names the batch.
+        let heavy = ModelFootprint { per_token: 10_000_000.0, text_encoder: 0, ..f };
+        let e = estimate(&heavy, "cpu", 512, 512, 8, 256, true, Some(16 << 30));
+        assert_eq!(e.phase, "sampling");
+        assert!(e.advice.as_deref().is_some_and(|a| a.contains("batch (now 8)")), "{e:?}");
+    }
+}
+
+/// The process's resident memory and what it could have, read once a second on a helper
+/// thread, so the UI shows them without reading /proc itself.
+#[derive(Clone)]
+pub struct Watch {
+    rss: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    available: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watch {
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let w = Self { rss: Arc::new(AtomicU64::new(0)), available: Arc::new(AtomicU64::new(0)) };
+        let (rss, available) = (Arc::downgrade(&w.rss), Arc::downgrade(&w.available));
+        let _ = std::thread::Builder::new().name("memory-watch".into()).spawn(move || loop {
+            // Ends with the app: once the UI's handles are gone there is no one to tell.
+            let (Some(r), Some(a)) = (rss.upgrade(), available.upgrade()) else { return };
+            r.store(process_rss().unwrap_or(0), Ordering::Relaxed);
+            a.store(available_to_process().unwrap_or(0), Ordering::Relaxed);
+            drop((r, a));
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        });
+        w
+    }
+
+    pub fn rss(&self) -> Option<u64> {
+        Some(self.rss.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
+    }
+
+    pub fn available(&self) -> Option<u64> {
+        Some(self.available.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
+    }
+}
+
+fn process_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
+}
