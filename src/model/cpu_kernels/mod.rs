@@ -445,7 +445,7 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
                 let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * n + n0), n1 - n0) };
                 match epilogue {
                     Epilogue::Gelu => row.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
-                    Epilogue::Silu => row.iter_mut().for_each(|v| *v = sana::silu(*v)),
+                    Epilogue::Silu => sana::simd(|| row.iter_mut().for_each(|v| *v = sana::silu(*v))),
                     Epilogue::None => {}
                 }
             }

@@ -51,7 +51,10 @@ pub fn exp(x: f32) -> f32 {
     const LO: f32 = -87.3;
     const HI: f32 = 88.72;
     let xc = x.clamp(LO, HI);
-    let n = (xc * LOG2E).round();
+    // Round to nearest by the 1.5·2²³ trick: `f32::round` is a libm call on baseline x86-64,
+    // which kept the loops from vectorizing.
+    const ROUND: f32 = 12_582_912.0;
+    let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let n = n as i32;
@@ -65,6 +68,25 @@ pub fn exp(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// `f()` compiled for AVX2 where the CPU has it: the crate is built for baseline x86-64 (SSE2,
+/// 4 lanes), so without this the kernels' elementwise loops run at half width (`gemm`
+/// dispatches on its own). The result is the same either way: no FMA contraction is allowed.
+#[inline(always)]
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
 }
 
 /// `x · sigmoid(x)` through [`exp`].
@@ -90,7 +112,7 @@ pub fn norm_modulate<B: Backend>(x: &Tensor<B, 3>, shift: &Tensor<B, 3>, scale: 
     let (xt, st, ct) = (contiguous(x)?, contiguous(shift)?, contiguous(scale)?);
     let (xv, sv, cv) = (xt.as_slice::<f32>()?, st.as_slice::<f32>()?, ct.as_slice::<f32>()?);
     let mut out = vec![0.0f32; xv.len()];
-    out.par_chunks_mut(d * ROWS_PER_JOB).enumerate().for_each(|(job, chunk)| {
+    out.par_chunks_mut(d * ROWS_PER_JOB).enumerate().for_each(|(job, chunk)| simd(|| {
         for (r, dst) in chunk.chunks_exact_mut(d).enumerate() {
             let row = job * ROWS_PER_JOB + r;
             let src = &xv[row * d..][..d];
@@ -102,7 +124,7 @@ pub fn norm_modulate<B: Backend>(x: &Tensor<B, 3>, shift: &Tensor<B, 3>, scale: 
             let inv = 1.0 / (var + eps).sqrt();
             dst.iter_mut().zip(shift.iter().zip(scale)).for_each(|(o, (s, c))| *o = *o * inv * (1.0 + c) + s);
         }
-    });
+    }));
     Some(from_vec::<B, 3>(out, [b, n, d]))
 }
 
@@ -121,7 +143,7 @@ pub fn add_gated<B: Backend>(x: &Tensor<B, 3>, gate: Option<&Tensor<B, 3>>, y: &
     let (xv, yv) = (xt.as_slice::<f32>()?, yt.as_slice::<f32>()?);
     let gv = super::optional(gt.as_ref(), |g| g.as_slice::<f32>())?;
     let mut out = vec![0.0f32; xv.len()];
-    out.par_chunks_mut(d * ROWS_PER_JOB).enumerate().for_each(|(job, chunk)| {
+    out.par_chunks_mut(d * ROWS_PER_JOB).enumerate().for_each(|(job, chunk)| simd(|| {
         for (r, dst) in chunk.chunks_exact_mut(d).enumerate() {
             let row = job * ROWS_PER_JOB + r;
             let (xr, yr) = (&xv[row * d..][..d], &yv[row * d..][..d]);
@@ -133,7 +155,7 @@ pub fn add_gated<B: Backend>(x: &Tensor<B, 3>, gate: Option<&Tensor<B, 3>>, y: &
                 None => dst.iter_mut().zip(xr.iter().zip(yr)).for_each(|(o, (x, y))| *o = x + y),
             }
         }
-    });
+    }));
     Some(from_vec::<B, 3>(out, [b, n, d]))
 }
 
@@ -146,6 +168,17 @@ fn sum(v: &[f32]) -> f32 {
         acc.iter_mut().zip(c).for_each(|(a, x)| *a += x);
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum in 16 lanes (NaN-ignoring, as `f32::max`).
+fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, x)| *a = a.max(*x));
+    }
+    acc.iter().fold(tail, |m, &x| m.max(x))
 }
 
 fn sum_sq(v: &[f32]) -> f32 {
@@ -174,7 +207,7 @@ pub fn depthwise3x3_glu<B: Backend>(y: &Tensor<B, 4>, taps: &Tensor<B, 3>, bias:
     let (yt, tt, bt) = (contiguous(y)?, contiguous(taps)?, contiguous(bias)?);
     let (yv, tv, bv) = (yt.as_slice::<f32>()?, tt.as_slice::<f32>()?, bt.as_slice::<f32>()?);
     let mut out = vec![0.0f32; b * h * w * f];
-    out.par_chunks_mut(w * f).enumerate().for_each(|(job, dst)| {
+    out.par_chunks_mut(w * f).enumerate().for_each(|(job, dst)| simd(|| {
         let (bi, i) = (job / h, job % h);
         let mut acc = vec![0.0f32; c2];
         for j in 0..w {
@@ -191,7 +224,7 @@ pub fn depthwise3x3_glu<B: Backend>(y: &Tensor<B, 4>, taps: &Tensor<B, 3>, bias:
             let (value, gate) = acc.split_at(f);
             dst[j * f..][..f].iter_mut().zip(value.iter().zip(gate)).for_each(|(o, (v, g))| *o = v * silu(*g));
         }
-    });
+    }));
     Some(from_vec::<B, 3>(out, [b, h * w, f]))
 }
 
@@ -241,13 +274,13 @@ pub fn relu_linear_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: 
         unsafe {
             matmul([n, hd, hd], out_ptr.0.add(base), [d, 1], false, qh.as_ptr(), [hd, 1], kvm.as_ptr(), [hd, 1], gemm::Parallelism::None);
         }
-        for r in 0..n {
+        simd(|| for r in 0..n {
             let den: f32 = qh[r * hd..][..hd].iter().zip(&k_sum).map(|(a, b)| a * b).sum();
             let inv = den + 1e-15;
             // SAFETY: as above, row r of this job's block.
             let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(base + r * d), hd) };
             row.iter_mut().for_each(|o| *o /= inv);
-        }
+        });
     });
     Some(from_vec::<B, 3>(out, [b, n, d]))
 }
@@ -290,13 +323,15 @@ pub fn cross_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tenso
         unsafe {
             matmul([rows, l, hd], s.as_mut_ptr(), [l, 1], false, qv.as_ptr().add(q_off), [x, 1], kv_.as_ptr().add(kv_off), [1, x], gemm::Parallelism::None);
         }
-        for row in s.chunks_exact_mut(l) {
-            row.iter_mut().zip(key_bias).for_each(|(v, bias)| *v = *v * scale + bias);
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            row.iter_mut().for_each(|v| *v = exp(*v - max));
-            let inv = 1.0 / sum(row);
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        simd(|| {
+            for row in s.chunks_exact_mut(l) {
+                row.iter_mut().zip(key_bias).for_each(|(v, bias)| *v = *v * scale + bias);
+                let max = max(row);
+                row.iter_mut().for_each(|v| *v = exp(*v - max));
+                let inv = 1.0 / sum(row);
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
         let out_ptr = out_ptr;
         // SAFETY: the destination is this job's rows × hd block of `out` (row stride x), which
         // no other job writes; s is rows × l; v's head is l × hd at kv_off (row stride x).

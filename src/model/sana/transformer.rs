@@ -689,7 +689,7 @@ impl<B: Backend> SanaTransformer<B> {
         let mods = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + e.unsqueeze_dim::<3>(1); // [B, 2, D]
         let shift = mods.clone().slice([0..b, 0..1, 0..d]);
         let scale = mods.slice([0..b, 1..2, 0..d]);
-        let hs = layer_norm(hs, cfg.norm_eps) * (scale + 1.0) + shift;
+        let hs = norm_modulate(hs, shift, scale, cfg.norm_eps);
         let out = lin(&self.proj_out, hs); // [B, N, C]
         out.swap_dims(1, 2).reshape([b, cfg.out_channels(), h, w])
     }
