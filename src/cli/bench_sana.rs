@@ -12,7 +12,8 @@ use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 use super::timing::{peak_rss_mib, Timings};
 use crate::model::sana::registry::{registered_sana, RegisteredSana};
 use crate::model::sana::text_encoder::{Gemma2, Gemma2Config};
-use crate::model::sana::transformer::{SanaTransformer, MAX_SEQUENCE_LENGTH};
+use crate::model::layers::lin;
+use crate::model::sana::transformer::{add_gated, norm_modulate, SanaTransformer, MAX_SEQUENCE_LENGTH};
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
 use crate::weights::pipeline::PipelineKind;
@@ -85,6 +86,9 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let mask = Tensor::<B, 2, Int>::ones([a.batch, MAX_SEQUENCE_LENGTH], device);
             let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; a.batch], [a.batch]), device);
             let g = (reg.kind == PipelineKind::Sprint).then(|| t.clone().mul_scalar(0.0).add_scalar(0.45));
+            if std::env::var_os("DCAE_SANA_PROFILE").is_some() {
+                profile_block(&model, a.batch, s, a.runs.max(3), device);
+            }
             let timings = super::timing::time_runs(a.runs, || {
                 let v = model.forward(x.clone(), t.clone(), text.clone(), mask.clone(), g.clone());
                 let _ = v.slice([0..1, 0..1, 0..1, 0..1]).into_data();
@@ -173,5 +177,72 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             }
             Ok(SanaBenchResult { timings: Timings::from_samples(totals), phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib() })
         }
+    }
+}
+
+/// Waits for the work behind `t` (the CPU backend is eager; GPU backends are not).
+fn sync3<B: Backend>(t: &Tensor<B, 3>) {
+    let _ = t.clone().slice([0..1, 0..1, 0..1]).into_data();
+}
+
+/// `DCAE_SANA_PROFILE=1 dcae bench --task forward …`: the median time of each part of the
+/// first transformer block on random activations, printed to stderr, with what the parts
+/// cost over all blocks. The `proj` rows are the parts' Linear layers alone (so the rest of a
+/// part is its attention core, or the depthwise convolution and GLU).
+fn profile_block<B: Backend>(model: &SanaTransformer<B>, batch: usize, side: usize, runs: usize, device: &B::Device) {
+    let cfg = &model.config;
+    let (d, n, l, f) = (cfg.hidden(), side * side, MAX_SEQUENCE_LENGTH, cfg.ffn_hidden());
+    let blk = &model.transformer_blocks[0];
+    let rnd = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let x = rnd([batch, n, d]);
+    let m = Tensor::<B, 2>::random([batch, 6 * d], Distribution::Normal(0.0, 0.1), device);
+    let text = rnd([batch, l, d]);
+    let bias = Tensor::<B, 4>::zeros([batch, 1, 1, l], device);
+    let [shift1, scale1, gate1, ..] = blk.modulation(m.clone());
+    let a = norm_modulate(x.clone(), shift1.clone(), scale1.clone(), blk.norm_eps);
+    let y = rnd([batch, n, f]);
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    let mut time = |name: &'static str, f: &mut dyn FnMut() -> Tensor<B, 3>| {
+        sync3(&f());
+        let mut v: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                sync3(&f());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        rows.push((name, v[v.len() / 2]));
+    };
+    time("block (whole)", &mut || blk.forward(x.clone(), m.clone(), text.clone(), bias.clone(), (side, side)));
+    time("modulation + norm", &mut || {
+        let [s1, c1, ..] = blk.modulation(m.clone());
+        norm_modulate(x.clone(), s1, c1, blk.norm_eps)
+    });
+    time("attn1 (linear attention)", &mut || blk.attn1.forward(a.clone()));
+    time("  attn1 proj (q,k,v,out)", &mut || {
+        let q = lin(&blk.attn1.to_q, a.clone());
+        let k = lin(&blk.attn1.to_k, a.clone());
+        let v = lin(&blk.attn1.to_v, a.clone());
+        lin(&blk.attn1.to_out, q + k + v)
+    });
+    time("gated residual", &mut || add_gated(x.clone(), Some(gate1.clone()), a.clone()));
+    time("attn2 (cross attention)", &mut || blk.attn2.forward(x.clone(), text.clone(), bias.clone()));
+    time("  attn2 proj (q,k,v,out)", &mut || {
+        let q = lin(&blk.attn2.to_q, x.clone());
+        let _k = lin(&blk.attn2.to_k, text.clone());
+        let _v = lin(&blk.attn2.to_v, text.clone());
+        lin(&blk.attn2.to_out, q)
+    });
+    time("ff (GLUMBConv)", &mut || blk.ff.forward(a.clone(), side, side));
+    time("  ff proj (inverted, point)", &mut || {
+        let _h = lin(&blk.ff.conv_inverted, a.clone());
+        lin(&blk.ff.conv_point, y.clone())
+    });
+    let layers = cfg.num_layers as f64;
+    eprintln!("profile of one block ({} blocks), median of {runs}, batch {batch}, {n} tokens:", cfg.num_layers);
+    eprintln!("{:<30} {:>9} {:>12}", "part", "ms", "s all blocks");
+    for (name, t) in &rows {
+        eprintln!("{name:<30} {:>9.2} {:>12.3}", t * 1e3, t * layers);
     }
 }

@@ -19,6 +19,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::cpu_kernels::sana as kernels;
 use crate::model::layers::{contiguous, lin, linear};
 use crate::model::uvit::timestep_embedding;
 use crate::weights::WeightSource;
@@ -260,6 +261,27 @@ fn layer_norm<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
     centred * (var + eps).sqrt().recip()
 }
 
+/// `layer_norm(x) · (1 + scale) + shift`, the blocks' modulated norm (`x` `[B, N, D]`, `shift`
+/// and `scale` `[B, 1, D]`).
+/// One pass per row on the CPU backend ([`kernels::norm_modulate`]).
+pub fn norm_modulate<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    kernels::norm_modulate(&x, &shift, &scale, eps as f32).unwrap_or_else(|| norm_modulate_ops(x, shift, scale, eps))
+}
+
+/// `x + gate · y` (`x + y` without a gate), `gate` `[B, 1, D]`: the residual connections, one
+/// pass on the CPU backend ([`kernels::add_gated`]).
+pub fn add_gated<B: Backend>(x: Tensor<B, 3>, gate: Option<Tensor<B, 3>>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+    kernels::add_gated(&x, gate.as_ref(), &y).unwrap_or_else(|| match gate {
+        Some(g) => x + g * y,
+        None => x + y,
+    })
+}
+
+/// [`norm_modulate`] in burn's ops, for every backend.
+fn norm_modulate_ops<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    layer_norm(x, eps) * (scale + 1.0) + shift
+}
+
 /// diffusers `RMSNorm` with a weight: `x · rsqrt(mean(x²) + eps) · w` over the last axis (SANA's
 /// own norm: eps 1e-5 and a plain weight, unlike Gemma's `1 + w`).
 #[derive(Module, Debug)]
@@ -361,45 +383,60 @@ pub struct LinearAttention<B: Backend> {
 /// The largest finite f16; diffusers clips the linear attention's output to it in fp16.
 const F16_MAX: f64 = 65504.0;
 
+/// The q / k / v projections and optional qk-norm that both attentions start with.
+struct QkvProjection<B: Backend> {
+    to_q: Linear<B>,
+    to_k: Linear<B>,
+    to_v: Linear<B>,
+    norm_q: Option<RmsNorm<B>>,
+    norm_k: Option<RmsNorm<B>>,
+}
+
+impl<B: Backend> QkvProjection<B> {
+    /// `{key}.to_{q,k,v}` (queries from `q_in` channels, keys and values from `kv_in`, all to
+    /// `inner`) and, with qk-norm, `{key}.norm_{q,k}` over all `inner` channels.
+    fn load<W: WeightSource<B>>(w: &mut W, key: &str, [q_in, kv_in, inner]: [usize; 3], bias: bool, qk_norm: bool) -> Self {
+        let norm = |w: &mut W, n: &str| qk_norm.then(|| RmsNorm::load(w, &format!("{key}.{n}"), inner));
+        Self {
+            to_q: linear(w, &format!("{key}.to_q"), q_in, inner, bias),
+            to_k: linear(w, &format!("{key}.to_k"), kv_in, inner, bias),
+            to_v: linear(w, &format!("{key}.to_v"), kv_in, inner, bias),
+            norm_q: norm(w, "norm_q"),
+            norm_k: norm(w, "norm_k"),
+        }
+    }
+}
+
+/// `(q, k, v)` of queries from `x` and keys and values from `context` (`[B, ·, inner]` each),
+/// qk-normed when the layer has the norms.
+fn project_qkv<B: Backend>(
+    [to_q, to_k, to_v]: [&Linear<B>; 3],
+    norms: (Option<&RmsNorm<B>>, Option<&RmsNorm<B>>),
+    x: Tensor<B, 3>,
+    context: Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let mut q = lin(to_q, x);
+    let mut k = lin(to_k, context.clone());
+    let v = lin(to_v, context);
+    if let (Some(nq), Some(nk)) = norms {
+        q = nq.forward(q);
+        k = nk.forward(k);
+    }
+    (q, k, v)
+}
+
 impl<B: Backend> LinearAttention<B> {
     fn load<W: WeightSource<B>>(w: &mut W, key: &str, cfg: &SanaTransformerConfig) -> Self {
         let d = cfg.hidden();
-        let norm = |w: &mut W, n: &str| cfg.qk_norm().then(|| RmsNorm::load(w, &format!("{key}.{n}"), d));
-        Self {
-            to_q: linear(w, &format!("{key}.to_q"), d, d, cfg.attention_bias),
-            to_k: linear(w, &format!("{key}.to_k"), d, d, cfg.attention_bias),
-            to_v: linear(w, &format!("{key}.to_v"), d, d, cfg.attention_bias),
-            norm_q: norm(w, "norm_q"),
-            norm_k: norm(w, "norm_k"),
-            to_out: linear(w, &format!("{key}.to_out.0"), d, d, true),
-            heads: cfg.num_attention_heads,
-            clip: false,
-        }
+        let QkvProjection { to_q, to_k, to_v, norm_q, norm_k } = QkvProjection::load(w, key, [d, d, d], cfg.attention_bias, cfg.qk_norm());
+        Self { to_q, to_k, to_v, norm_q, norm_k, to_out: linear(w, &format!("{key}.to_out.0"), d, d, true), heads: cfg.num_attention_heads, clip: false }
     }
 
     /// `x` `[B, N, D]` → `[B, N, D]`: for each query, Σₙ vₙ (kₙ·q) / (Σₙ kₙ·q + 1e-15), with
     /// ReLU features, no scaling, no mask and no softmax.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let h = self.heads;
-        let hd = d / h;
-        let mut q = lin(&self.to_q, x.clone());
-        let mut k = lin(&self.to_k, x.clone());
-        let v = lin(&self.to_v, x);
-        if let (Some(nq), Some(nk)) = (&self.norm_q, &self.norm_k) {
-            q = nq.forward(q);
-            k = nk.forward(k);
-        }
-        // Channel c belongs to head c / hd.
-        let heads = |t: Tensor<B, 3>| t.reshape([b, n, h, hd]).swap_dims(1, 2); // [B, H, N, hd]
-        let (q, k, v) = (heads(relu(q)), heads(relu(k)), heads(v));
-        let kv = k.clone().swap_dims(2, 3).matmul(v); // [B, H, hd, hd]: Σₙ kₙ vₙᵀ
-        let k_sum = k.sum_dim(2); // [B, H, 1, hd]
-        let num = q.clone().matmul(kv); // [B, H, N, hd]
-        // The normaliser is its own product, not the last row of a padded one (an exporter
-        // that sliced the padded row wrongly broke this).
-        let den = q.matmul(k_sum.swap_dims(2, 3)); // [B, H, N, 1]
-        let out = (num / (den + 1e-15)).swap_dims(1, 2).reshape([b, n, d]); // [B, N, D]
+        let (q, k, v) = project_qkv([&self.to_q, &self.to_k, &self.to_v], (self.norm_q.as_ref(), self.norm_k.as_ref()), x.clone(), x);
+        let out = kernels::relu_linear_attention(&q, &k, &v, self.heads).unwrap_or_else(|| linear_attention_ops(q, k, v, self.heads));
         let out = lin(&self.to_out, out);
         if self.clip {
             out.clamp(-F16_MAX, F16_MAX)
@@ -407,6 +444,23 @@ impl<B: Backend> LinearAttention<B> {
             out
         }
     }
+}
+
+/// The linear attention between the projections, in burn's ops: `q`, `k`, `v` `[B, N, D]`
+/// (before the ReLU) → `[B, N, D]`.
+fn linear_attention_ops<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, h: usize) -> Tensor<B, 3> {
+    let [b, n, d] = q.dims();
+    let hd = d / h;
+    // Channel c belongs to head c / hd.
+    let heads = |t: Tensor<B, 3>| t.reshape([b, n, h, hd]).swap_dims(1, 2); // [B, H, N, hd]
+    let (q, k, v) = (heads(relu(q)), heads(relu(k)), heads(v));
+    let kv = k.clone().swap_dims(2, 3).matmul(v); // [B, H, hd, hd]: Σₙ kₙ vₙᵀ
+    let k_sum = k.sum_dim(2); // [B, H, 1, hd]
+    let num = q.clone().matmul(kv); // [B, H, N, hd]
+    // The normaliser is its own product, not the last row of a padded one (an exporter
+    // that sliced the padded row wrongly broke this).
+    let den = q.matmul(k_sum.swap_dims(2, 3)); // [B, H, N, 1]
+    (num / (den + 1e-15)).swap_dims(1, 2).reshape([b, n, d]) // [B, N, D]
 }
 
 /// Cross-attention from the image tokens to the caption tokens (with biases; qk-norm in 1.5 /
@@ -425,38 +479,29 @@ pub struct CrossAttention<B: Backend> {
 impl<B: Backend> CrossAttention<B> {
     fn load<W: WeightSource<B>>(w: &mut W, key: &str, cfg: &SanaTransformerConfig) -> Self {
         let (d, x, c) = (cfg.hidden(), cfg.cross_inner(), cfg.cross_attention_dim);
-        let norm = |w: &mut W, n: &str| cfg.qk_norm().then(|| RmsNorm::load(w, &format!("{key}.{n}"), x));
-        Self {
-            to_q: linear(w, &format!("{key}.to_q"), d, x, true),
-            to_k: linear(w, &format!("{key}.to_k"), c, x, true),
-            to_v: linear(w, &format!("{key}.to_v"), c, x, true),
-            norm_q: norm(w, "norm_q"),
-            norm_k: norm(w, "norm_k"),
-            to_out: linear(w, &format!("{key}.to_out.0"), x, d, true),
-            heads: cfg.num_cross_attention_heads,
-        }
+        let QkvProjection { to_q, to_k, to_v, norm_q, norm_k } = QkvProjection::load(w, key, [d, c, x], true, cfg.qk_norm());
+        Self { to_q, to_k, to_v, norm_q, norm_k, to_out: linear(w, &format!("{key}.to_out.0"), x, d, true), heads: cfg.num_cross_attention_heads }
     }
 
     /// `x` `[B, N, D]`, `text` `[B, L, D]`, `bias` `[B, 1, 1, L]` (0 or −10000) → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<B, 3>, text: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
-        let [_, l, _] = text.dims();
-        let mut q = lin(&self.to_q, x);
-        let mut k = lin(&self.to_k, text.clone());
-        let v = lin(&self.to_v, text);
-        if let (Some(nq), Some(nk)) = (&self.norm_q, &self.norm_k) {
-            q = nq.forward(q);
-            k = nk.forward(k);
-        }
-        let [_, _, inner] = q.dims();
-        let (h, hd) = (self.heads, inner / self.heads);
-        let q = q.reshape([b, n, h, hd]).swap_dims(1, 2); // [B, H, N, hd]
-        let k = k.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
-        let v = v.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)) + bias; // [B, H, N, L]
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner]); // [B, N, inner]
+        let (q, k, v) = project_qkv([&self.to_q, &self.to_k, &self.to_v], (self.norm_q.as_ref(), self.norm_k.as_ref()), x, text);
+        let out = kernels::cross_attention(&q, &k, &v, &bias, self.heads).unwrap_or_else(|| cross_attention_ops(q, k, v, bias, self.heads));
         lin(&self.to_out, out)
     }
+}
+
+/// Softmax attention between the projections, in burn's ops: `q` `[B, N, X]`, `k`, `v`
+/// `[B, L, X]`, `bias` `[B, 1, 1, L]` → `[B, N, X]`.
+fn cross_attention_ops<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, bias: Tensor<B, 4>, h: usize) -> Tensor<B, 3> {
+    let [b, n, inner] = q.dims();
+    let [_, l, _] = k.dims();
+    let hd = inner / h;
+    let q = q.reshape([b, n, h, hd]).swap_dims(1, 2); // [B, H, N, hd]
+    let k = k.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
+    let v = v.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
+    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)) + bias; // [B, H, N, L]
+    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner]) // [B, N, inner]
 }
 
 /// GLUMBConv: 1×1 conv D → 2F + SiLU, depthwise 3×3 on the token grid, value ⊙ SiLU(gate),
@@ -486,27 +531,37 @@ impl<B: Backend> GluMbConv<B> {
 
     /// `x` `[B, N, D]` with N = h·w tokens in row-major order → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
-        let y = silu(lin(&self.conv_inverted, x)); // [B, N, 2F]
+        let [b, _, _] = x.dims();
+        let inv = &self.conv_inverted;
+        let bias = inv.bias.as_ref().map(|b| b.val());
+        let y = kernels::linear_silu(&x, &inv.weight.val(), bias.as_ref()).unwrap_or_else(|| silu(lin(inv, x))); // [B, N, 2F]
         let [_, _, c2] = y.dims();
         let y = y.reshape([b, h, w, c2]);
-        // Zero padding 1, then the nine taps.
-        let padded = y.pad([(1, 1), (1, 1), (0, 0)], 0.0); // [B, h+2, w+2, 2F]
-        let taps = self.depth_weight.val(); // [3, 3, 2F]
-        let mut acc = self.depth_bias.val().reshape([1, 1, 1, c2]).expand([b, h, w, c2]);
-        for di in 0..3 {
-            for dj in 0..3 {
-                let tap = taps.clone().slice([di..di + 1, dj..dj + 1, 0..c2]).reshape([1, 1, 1, c2]);
-                let shifted = padded.clone().slice([0..b, di..di + h, dj..dj + w, 0..c2]);
-                acc = acc + shifted * tap;
-            }
-        }
-        let f = c2 / 2;
-        let value = acc.clone().slice([0..b, 0..h, 0..w, 0..f]);
-        let gate = acc.slice([0..b, 0..h, 0..w, f..c2]);
-        let y = (value * silu(gate)).reshape([b, n, f]); // [B, N, F]
+        let (taps, bias) = (self.depth_weight.val(), self.depth_bias.val());
+        let y = kernels::depthwise3x3_glu(&y, &taps, &bias).unwrap_or_else(|| depthwise3x3_glu_ops(y, taps, bias)); // [B, N, F]
         lin(&self.conv_point, y)
     }
+}
+
+/// GLUMBConv's depthwise 3×3 (zero padding 1) over `y` `[B, h, w, 2F]` with channel-last
+/// `taps` `[3, 3, 2F]` and `bias` `[2F]`, then value ⊙ SiLU(gate) → `[B, h·w, F]`, in burn's
+/// ops: nine shifted multiply-adds.
+fn depthwise3x3_glu_ops<B: Backend>(y: Tensor<B, 4>, taps: Tensor<B, 3>, bias: Tensor<B, 1>) -> Tensor<B, 3> {
+    let [b, h, w, c2] = y.dims();
+    // Zero padding 1, then the nine taps.
+    let padded = y.pad([(1, 1), (1, 1), (0, 0)], 0.0); // [B, h+2, w+2, 2F]
+    let mut acc = bias.reshape([1, 1, 1, c2]).expand([b, h, w, c2]);
+    for di in 0..3 {
+        for dj in 0..3 {
+            let tap = taps.clone().slice([di..di + 1, dj..dj + 1, 0..c2]).reshape([1, 1, 1, c2]);
+            let shifted = padded.clone().slice([0..b, di..di + h, dj..dj + w, 0..c2]);
+            acc = acc + shifted * tap;
+        }
+    }
+    let f = c2 / 2;
+    let value = acc.clone().slice([0..b, 0..h, 0..w, 0..f]);
+    let gate = acc.slice([0..b, 0..h, 0..w, f..c2]);
+    (value * silu(gate)).reshape([b, h * w, f])
 }
 
 /// One `SanaTransformerBlock`.
@@ -534,17 +589,22 @@ impl<B: Backend> SanaBlock<B> {
 
     /// `x` `[B, N, D]`, modulation `m` `[B, 6D]`, caption tokens `[B, L, D]` and their mask bias.
     pub fn forward(&self, x: Tensor<B, 3>, m: Tensor<B, 2>, text: Tensor<B, 3>, bias: Tensor<B, 4>, hw: (usize, usize)) -> Tensor<B, 3> {
-        let [b, _, d] = x.dims();
-        let mods = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + m.reshape([b, 6, d]); // [B, 6, D]
-        let row = |i: usize| mods.clone().slice([0..b, i..i + 1, 0..d]); // [B, 1, D]
-        let (shift1, scale1, gate1, shift2, scale2, gate2) = (row(0), row(1), row(2), row(3), row(4), row(5));
-
-        let a = layer_norm(x.clone(), self.norm_eps) * (scale1 + 1.0) + shift1;
-        let x = x + gate1 * self.attn1.forward(a);
+        let [shift1, scale1, gate1, shift2, scale2, gate2] = self.modulation(m);
+        let a = norm_modulate(x.clone(), shift1, scale1, self.norm_eps);
+        let x = add_gated(x, Some(gate1), self.attn1.forward(a));
         // No norm in front of the cross-attention, and no gate after it.
-        let x = x.clone() + self.attn2.forward(x, text, bias);
-        let f = layer_norm(x.clone(), self.norm_eps) * (scale2 + 1.0) + shift2;
-        x + gate2 * self.ff.forward(f, hw.0, hw.1)
+        let x = add_gated(x.clone(), None, self.attn2.forward(x, text, bias));
+        let f = norm_modulate(x.clone(), shift2, scale2, self.norm_eps);
+        add_gated(x, Some(gate2), self.ff.forward(f, hw.0, hw.1))
+    }
+
+    /// The time modulation `m` `[B, 6D]` plus the block's table: shift₁, scale₁, gate₁, shift₂,
+    /// scale₂, gate₂, each `[B, 1, D]`.
+    pub fn modulation(&self, m: Tensor<B, 2>) -> [Tensor<B, 3>; 6] {
+        let [b, d6] = m.dims();
+        let d = d6 / 6;
+        let mods = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + m.reshape([b, 6, d]); // [B, 6, D]
+        std::array::from_fn(|i| mods.clone().slice([0..b, i..i + 1, 0..d]))
     }
 }
 
@@ -629,7 +689,7 @@ impl<B: Backend> SanaTransformer<B> {
         let mods = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + e.unsqueeze_dim::<3>(1); // [B, 2, D]
         let shift = mods.clone().slice([0..b, 0..1, 0..d]);
         let scale = mods.slice([0..b, 1..2, 0..d]);
-        let hs = layer_norm(hs, cfg.norm_eps) * (scale + 1.0) + shift;
+        let hs = norm_modulate(hs, shift, scale, cfg.norm_eps);
         let out = lin(&self.proj_out, hs); // [B, N, C]
         out.swap_dims(1, 2).reshape([b, cfg.out_channels(), h, w])
     }
@@ -666,4 +726,82 @@ pub fn sincos_position_embedding<B: Backend>(d: usize, h: usize, w: usize, base:
         }
     }
     Tensor::from_data(TensorData::new(out, [1, h * w, d]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    fn rnd<const D: usize>(shape: [usize; D], r: f64) -> Tensor<Flex, D> {
+        Tensor::random(shape, Distribution::Uniform(-r, r), &Default::default())
+    }
+
+    fn max_err<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).abs().max().into_scalar()
+    }
+
+    // Each CPU kernel against the burn ops it replaces, on the CPU backend itself, at odd
+    // sizes: two images, a token count that is not a multiple of the kernels' blocks.
+
+    #[test]
+    fn norm_modulate_kernel_agrees_with_burn_ops() {
+        let (x, shift, scale) = (rnd([2, 37, 72], 3.0), rnd([2, 1, 72], 1.0), rnd([2, 1, 72], 1.0));
+        let fast = kernels::norm_modulate(&x, &shift, &scale, 1e-6).expect("the CPU backend must take the fast path");
+        let err = max_err(fast, norm_modulate_ops(x, shift, scale, 1e-6));
+        assert!(err < 1e-5, "max error {err}");
+    }
+
+    #[test]
+    fn add_gated_kernel_agrees_with_burn_ops() {
+        let (x, g, y) = (rnd([2, 37, 72], 3.0), rnd([2, 1, 72], 1.0), rnd([2, 37, 72], 1.0));
+        let fast = kernels::add_gated(&x, Some(&g), &y).expect("the CPU backend must take the fast path");
+        assert!(max_err(fast, x.clone() + g * y.clone()) < 1e-6);
+        let fast = kernels::add_gated(&x, None, &y).expect("the CPU backend must take the fast path");
+        assert!(max_err(fast, x + y) < 1e-6);
+    }
+
+    #[test]
+    fn depthwise_glu_kernel_agrees_with_burn_ops() {
+        for [h, w] in [[5, 7], [1, 1], [3, 1]] {
+            let (y, taps, bias) = (rnd([2, h, w, 40], 2.0), rnd([3, 3, 40], 1.0), rnd([40], 1.0));
+            let fast = kernels::depthwise3x3_glu(&y, &taps, &bias).expect("the CPU backend must take the fast path");
+            let err = max_err(fast, depthwise3x3_glu_ops(y, taps, bias));
+            assert!(err < 1e-5, "{h}×{w}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn linear_silu_kernel_agrees_with_burn_ops() {
+        let (x, w, b) = (rnd([2, 37, 24], 1.0), rnd([24, 150], 1.0), rnd([150], 1.0));
+        let fast = kernels::linear_silu(&x, &w, Some(&b)).expect("the CPU backend must take the fast path");
+        let reference = silu(x.matmul(w.unsqueeze::<3>()) + b.reshape([1, 1, 150]));
+        let err = max_err(fast, reference);
+        assert!(err < 1e-5, "max error {err}");
+    }
+
+    #[test]
+    fn linear_attention_kernel_agrees_with_burn_ops() {
+        // Three heads of 8; q and k of both signs, so that the ReLU matters.
+        let (q, k, v) = (rnd([2, 70, 24], 1.0), rnd([2, 70, 24], 1.0), rnd([2, 70, 24], 1.0));
+        let fast = kernels::relu_linear_attention(&q, &k, &v, 3).expect("the CPU backend must take the fast path");
+        let err = max_err(fast, linear_attention_ops(q, k, v, 3));
+        assert!(err < 1e-5, "max error {err}");
+    }
+
+    #[test]
+    fn cross_attention_kernel_agrees_with_burn_ops() {
+        // 150 queries (two full blocks of 64 and a short one), 13 keys, the last 4 of the
+        // second image masked as the model masks padding.
+        let (q, k, v) = (rnd([2, 150, 24], 2.0), rnd([2, 13, 24], 2.0), rnd([2, 13, 24], 1.0));
+        let mut mask = vec![1.0f32; 26];
+        mask[22..].fill(0.0);
+        let mask = Tensor::<Flex, 2>::from_data(TensorData::new(mask, [2, 13]), &Default::default());
+        let bias = (mask.neg() + 1.0).mul_scalar(-10000.0).reshape([2, 1, 1, 13]);
+        let fast = kernels::cross_attention(&q, &k, &v, &bias, 3).expect("the CPU backend must take the fast path");
+        let err = max_err(fast, cross_attention_ops(q, k, v, bias, 3));
+        assert!(err < 1e-5, "max error {err}");
+    }
 }
