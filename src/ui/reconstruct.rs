@@ -207,7 +207,7 @@ impl ReconstructPanel {
         egui::Panel::left("reconstruct_controls").resizable(true).default_size(300.0).min_size(260.0).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.controls(ui, shared));
         });
-        egui::CentralPanel::default().show(ui, |ui| self.central(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.central(ui, shared));
     }
 
     fn controls(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
@@ -315,7 +315,7 @@ impl ReconstructPanel {
         }
     }
 
-    fn central(&mut self, ui: &mut egui::Ui) {
+    fn central(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
         let Some((original, orig_tex)) = &self.original else {
             ui.centered_and_justified(|ui| {
                 let text = if self.run.is_some() { "Preparing…" } else { "Drop an image here, open one, or pick a sample" };

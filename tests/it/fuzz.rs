@@ -902,3 +902,15 @@ fn broken_parameters_png() {
     let err = GenerationParams::parse_parameters_text(text).unwrap_err().to_string();
     assert!(!err.is_empty());
 }
+
+/// Found by `tokenizer_json_takes_mutations`: a tokenizer.json cut off right after `"decoder":`
+/// made the tokenizers crate panic (its decoder deserializer calls `expect`); it is an error.
+#[test]
+fn tokenizer_json_cut_at_the_decoder_is_an_error() {
+    let text = String::from_utf8(read("sana-tiny/tokenizer/tokenizer.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let compact = serde_json::to_string(&v).unwrap();
+    let cut = compact.find("\"decoder\":").expect("a decoder entry") + "\"decoder\":".len();
+    let e = SanaTokenizer::from_bytes(&compact.as_bytes()[..cut], "cut").err().expect("a cut file must not load");
+    assert!(e.to_string().contains("cut"), "{e}");
+}

@@ -104,6 +104,10 @@ impl std::fmt::Debug for SanaTokenizer {
     }
 }
 
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into())
+}
+
 impl SanaTokenizer {
     /// Reads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, PromptError> {
@@ -114,7 +118,11 @@ impl SanaTokenizer {
     /// Parses the contents of a `tokenizer.json`; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, PromptError> {
         let parse_err = |reason: String| PromptError::Parse { origin: origin.to_string(), reason };
-        let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| parse_err(e.to_string()))?;
+        // The tokenizers crate panics on some malformed files (its decoder deserializer calls
+        // `expect`); a damaged download must be an error, never a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|p| parse_err(format!("the tokenizers library failed on it ({}); the file is damaged: download it again", panic_text(p.as_ref()))))?;
+        let mut inner = parsed.map_err(|e| parse_err(e.to_string()))?;
         // Truncation and padding are done here, the pipeline's way; settings stored in the file
         // would otherwise apply behind our back.
         inner.with_truncation(None).map_err(|e| parse_err(e.to_string()))?;
