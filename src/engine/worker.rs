@@ -763,6 +763,25 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// A sampling run's end: a failed preview is a warning; a cancel or a failure is told and
+    /// gives `None`.
+    fn settle<T>(&self, id: u64, result: Result<T, GenerateFailure>, callback_err: Option<String>) -> Option<T> {
+        if let Some(e) = callback_err {
+            self.warn(Some(id), format!("a step preview failed: {e}"));
+        }
+        match result {
+            Ok(r) => Some(r),
+            Err(GenerateFailure::Cancelled) => {
+                self.sink.send(Event::Cancelled { job: id });
+                None
+            }
+            Err(GenerateFailure::Failed(e)) => {
+                self.error(Some(id), format!("generation failed: {e}"));
+                None
+            }
+        }
+    }
+
     fn generate_class(&mut self, job: GenerateJob) {
         let id = job.id;
         let Some(LoadedGenerator { model: GenModel::Class(model), files }) = &self.generator else { return };
@@ -820,20 +839,7 @@ impl<B: Backend> Engine<B> {
             last = Instant::now();
         };
         let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, init, &mut on_step, &job.cancel);
-        if let Some(e) = callback_err {
-            self.warn(Some(id), format!("a step preview failed: {e}"));
-        }
-        let GenerateOutput { latent, nfe, network_calls } = match result {
-            Ok(r) => r,
-            Err(GenerateFailure::Cancelled) => {
-                self.sink.send(Event::Cancelled { job: id });
-                return;
-            }
-            Err(GenerateFailure::Failed(e)) => {
-                self.error(Some(id), format!("generation failed: {e}"));
-                return;
-            }
-        };
+        let Some(GenerateOutput { latent, nfe, network_calls }) = self.settle(id, result, callback_err) else { return };
         let sampling_secs = start.elapsed().as_secs_f64();
         self.status("Decoding the final image…");
         let t = Instant::now();
@@ -909,20 +915,7 @@ impl<B: Backend> Engine<B> {
         };
         let init = job.init.as_ref().map(|i| (i.image.as_ref(), i.strength));
         let result = model.generate(&req, job.cfg_scale, job.steps, job.seed, init, &mut on_event, &job.cancel);
-        if let Some(e) = callback_err {
-            self.warn(Some(id), format!("a step preview failed: {e}"));
-        }
-        let TextOutput { images, steps, network_calls, dropped_tokens, sampler, .. } = match result {
-            Ok(r) => r,
-            Err(GenerateFailure::Cancelled) => {
-                self.sink.send(Event::Cancelled { job: id });
-                return;
-            }
-            Err(GenerateFailure::Failed(e)) => {
-                self.error(Some(id), format!("generation failed: {e}"));
-                return;
-            }
-        };
+        let Some(TextOutput { images, steps, network_calls, dropped_tokens, sampler, .. }) = self.settle(id, result, callback_err) else { return };
         if dropped_tokens > 0 {
             self.warn(
                 Some(id),

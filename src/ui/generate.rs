@@ -517,19 +517,7 @@ impl GeneratePanel {
         for (path, params, img) in items {
             let id = shared.next_id();
             let tex = widgets::texture(ctx, &format!("gallery-{id}"), &img);
-            earlier.push(HistoryItem {
-                id,
-                params,
-                images: vec![img],
-                textures: vec![tex],
-                sampling_secs: 0.0,
-                decode_secs: 0.0,
-                nfe: 0,
-                network_calls: 0,
-                saved_to: Some(path),
-                opened: true,
-                num_classes: self.num_classes,
-            });
+            earlier.push(HistoryItem::opened(id, params, img, tex, path, self.num_classes));
         }
         shared.history.splice(0..0, earlier);
     }
@@ -657,19 +645,7 @@ impl GeneratePanel {
         let id = shared.next_id();
         if let Some(img) = image {
             let tex = widgets::texture(ctx, &format!("opened-{id}"), &img);
-            shared.history.push(HistoryItem {
-                id,
-                params,
-                images: vec![img],
-                textures: vec![tex],
-                sampling_secs: 0.0,
-                decode_secs: 0.0,
-                nfe: 0,
-                network_calls: 0,
-                saved_to: Some(PathBuf::from(name)),
-                opened: true,
-                num_classes: self.num_classes,
-            });
+            shared.history.push(HistoryItem::opened(id, params, img, tex, PathBuf::from(name), self.num_classes));
             self.shown = Shown::Item(id);
         }
         shared.notices.info(format!("Restored the settings of {name} (seed {} locked)", self.seed));

@@ -28,6 +28,23 @@ pub struct HistoryItem {
 }
 
 impl HistoryItem {
+    /// An image read from a file (an opened PNG, the gallery): no timings, marked as opened.
+    pub fn opened(id: u64, params: ImageParams, image: RgbImage, texture: TextureHandle, path: PathBuf, num_classes: usize) -> Self {
+        Self {
+            id,
+            params,
+            images: vec![image],
+            textures: vec![texture],
+            sampling_secs: 0.0,
+            decode_secs: 0.0,
+            nfe: 0,
+            network_calls: 0,
+            saved_to: Some(path),
+            opened: true,
+            num_classes,
+        }
+    }
+
     /// Short description for tooltips and headings.
     pub fn title(&self) -> String {
         let p = &self.params;
