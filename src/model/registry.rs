@@ -97,7 +97,7 @@ impl Pretrained {
 /// `vae/config.json`'s scaling factor in every SANA pipeline (dc-ae-f32c32-sana).
 pub const SANA_SCALING_FACTOR: f32 = 0.41407;
 
-// Component sizes, from ../shared/docs/manifests (elements × bytes of the stored dtype).
+// Component sizes from the checkpoints' key / shape / dtype manifests (tests/fixtures/manifests/sana): elements × bytes of the stored dtype.
 const GEMMA: (&str, u64) = ("text encoder (Gemma-2-2B, bf16)", 5_229_000_000);
 const SANA_VAE: (&str, u64) = ("autoencoder", 1_249_000_000);
 
