@@ -75,7 +75,7 @@ pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
     }
     // The GPU adapters' own memory is not queried yet: their budget is also the host's.
     let note = if info.kind == "cpu" { "" } else { "; GPU memory not queried" };
-    let (bytes, source) = match mem_available() {
+    let (bytes, source) = match crate::engine::memory::mem_available() {
         Some(b) => (b / 2, format!("half of MemAvailable {}{note}", gib(b))),
         // No /proc (not Linux): assume 4 GiB, a small laptop's share.
         None => (4 << 30, format!("4 GiB assumed, /proc/meminfo unreadable{note}")),
@@ -83,12 +83,6 @@ pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
     Ok(Budget { bytes, source, weight_copies })
 }
 
-fn mem_available() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

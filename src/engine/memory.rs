@@ -70,14 +70,16 @@ pub fn estimate(f: &ModelFootprint, backend: &str, width: usize, height: usize, 
     Estimate { peak, phase, available, advice }
 }
 
-/// What this process could have now: its resident memory plus `MemAvailable` (Linux).
-pub fn available_to_process() -> Option<u64> {
+/// Memory the system can give now (Linux: `MemAvailable`); `None` elsewhere.
+pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let avail: u64 = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let rss: u64 = statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096;
-    Some(avail + rss)
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// What this process could have now: its resident memory plus `MemAvailable` (Linux).
+pub fn available_to_process() -> Option<u64> {
+    Some(mem_available()? + process_rss()?)
 }
 
 fn human(b: u64) -> String {

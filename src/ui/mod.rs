@@ -118,29 +118,28 @@ pub struct Notices {
 }
 
 impl Notices {
-    pub fn error(&mut self, text: impl Into<String>) {
-        let text = text.into();
-        eprintln!("error: {text}");
-        // The same message twice in a row (a repeated drop, say) is shown once.
-        if self.items.last().is_some_and(|n| n.text == text) {
+    /// Adds a card, keeping the newest 8; `dedupe`: the same text twice in a row (a repeated
+    /// drop, say) is shown once.
+    fn push(&mut self, level: Level, text: String, dedupe: bool) {
+        if dedupe && self.items.last().is_some_and(|n| n.text == text) {
             return;
         }
-        self.items.push(Notice { level: Level::Error, text, at: Instant::now() });
+        self.items.push(Notice { level, text, at: Instant::now() });
         if self.items.len() > 8 {
             self.items.remove(0);
         }
     }
 
+    pub fn error(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        eprintln!("error: {text}");
+        self.push(Level::Error, text, true);
+    }
+
     pub fn warning(&mut self, text: impl Into<String>) {
         let text = text.into();
         eprintln!("warning: {text}");
-        if self.items.last().is_some_and(|n| n.text == text) {
-            return;
-        }
-        self.items.push(Notice { level: Level::Warning, text, at: Instant::now() });
-        if self.items.len() > 8 {
-            self.items.remove(0);
-        }
+        self.push(Level::Warning, text, true);
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &str> {
@@ -148,10 +147,7 @@ impl Notices {
     }
 
     pub fn info(&mut self, text: impl Into<String>) {
-        self.items.push(Notice { level: Level::Info, text: text.into(), at: Instant::now() });
-        if self.items.len() > 8 {
-            self.items.remove(0);
-        }
+        self.push(Level::Info, text.into(), false);
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &str> {

@@ -76,7 +76,7 @@ impl<B: Backend> TextGenerator<B> {
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
         let weights_f32 = 4 * (c.transformer.num_params() as u64 + c.text_encoder.num_params().unwrap_or(0) as u64 + c.vae.approx_params());
-        pipeline.low_memory = available_memory().is_some_and(|avail| weights_f32 as f64 > LOW_MEMORY_SHARE * avail as f64);
+        pipeline.low_memory = crate::engine::memory::mem_available().is_some_and(|avail| weights_f32 as f64 > LOW_MEMORY_SHARE * avail as f64);
         let sample = c.transformer.sample_size;
         let info = GeneratorInfo {
             name: name.to_string(),
@@ -190,14 +190,6 @@ impl<B: Backend> TextGenerator<B> {
             Err(e) => Err(GenerateFailure::Failed(e.to_string())),
         }
     }
-}
-
-/// Memory the system can give this process now (Linux: `MemAvailable`); `None` elsewhere.
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// The size presets of a model trained at `sample_size` latents: its resolution bins (the
