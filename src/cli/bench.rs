@@ -49,9 +49,21 @@ pub struct BenchArgs {
     pub tokens: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
+    /// SANA: the weights' type in memory. `published`: as the published files would give them
+    /// (the bf16 text encoder kept 16-bit where the backend computes from it); `f32`: all
+    /// widened, as a float32 load would hold them.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Published)]
+    pub weights: WeightsDtype,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsDtype {
+    Published,
+    F32,
 }
 
 // The measurement helpers live in `super::timing`, which `generate` uses too: `bench` calls
@@ -128,7 +140,7 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
     } else {
         a.model.clone()
     };
-    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens };
+    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published };
     let r = super::bench_sana::run::<B>(&args, device)?;
     let t = &r.timings;
     let out = serde_json::json!({
@@ -136,7 +148,7 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
         "res": a.res, "batch": a.batch, "runs": t.runs, "tokens": a.tokens,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "median_s": t.median_s, "min_s": t.min_s, "mean_s": t.mean_s, "all_s": t.all_s, "build_s": r.build_s,
-        "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib,
+        "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib, "weights": a.weights,
     });
     if a.json {
         println!("{out}");

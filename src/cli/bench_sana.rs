@@ -36,6 +36,9 @@ pub struct SanaBenchArgs {
     pub runs: usize,
     /// Tokens of the positive text-encoder pass (instruction + prompt).
     pub tokens: usize,
+    /// Give the text encoder what its published bf16 files would (16-bit in memory where the
+    /// backend keeps that), not f32.
+    pub bf16_text_encoder: bool,
 }
 
 pub struct SanaBenchResult {
@@ -66,9 +69,10 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
     let s = a.res / f;
     let t0 = Instant::now();
     let mut w = RandomWeights::<B>::new(device);
+    let mut text_w = if a.bf16_text_encoder { RandomWeights::<B>::stored_as_bf16(device) } else { RandomWeights::<B>::new(device) };
     match a.task {
         SanaBench::TextEncode => {
-            let gemma = Gemma2::<B>::load(&mut w, &Gemma2Config::gemma2_2b());
+            let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b());
             let build_s = t0.elapsed().as_secs_f64();
             let (ids, mask) = ids::<B>(a.tokens, device);
             let timings = super::timing::time_runs(a.runs, || {
@@ -114,7 +118,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let (mut totals, mut phases, mut build_s) = (Vec::new(), [0.0; 3], 0.0);
             for _ in 0..a.runs.max(1) {
                 let t = Instant::now();
-                let gemma = Gemma2::<B>::load(&mut w, &Gemma2Config::gemma2_2b());
+                let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b());
                 build_s = t.elapsed().as_secs_f64();
                 // Text: the positive pass per prompt (instruction + prompt), the negative once.
                 let t = Instant::now();

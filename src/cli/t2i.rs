@@ -91,6 +91,9 @@ impl BackendTask for T2iTask {
         let size = |v: Option<usize>| v.unwrap_or(pipeline.config.transformer.sample_size * pipeline.config.vae_factor());
         let mut req = T2iRequest::<B>::new(args.prompts.clone(), size(args.width), size(args.height));
         req.negative_prompt = args.negative_prompt.clone().unwrap_or_default();
+        let (budget, source) = crate::engine::memory::autoencoder_budget(info.kind).map_err(anyhow::Error::msg)?;
+        eprintln!("decode budget: {:.2} GiB ({source})", budget.bytes as f64 / (1u64 << 30) as f64);
+        req.memory_budget = Some(budget);
         req.steps = args.steps;
         req.guidance = args.cfg;
         req.solver = args.sampler;

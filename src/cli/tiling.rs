@@ -12,7 +12,7 @@ use crate::model::tiling::{self, TileConfig};
 use crate::model::{Dcae, DcaeConfig};
 
 /// Overrides the memory budget (MiB) that `--tile auto` compares the estimate with.
-pub const BUDGET_ENV: &str = "DCAE_MEMORY_BUDGET_MB";
+pub use crate::engine::memory::BUDGET_ENV;
 
 /// What `--tile` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,27 +68,12 @@ pub struct Budget {
 
 /// The memory budget: `DCAE_MEMORY_BUDGET_MB`, else half of the available RAM.
 pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
-    let weight_copies = if info.kind == "cpu" { 2 } else { 1 };
-    if let Ok(v) = std::env::var(BUDGET_ENV) {
-        let mb: f64 = v.trim().parse().with_context(|| format!("{BUDGET_ENV}={v} is not a number of MiB"))?;
-        return Ok(Budget { bytes: (mb.max(0.0) * MIB) as u64, source: BUDGET_ENV.to_string(), weight_copies });
-    }
-    // The GPU adapters' own memory is not queried yet: their budget is also the host's.
-    let note = if info.kind == "cpu" { "" } else { "; GPU memory not queried" };
-    let (bytes, source) = match crate::engine::memory::mem_available() {
-        Some(b) => (b / 2, format!("half of MemAvailable {}{note}", gib(b))),
-        // No /proc (not Linux): assume 4 GiB, a small laptop's share.
-        None => (4 << 30, format!("4 GiB assumed, /proc/meminfo unreadable{note}")),
-    };
-    Ok(Budget { bytes, source, weight_copies })
+    let (b, source) = crate::engine::memory::autoencoder_budget(info.kind).map_err(anyhow::Error::msg)?;
+    Ok(Budget { bytes: b.bytes, source, weight_copies: b.weight_copies })
 }
 
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Encode,
-    Decode,
-}
+pub use crate::model::tiling::Stage;
 
 /// Decides tiling for one stage on a `batch × h × w` image (image pixels) and says why on
 /// stderr. `Ok(None)`: run untiled.
@@ -103,10 +88,7 @@ pub fn choose<B: Backend>(
     let f = cfg.factor();
     let what = if stage == Stage::Encode { "encode" } else { "decode" };
     let weights = 4 * model.num_params() as u64 * budget.weight_copies;
-    let estimate = |hh: usize, ww: usize| match stage {
-        Stage::Encode => tiling::encode_bytes(cfg, weights, batch, hh, ww),
-        Stage::Decode => tiling::decode_bytes(cfg, weights, batch, hh, ww),
-    };
+    let estimate = |hh: usize, ww: usize| tiling::stage_bytes(cfg, weights, stage, batch, hh, ww);
     let tiles_of = |t: &TileConfig| match stage {
         Stage::Encode => t.encode_tiles(h, w),
         Stage::Decode => t.decode_tiles(h / f, w / f, f),
@@ -130,12 +112,7 @@ pub fn choose<B: Backend>(
             return Ok(None);
         }
         TileMode::Auto => {
-            // Our default tile, halved while one tile's estimate is still over the budget
-            // (down to 4 latent pixels, below which tiles are mostly seam).
-            let mut t = with_stride(TileConfig::for_model(f));
-            while estimate(t.tile.min(h), t.tile.min(w)) > *budget && t.tile / 2 >= 4 * f {
-                t = with_stride(TileConfig::with_tile((t.tile / 2 / f) * f, f));
-            }
+            let t = tiling::tiles_within(cfg, weights, stage, *budget, [batch, h, w], opts.tile_stride);
             t.validate(f).context("--tile-stride")?;
             let per_tile = estimate(t.tile.min(h), t.tile.min(w));
             eprintln!(

@@ -70,6 +70,34 @@ pub fn estimate(f: &ModelFootprint, backend: &str, width: usize, height: usize, 
     Estimate { peak, phase, available, advice }
 }
 
+/// Overrides the memory budget (MiB) of the autoencoder runs ([`autoencoder_budget`]).
+pub const BUDGET_ENV: &str = "DCAE_MEMORY_BUDGET_MB";
+
+/// The memory an autoencoder run may use on `backend` ("cpu", "wgpu", "cuda"), which decides
+/// batch, image-by-image or tiled decoding: `DCAE_MEMORY_BUDGET_MB`, else half of
+/// `MemAvailable` (the rest is the other models', the app's and the system's), else 4 GiB; and
+/// where the figure came from. GPU adapters' own memory is not queried yet.
+pub fn autoencoder_budget(backend: &str) -> Result<(crate::model::tiling::Budget, String), String> {
+    let weight_copies = if backend == "cpu" { 2 } else { 1 };
+    let budget = |bytes: u64| crate::model::tiling::Budget { bytes, weight_copies };
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    if let Ok(v) = std::env::var(BUDGET_ENV) {
+        let mb: f64 = v.trim().parse().map_err(|_| format!("{BUDGET_ENV}={v} is not a number of MiB"))?;
+        return Ok((budget((mb.max(0.0) * (1u64 << 20) as f64) as u64), BUDGET_ENV.to_string()));
+    }
+    let note = if backend == "cpu" { "" } else { "; GPU memory not queried" };
+    Ok(match mem_available() {
+        Some(b) => (budget(b / 2), format!("half of MemAvailable {}{note}", gib(b))),
+        None => (budget(4 << 30), format!("4 GiB assumed, /proc/meminfo unreadable{note}")),
+    })
+}
+
+/// [`autoencoder_budget`] for the backend `B`; `None` when `DCAE_MEMORY_BUDGET_MB` is malformed.
+pub fn autoencoder_budget_on<B: burn::tensor::backend::Backend>() -> Option<crate::model::tiling::Budget> {
+    let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::engine::backend::Cpu>();
+    autoencoder_budget(if cpu { "cpu" } else { "gpu" }).ok().map(|(b, _)| b)
+}
+
 /// Memory the system can give now (Linux: `MemAvailable`); `None` elsewhere.
 pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -39,6 +39,7 @@ use self::api::{GenerateFailure, GenerateOutput, Generator, GeneratorInfo};
 use self::projection::{Fitter, Projection};
 use self::text::{TextEvent, TextGenerator, TextOutput, TextRequest};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::model::tiling;
 use crate::model::{Dcae, DcaeConfig};
 
 /// A model's two files, with the name shown in the UI.
@@ -998,13 +999,50 @@ impl<B: Backend> Engine<B> {
             }
             let Some((cfg, ae, _)) = self.autoencoders.get(&m.weights) else { continue };
             self.status(format!("Reconstructing with {}…", m.name));
+            // A full-size photo goes through in tiles when an untiled run would not fit; the
+            // status line counts them, and Cancel stops between two.
+            let budget = crate::engine::memory::autoencoder_budget_on::<B>();
+            let sink = &self.sink;
+            let cancel = &job.cancel;
+            let name = &m.name;
+            let report = |what: &str, done: usize, total: usize| {
+                if total > 1 {
+                    sink.send(Event::Status(format!("Reconstructing with {name}: {what} tile {}/{total}…", (done + 1).min(total))));
+                }
+                !cancel.load(Ordering::Relaxed)
+            };
             let t0 = Instant::now();
-            let z = ae.encode(x.clone());
+            let encode_fit = budget.map(|b| tiling::fit(cfg, b.weight_bytes(ae), tiling::Stage::Encode, b.bytes, [1, shape[2], shape[3]]));
+            let z = match encode_fit {
+                Some(tiling::Fit::Tiled(t)) => tiling::tiled_encode(ae, cfg.factor(), x.clone(), &t, &mut |d, n| report("encoding", d, n)),
+                _ => Ok(Some(ae.encode(x.clone()))),
+            };
+            let z = match z {
+                Ok(Some(z)) => z,
+                Ok(None) => {
+                    self.sink.send(Event::Cancelled { job: id });
+                    return;
+                }
+                Err(e) => {
+                    self.error(Some(id), format!("{}: {e}", m.name));
+                    continue;
+                }
+            };
             let _ = B::sync(&self.device);
             let encode_secs = t0.elapsed().as_secs_f64();
             let zdims: [usize; 4] = z.dims();
             let t1 = Instant::now();
-            let y = ae.decode(z);
+            let y = match tiling::decode_within(ae, cfg, z, budget, &mut |d, n| report("decoding", d, n)) {
+                Ok(Some(y)) => y,
+                Ok(None) => {
+                    self.sink.send(Event::Cancelled { job: id });
+                    return;
+                }
+                Err(e) => {
+                    self.error(Some(id), format!("{}: {e}", m.name));
+                    continue;
+                }
+            };
             let ydims: [usize; 4] = y.dims();
             let y = tensor_to_vec(y);
             let decode_secs = t1.elapsed().as_secs_f64();
@@ -1028,7 +1066,6 @@ impl<B: Backend> Engine<B> {
             };
             let [_, c, h, w] = zdims;
             let compression = (3 * shape[2] * shape[3]) as f64 / (c * h * w).max(1) as f64;
-            let _ = cfg;
             self.sink.send(Event::Reconstructed {
                 job: id,
                 result: ReconResult {

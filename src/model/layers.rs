@@ -8,7 +8,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::gelu;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
 
 pub use super::act::Act;
 use super::cpu_kernels::ConvWeights;
@@ -98,18 +98,38 @@ pub fn linear<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d_in: usize,
     Linear { weight: Param::from_tensor(weight), bias }
 }
 
+/// [`linear`] for a layer run only through [`lin`] / [`lin_gelu`], which compute from a 16-bit
+/// weight as stored: such a weight then stays 16-bit in memory where the backend keeps it
+/// ([`crate::weights::half`]).
+pub fn linear_stored<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d_in: usize, d_out: usize, bias: bool) -> Linear<B> {
+    let weight = w.linear_weight_stored(&format!("{key}.weight"), d_out, d_in);
+    let bias = bias.then(|| Param::from_tensor(w.tensor(&format!("{key}.bias"), [d_out])));
+    Linear { weight: Param::from_tensor(weight), bias }
+}
+
 /// `l.forward(x)`, through the CPU backend's own GEMM split when it applies
 /// ([`super::cpu_kernels::linear`]).
 pub fn lin<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| l.forward(x))
+    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| widened(l).forward(x))
 }
 
 /// `gelu(l.forward(x))`, the GELU fused into the CPU kernel when it applies
 /// ([`super::cpu_kernels::linear_gelu`]).
 pub fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(l.forward(x)))
+    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(widened(l).forward(x)))
+}
+
+/// `l` with an f32 weight, for burn's own ops, which do not mix float types: a 16-bit weight
+/// ([`linear_stored`]) is widened for this one call.
+fn widened<B: Backend>(l: &Linear<B>) -> std::borrow::Cow<'_, Linear<B>> {
+    let weight = l.weight.val();
+    if weight.dtype() == DType::F32 {
+        return std::borrow::Cow::Borrowed(l);
+    }
+    let weight = Param::from_tensor(weight.cast(FloatDType::F32));
+    std::borrow::Cow::Owned(Linear { weight, bias: l.bias.clone() })
 }
 
 /// The same values in a fresh row-major tensor.

@@ -308,3 +308,126 @@ pub fn encode_bytes(cfg: &DcaeConfig, weight_bytes: u64, batch: usize, h: usize,
 pub fn decode_bytes(cfg: &DcaeConfig, weight_bytes: u64, batch: usize, h: usize, w: usize) -> u64 {
     weight_bytes + (activation_bytes_per_pixel(cfg).1 * (batch * h * w) as f64) as u64
 }
+
+/// Which half of the autoencoder a memory decision is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Encode,
+    Decode,
+}
+
+/// Estimated peak bytes of one untiled `stage` on a `batch × h × w` image (image pixels).
+pub fn stage_bytes(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, batch: usize, h: usize, w: usize) -> u64 {
+    match stage {
+        Stage::Encode => encode_bytes(cfg, weight_bytes, batch, h, w),
+        Stage::Decode => decode_bytes(cfg, weight_bytes, batch, h, w),
+    }
+}
+
+/// How one stage of a batch runs within a memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The whole batch in one call.
+    Batch,
+    /// One image at a time, untiled.
+    PerImage,
+    /// One image at a time, in these tiles.
+    Tiled(TileConfig),
+}
+
+/// Our default tile ([`TileConfig::for_model`]) halved while one tile's estimate is still over
+/// `budget` (down to 4 latent pixels, below which tiles are mostly seam); `stride` overrides the
+/// default overlap.
+pub fn tiles_within(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, [batch, h, w]: [usize; 3], stride: Option<usize>) -> TileConfig {
+    let f = cfg.factor();
+    let with_stride = |t: TileConfig| TileConfig { stride: stride.unwrap_or(t.stride), ..t };
+    let mut t = with_stride(TileConfig::for_model(f));
+    while stage_bytes(cfg, weight_bytes, stage, batch, t.tile.min(h), t.tile.min(w)) > budget && t.tile / 2 >= 4 * f {
+        t = with_stride(TileConfig::with_tile((t.tile / 2 / f) * f, f));
+    }
+    t
+}
+
+/// The cheapest way to run `stage` on `batch` images of `h × w` within `budget` bytes: the
+/// batch at once, else image by image, else tiled.
+pub fn fit(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, [batch, h, w]: [usize; 3]) -> Fit {
+    if stage_bytes(cfg, weight_bytes, stage, batch, h, w) <= budget {
+        Fit::Batch
+    } else if stage_bytes(cfg, weight_bytes, stage, 1, h, w) <= budget {
+        Fit::PerImage
+    } else {
+        Fit::Tiled(tiles_within(cfg, weight_bytes, stage, budget, [1, h, w], None))
+    }
+}
+
+/// The memory a run may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    /// Copies of the weights the backend holds: 2 on the CPU, whose kernels keep a rearranged
+    /// copy of every convolution's weights beside burn's.
+    pub weight_copies: u64,
+}
+
+impl Budget {
+    /// The f32 weights of `ae` as the backend holds them.
+    pub fn weight_bytes<B: Backend>(&self, ae: &Dcae<B>) -> u64 {
+        4 * burn::module::Module::num_params(ae) as u64 * self.weight_copies
+    }
+}
+
+/// `ae.decode(z)` for a `[B, c, h, w]` latent run as [`fit`] decides within `budget` (`None`:
+/// image by image, untiled). `progress(done, total)` counts images, or tiles when tiled, and
+/// stops the decode by returning false (`Ok(None)`).
+pub fn decode_within<B: Backend>(
+    ae: &Dcae<B>,
+    cfg: &DcaeConfig,
+    z: Tensor<B, 4>,
+    budget: Option<Budget>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Option<Tensor<B, 4>>, TileConfigError> {
+    let [b, _, h, w] = z.dims();
+    let f = cfg.factor();
+    let how = match budget {
+        Some(budget) => fit(cfg, budget.weight_bytes(ae), Stage::Decode, budget.bytes, [b, h * f, w * f]),
+        None => Fit::PerImage,
+    };
+    match how {
+        Fit::Batch if b > 0 => {
+            if !progress(0, 1) {
+                return Ok(None);
+            }
+            let y = ae.decode(z);
+            Ok(progress(1, 1).then_some(y))
+        }
+        Fit::Batch | Fit::PerImage => {
+            let mut out = Vec::with_capacity(b);
+            for i in 0..b {
+                if !progress(i, b) {
+                    return Ok(None);
+                }
+                out.push(ae.decode(z.clone().narrow(0, i, 1)));
+            }
+            if !progress(b, b) || out.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Tensor::cat(out, 0)))
+        }
+        Fit::Tiled(t) => {
+            let per_image = t.decode_tiles(h, w, f);
+            let total = per_image * b;
+            let mut out = Vec::with_capacity(b);
+            for i in 0..b {
+                let mut inner = |d: usize, _n: usize| progress(i * per_image + d, total);
+                match tiled_decode(ae, f, z.clone().narrow(0, i, 1), &t, &mut inner)? {
+                    Some(y) => out.push(y),
+                    None => return Ok(None),
+                }
+            }
+            if out.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Tensor::cat(out, 0)))
+        }
+    }
+}

@@ -35,12 +35,50 @@ pub struct ReconEntry {
     heat_tex: TextureHandle,
 }
 
+/// What size an opened image is reconstructed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconSize {
+    /// Full size up to [`LARGE_PIXELS`]; a larger photo gets the authors' 512 centre crop, with
+    /// full size one click away.
+    Auto,
+    /// The whole image (cropped to a multiple of the factor), in tiles when it would not fit.
+    Full,
+    /// The authors' centre crop (DMCrop) to this square.
+    Square(u32),
+}
+
+/// Above this many pixels (more than 1024²) `Auto` crops: a 12 MP phone photo through an
+/// f32c32 autoencoder is minutes of CPU time and gigabytes, where 512² takes seconds and is
+/// what the paper reports.
+pub const LARGE_PIXELS: u64 = 1024 * 1024;
+const AUTO_CROP: u32 = 512;
+
+impl ReconSize {
+    /// The crop for an image of `w × h` (`None`: keep its size).
+    pub fn crop_for(self, w: u32, h: u32) -> Option<u32> {
+        match self {
+            ReconSize::Auto if w as u64 * h as u64 > LARGE_PIXELS => Some(AUTO_CROP),
+            ReconSize::Auto | ReconSize::Full => None,
+            ReconSize::Square(n) => Some(n),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            ReconSize::Auto => "auto (512 crop of large photos)".into(),
+            ReconSize::Full => "full size (tiled if needed)".into(),
+            ReconSize::Square(n) => format!("{n}×{n} (centre crop)"),
+        }
+    }
+}
+
 pub struct ReconstructPanel {
     pub input: Option<Input>,
     /// Catalog keys of the chosen autoencoders.
     pub selected: BTreeSet<String>,
-    /// `None`: keep the image's size (cropped to a multiple of the factor).
-    pub size: Option<u32>,
+    pub size: ReconSize,
+    /// The crop the current input was run with (for the notice that offers full size).
+    ran_crop: Option<u32>,
     pub gain: f32,
     run: Option<(u64, CancelToken)>,
     pub original: Option<(RgbImage, TextureHandle)>,
@@ -63,7 +101,8 @@ impl Default for ReconstructPanel {
         Self {
             input: None,
             selected: BTreeSet::new(),
-            size: None,
+            size: ReconSize::Auto,
+            ran_crop: None,
             gain: 4.0,
             run: None,
             original: None,
@@ -176,10 +215,12 @@ impl ReconstructPanel {
         self.original = None;
         self.focus = 0;
         self.last_error = None;
+        let crop = self.size.crop_for(image.width(), image.height());
+        self.ran_crop = crop;
         shared.worker.send(Job::Reconstruct(ReconstructJob {
             id,
             image,
-            size: self.size,
+            size: crop,
             models,
             heatmap_gain: self.gain,
             cancel: cancel.clone(),
@@ -276,13 +317,9 @@ impl ReconstructPanel {
         ui.separator();
         egui::Grid::new("recon_opts").num_columns(2).show(ui, |ui| {
             ui.label("Size");
-            let text = |s: Option<u32>| match s {
-                None => "keep (crop to fit)".to_string(),
-                Some(n) => format!("{n}×{n} (centre crop)"),
-            };
-            egui::ComboBox::from_id_salt("recon_size").selected_text(text(self.size)).show_ui(ui, |ui| {
-                for s in [None, Some(256), Some(512), Some(1024)] {
-                    ui.selectable_value(&mut self.size, s, text(s));
+            egui::ComboBox::from_id_salt("recon_size").selected_text(self.size.label()).show_ui(ui, |ui| {
+                for s in [ReconSize::Auto, ReconSize::Full, ReconSize::Square(256), ReconSize::Square(512), ReconSize::Square(1024)] {
+                    ui.selectable_value(&mut self.size, s, s.label());
                 }
             });
             ui.end_row();
@@ -307,6 +344,18 @@ impl ReconstructPanel {
             let b = egui::Button::new(RichText::new("▶ Reconstruct").size(16.0)).min_size(Vec2::new(ui.available_width(), 32.0));
             if ui.add_enabled(ready, b).on_disabled_hover_text("Open an image and choose at least one autoencoder").clicked() {
                 self.start(shared);
+            }
+        }
+        // A large photo was cropped by `Auto`: say so, and offer the whole picture.
+        let dims = self.input.as_ref().map(|i| (i.image.width(), i.image.height()));
+        if let (ReconSize::Auto, Some(crop), Some((w, h))) = (self.size, self.ran_crop, dims) {
+            if self.size.crop_for(w, h) == Some(crop) {
+                ui.add_space(6.0);
+                ui.label(RichText::new(format!("{w}×{h} photo: reconstructed as its {crop}×{crop} centre crop, as the DC-AE authors evaluate.")).weak());
+                if ui.add_enabled(self.run.is_none(), egui::Button::new("Reconstruct the full image")).on_hover_text("Runs in tiles when the whole image would not fit in memory; Cancel stops between tiles").clicked() {
+                    self.size = ReconSize::Full;
+                    self.start(shared);
+                }
             }
         }
         if let Some(e) = &self.last_error {

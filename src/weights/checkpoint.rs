@@ -236,6 +236,21 @@ impl Checkpoint {
         Some(values)
     }
 
+    /// The tensor's values as stored when they are bf16 or f16; `None` if absent or of another
+    /// type.
+    pub fn read_half(&self, key: &str) -> Option<super::half::HalfValues> {
+        use super::half::HalfValues;
+        let e = self.entries.get(key)?;
+        let bytes = &self.files[e.file].1[e.start..e.end];
+        let values = match e.dtype {
+            Dtype::BF16 => HalfValues::Bf16(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect()),
+            Dtype::F16 => HalfValues::F16(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
+            _ => return None,
+        };
+        release_pages(&self.files[e.file].1, e.start, e.end);
+        Some(values)
+    }
+
     /// The naming under `prefix`, told apart by keys only the one naming has.
     pub fn layout(&self, prefix: &str) -> Option<Layout> {
         let has = |p: &str| self.entries.keys().any(|k| k.strip_prefix(prefix).is_some_and(|r| r.starts_with(p)));
@@ -375,6 +390,40 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
         }
     }
 
+    /// A tensor kept 16-bit when it is stored so and the backend keeps such weights (see
+    /// [`super::half`]), else widened; `transpose` for a Linear weight (`[out, in]` stored,
+    /// `[in, out]` handed out).
+    fn stored<const D: usize>(&mut self, key: &str, shape: [usize; D], transpose: bool) -> Tensor<B, D> {
+        let full = format!("{}{key}", self.prefix);
+        let half_ok = super::half::keeps_16bit::<B>()
+            && !self.check_only
+            && self.problems.is_empty()
+            && self.layout == Layout::Original
+            && self.ckpt.shape(&full) == Some(&shape[..]);
+        if half_ok && (!transpose || D == 2) {
+            if let Some(values) = self.ckpt.read_half(&full) {
+                self.used.insert(full);
+                let mut dims = shape;
+                let values = if transpose {
+                    dims.swap(0, 1);
+                    values.transposed(shape[0], shape[1])
+                } else {
+                    values
+                };
+                if let Some(t) = values.into_tensor::<B, D>(dims) {
+                    return t;
+                }
+            }
+        }
+        let t = self.tensor(key, shape);
+        if !transpose || D != 2 {
+            return t;
+        }
+        let t = t.swap_dims(0, 1);
+        let device = t.device();
+        Tensor::from_data(t.into_data(), &device)
+    }
+
     fn values(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
         let prefix = self.prefix.clone();
         let full = |k: &str| format!("{prefix}{k}");
@@ -408,6 +457,14 @@ impl<B: Backend> WeightSource<B> for CheckpointLoader<'_, B> {
             // to the shape (a view, no allocation of the full size) keeps construction going.
             None => Tensor::<B, D>::zeros([1; D], &self.device).expand(shape),
         }
+    }
+
+    fn tensor_stored<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        self.stored(key, shape, false)
+    }
+
+    fn linear_weight_stored(&mut self, key: &str, d_out: usize, d_in: usize) -> Tensor<B, 2> {
+        self.stored(key, [d_out, d_in], true)
     }
 
     fn ignored(&mut self, key: &str) {

@@ -6,6 +6,7 @@
 //! misshaped and unexpected keys at once instead of failing on the first.
 
 pub mod checkpoint;
+pub mod half;
 pub mod hub;
 pub mod keys;
 pub mod pipeline;
@@ -20,6 +21,20 @@ pub trait WeightSource<B: Backend> {
     /// The tensor stored under `key` (original naming), which must have `shape`.
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D>;
 
+    /// [`Self::tensor`] for a layer that computes from 16-bit weights where the backend can
+    /// (see [`half`]): a bf16 / f16 stored tensor may then stay 16-bit.
+    fn tensor_stored<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        self.tensor(key, shape)
+    }
+
+    /// A Linear layer's weight, stored `[d_out, d_in]` (PyTorch), as burn's `[d_in, d_out]`,
+    /// row-major; 16-bit as stored where the backend computes from that ([`Self::tensor_stored`]).
+    fn linear_weight_stored(&mut self, key: &str, d_out: usize, d_in: usize) -> Tensor<B, 2> {
+        let t = self.tensor(key, [d_out, d_in]).transpose();
+        let device = t.device();
+        Tensor::from_data(t.into_data(), &device)
+    }
+
     /// A key that may be stored but carries nothing the model uses (BatchNorm's
     /// `num_batches_tracked`). Listed so strict loading does not call it unexpected.
     fn ignored(&mut self, key: &str);
@@ -33,11 +48,33 @@ pub trait WeightSource<B: Backend> {
 /// networks: weights ~ N(0, 1/fan_in), norm scales 1, biases and shifts 0, variances 1.
 pub struct RandomWeights<B: Backend> {
     device: B::Device,
+    /// Hand out the weights of [`WeightSource::tensor_stored`] as a bf16 checkpoint would.
+    bf16: bool,
 }
 
 impl<B: Backend> RandomWeights<B> {
     pub fn new(device: &B::Device) -> Self {
-        Self { device: device.clone() }
+        Self { device: device.clone(), bf16: false }
+    }
+
+    /// As [`Self::new`], but what a layer loads with [`WeightSource::tensor_stored`] is what a
+    /// bf16 checkpoint gives it (16-bit in memory where the backend keeps that): for measuring
+    /// the memory of the published bf16 text encoders without them.
+    pub fn stored_as_bf16(device: &B::Device) -> Self {
+        Self { device: device.clone(), bf16: true }
+    }
+
+    fn as_bf16<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
+        if !self.bf16 || !half::keeps_16bit::<B>() {
+            return t;
+        }
+        let shape = t.dims();
+        match t.into_data().to_vec::<f32>() {
+            Ok(v) => half::HalfValues::Bf16(v.into_iter().map(::half::bf16::from_f32).collect())
+                .into_tensor::<B, D>(shape)
+                .unwrap_or_else(|| Tensor::zeros(shape, &self.device)),
+            Err(_) => Tensor::zeros(shape, &self.device),
+        }
     }
 }
 
@@ -55,6 +92,17 @@ impl<B: Backend> WeightSource<B> for RandomWeights<B> {
         let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
         let std = if key.contains("pos_embed") || key.contains("embedding") { 0.5 } else { (1.0 / fan_in as f64).sqrt() };
         Tensor::random(shape, Distribution::Normal(0.0, std), &self.device)
+    }
+
+    fn tensor_stored<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        let t = self.tensor(key, shape);
+        self.as_bf16(t)
+    }
+
+    fn linear_weight_stored(&mut self, key: &str, d_out: usize, d_in: usize) -> Tensor<B, 2> {
+        let t = self.tensor(key, [d_out, d_in]).transpose();
+        let t = Tensor::from_data(t.into_data(), &self.device);
+        self.as_bf16(t)
     }
 
     fn ignored(&mut self, _key: &str) {}

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use burn::tensor::{Tensor, TensorData};
-use dcae::model::tiling::{tiled_decode, tiled_encode, TileConfig, TileConfigError};
+use dcae::model::tiling::{decode_within, fit, tiled_decode, tiled_encode, Budget, Fit, Stage, TileConfig, TileConfigError};
 use dcae::model::Dcae;
 use dcae::model::load::load_dcae_files;
 
@@ -54,6 +54,58 @@ fn tiled_encode_and_decode_match_diffusers() {
     // 102×150: edge tiles zero-padded to the factor, the latent cropped to ⌊H/f⌋ × ⌊W/f⌋.
     let z = tiled_encode(&model, f, tensor4(EXPECTED, "ragged_image"), &FIXTURE_TILES, &mut always).unwrap().unwrap();
     check("tiled latent of a 102×150 image", z, "ragged_tiled_latent");
+}
+
+/// The memory budget picks the batch at once, image by image, or tiles, and each gives the
+/// decode it stands for; progress counts images or tiles, and stopping it cancels.
+#[test]
+fn decode_within_a_budget_batches_splits_or_tiles() {
+    let dir = fixture("ae-tiny-sana/diffusers");
+    let (cfg, model) = load_dcae_files::<B>(&dir.join("config.json"), &dir.join("diffusion_pytorch_model.safetensors"), &device()).unwrap();
+    let f = cfg.factor();
+    let one = tensor4(EXPECTED, "latent");
+    let [_, c, h, w] = one.dims();
+    let z = Tensor::cat(vec![one.clone(), one.clone().mul_scalar(0.5)], 0); // two images
+    let weights = Budget { bytes: 0, weight_copies: 2 }.weight_bytes(&model);
+    let need = |batch: usize, hh: usize, ww: usize| dcae::model::tiling::decode_bytes(&cfg, weights, batch, hh, ww);
+    let (ih, iw) = (h * f, w * f);
+    let untiled = values(model.decode(z.clone()));
+
+    let mut calls = Vec::new();
+    let run = |bytes: u64, calls: &mut Vec<(usize, usize)>| {
+        calls.clear();
+        let budget = Budget { bytes, weight_copies: 2 };
+        let y = decode_within(&model, &cfg, z.clone(), Some(budget), &mut |d, n| {
+            calls.push((d, n));
+            true
+        });
+        (fit(&cfg, weights, Stage::Decode, bytes, [2, ih, iw]), values(y.unwrap().unwrap()))
+    };
+    let (how, y) = run(need(2, ih, iw), &mut calls);
+    assert_eq!(how, Fit::Batch);
+    assert_eq!((max_abs_diff(&y, &untiled), calls.clone()), (0.0, vec![(0, 1), (1, 1)]));
+    let (how, y) = run(need(1, ih, iw), &mut calls);
+    assert_eq!(how, Fit::PerImage);
+    assert!(max_abs_diff(&y, &untiled) < 1e-5, "image by image");
+    assert_eq!(calls, vec![(0, 2), (1, 2), (2, 2)]);
+    // Too little for one whole image: tiles small enough for the budget, blended as tested
+    // above against diffusers; progress counts the tiles of both images.
+    let (how, y) = run(need(1, ih / 2, iw / 2), &mut calls);
+    let Fit::Tiled(t) = how else { panic!("{how:?}") };
+    assert!(t.tile < ih.max(iw), "{t:?}");
+    let per = t.decode_tiles(h, w, f);
+    assert!(per > 1 && calls.len() > 2 * per && calls.last() == Some(&(2 * per, 2 * per)), "{per} tiles per image: {calls:?}");
+    let first = values(tiled_decode(&model, f, z.clone().narrow(0, 0, 1), &t, &mut always).unwrap().unwrap());
+    assert_eq!(max_abs_diff(&y[..first.len()], &first), 0.0, "the tiled path is tiled_decode");
+    let _ = c;
+
+    // Stopping in the middle cancels.
+    let mut seen = 0;
+    let stopped = decode_within(&model, &cfg, z.clone(), Some(Budget { bytes: need(1, ih, iw), weight_copies: 2 }), &mut |_, _| {
+        seen += 1;
+        seen < 2
+    });
+    assert!(stopped.unwrap().is_none());
 }
 
 #[test]
@@ -270,7 +322,12 @@ fn measure_tiled_reconstruct() {
     let size = std::env::var("DCAE_TILE_MEASURE").unwrap_or_else(|_| "4096x3072".into());
     let (w, h) = size.split_once('x').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap();
     let (f, model) = f32c32();
-    let t = TileConfig::for_model(f);
+    // DCAE_TILE_PX: another tile size (a quarter overlap); DCAE_MEASURE_ONLY=encode skips the decode.
+    let t = match std::env::var("DCAE_TILE_PX") {
+        Ok(px) => TileConfig::with_tile(px.parse().unwrap(), f),
+        Err(_) => TileConfig::for_model(f),
+    };
+    let encode_only = std::env::var("DCAE_MEASURE_ONLY").as_deref() == Ok("encode");
     eprintln!("f32c32-in random weights, {w}×{h}, tiles {t:?}; RSS after load {:.0} MiB", peak_rss_mib());
     let report = |what: &'static str| {
         let s = std::time::Instant::now();
@@ -282,11 +339,14 @@ fn measure_tiled_reconstruct() {
     // Decode first (the larger half of the weights and the larger activations), from a random
     // latent, so that a run cut short still shows the peak; then encode the image.
     let start = std::time::Instant::now();
-    let z = Tensor::<B, 4>::random([1, 32, h / f, w / f], burn::tensor::Distribution::Normal(0.0, 1.0), &device());
-    let y = tiled_decode(&model, f, z, &t, &mut report("decode")).unwrap().unwrap();
-    let finite = values(y).iter().all(|x| x.is_finite());
-    let dec_s = start.elapsed().as_secs_f64();
-    eprintln!("MEASURE {w}×{h} tiled decode {dec_s:.1} s, peak RSS {:.0} MiB, finite {finite}", peak_rss_mib());
+    let mut dec_s = 0.0;
+    if !encode_only {
+        let z = Tensor::<B, 4>::random([1, 32, h / f, w / f], burn::tensor::Distribution::Normal(0.0, 1.0), &device());
+        let y = tiled_decode(&model, f, z, &t, &mut report("decode")).unwrap().unwrap();
+        let finite = values(y).iter().all(|x| x.is_finite());
+        dec_s = start.elapsed().as_secs_f64();
+        eprintln!("MEASURE {w}×{h} tiled decode {dec_s:.1} s, peak RSS {:.0} MiB, finite {finite}", peak_rss_mib());
+    }
     let start = std::time::Instant::now();
     let z = tiled_encode(&model, f, smooth(h, w), &t, &mut report("encode")).unwrap().unwrap();
     let _ = values(z);

@@ -163,6 +163,34 @@ fn ui_reconstruct_dropped_png_and_rejects_text() {
     assert_eq!(h.state().reconstruct.results.len(), n);
 }
 
+/// A phone-sized photo is reconstructed as its 512 centre crop by default, with the full image
+/// one click away.
+#[test]
+fn ui_large_photo_defaults_to_the_centre_crop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app(fixtures(), tmp.path());
+    h.get_by_label("🔍 Reconstruct").click();
+    h.step();
+    // One small autoencoder keeps the full-size run short.
+    let tiny = h.state().reconstruct.selected.iter().find(|k| k.contains("ae-tiny")).cloned();
+    let tiny = tiny.unwrap_or_else(|| panic!("no tiny autoencoder among {:?}", h.state().reconstruct.selected));
+    h.state_mut().reconstruct.selected = [tiny].into();
+    let photo = tmp.path().join("photo.png");
+    image::RgbImage::from_fn(1280, 1024, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])).save(&photo).unwrap();
+    h.input_mut().dropped_files.push(egui::DroppedFile { path: Some(photo), ..Default::default() });
+    h.step();
+    wait_for(&mut h, "the crop's reconstruction", 60.0, |a| !a.reconstruct.is_running() && a.reconstruct.results.len() == 1);
+    let dims = |a: &StudioApp| a.reconstruct.original.as_ref().map(|(img, _)| img.dimensions());
+    assert_eq!(dims(h.state()), Some((512, 512)));
+    h.get_by_label_contains("1280×1024 photo: reconstructed as its 512×512 centre crop");
+    h.get_by_label("Reconstruct the full image").click();
+    h.step();
+    wait_for(&mut h, "the full image's reconstruction", 120.0, |a| !a.reconstruct.is_running() && a.reconstruct.results.len() == 1 && dims(a) != Some((512, 512)));
+    assert_eq!(dims(h.state()), Some((1280, 1024)));
+    assert!(h.query_by_label_contains("centre crop, as the DC-AE").is_none(), "the notice is gone");
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}
+
 #[test]
 fn ui_missing_model_offline_says_what_to_download() {
     let tmp = tempfile::tempdir().unwrap();

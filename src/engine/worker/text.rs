@@ -18,9 +18,19 @@ use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind, WeightFiles};
 /// The bytes a checkpoint's tensors take as f32 (what they are in memory today), from its
 /// header alone.
 fn f32_bytes(w: &WeightFiles) -> Option<u64> {
+    held_bytes(w, false)
+}
+
+/// Bytes of a component's weights in memory: widened to f32, or with 16-bit tensors kept as
+/// stored (`keep_16bit`, see [`crate::weights::half`]).
+fn held_bytes(w: &WeightFiles, keep_16bit: bool) -> Option<u64> {
     let ckpt = w.open().ok()?;
     let keys: Vec<String> = ckpt.keys().map(str::to_string).collect();
-    Some(keys.iter().filter_map(|k| ckpt.shape(k)).map(|s| 4 * s.iter().product::<usize>() as u64).sum())
+    let size = |k: &str| match ckpt.dtype(k).as_deref() {
+        Some("BF16" | "F16") if keep_16bit => 2,
+        _ => 4,
+    };
+    Some(keys.iter().filter_map(|k| ckpt.shape(k).map(|s| size(k) * s.iter().product::<usize>() as u64)).sum())
 }
 
 /// What the user asked for, beside the settings every generation has (steps, guidance, seed).
@@ -57,7 +67,7 @@ pub struct TextOutput {
     pub generated_size: (usize, usize),
 }
 
-/// Models whose weights in f32 come to more than this share of the memory available are run
+/// Models whose weights (as held in memory) come to more than this share of the memory available are run
 /// with the text encoder released after encoding (prompt embeddings stay cached, so a new seed
 /// of the same prompt still costs no encoding).
 const LOW_MEMORY_SHARE: f64 = 0.6;
@@ -75,8 +85,10 @@ impl<B: Backend> TextGenerator<B> {
         let mut pipeline = SanaPipeline::<B>::open(&files, name, device)?;
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
-        let weights_f32 = 4 * (c.transformer.num_params() as u64 + c.text_encoder.num_params().unwrap_or(0) as u64 + c.vae.approx_params());
-        pipeline.low_memory = crate::engine::memory::mem_available().is_some_and(|avail| weights_f32 as f64 > LOW_MEMORY_SHARE * avail as f64);
+        // The published text encoders are bf16, and stay so on the CPU (half the f32 size).
+        let text_bytes = held_bytes(&files.text_encoder.weights, crate::weights::half::keeps_16bit::<B>()).unwrap_or(4 * c.text_encoder.num_params().unwrap_or(0) as u64);
+        let weights = 4 * (c.transformer.num_params() as u64 + c.vae.approx_params()) + text_bytes;
+        pipeline.low_memory = crate::engine::memory::mem_available().is_some_and(|avail| weights as f64 > LOW_MEMORY_SHARE * avail as f64);
         let sample = c.transformer.sample_size;
         let info = GeneratorInfo {
             name: name.to_string(),
@@ -91,7 +103,7 @@ impl<B: Backend> TextGenerator<B> {
             sampler: c.scheduler.solver.label().to_string(),
             footprint: ModelFootprint {
                 denoiser: 4 * c.transformer.num_params() as u64,
-                text_encoder: 4 * c.text_encoder.num_params().unwrap_or(0) as u64,
+                text_encoder: text_bytes,
                 autoencoder: f32_bytes(&files.vae.weights).unwrap_or(4 * c.vae.approx_params()),
                 // Cross-attention scores over the 300 text tokens per head, and the GLU FFN's
                 // 2 × 2.5·D channels with its depthwise output and gate, per token.
@@ -159,6 +171,7 @@ impl<B: Backend> TextGenerator<B> {
             r.init = Some((Tensor::cat(vec![z; b], 0), strength));
         }
         r.negative_prompt = req.negative_prompt.clone();
+        r.memory_budget = crate::engine::memory::autoencoder_budget_on::<B>();
         r.steps = Some(steps);
         r.guidance = Some(cfg_scale);
         r.solver = req.solver;

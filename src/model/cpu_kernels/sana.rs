@@ -160,7 +160,7 @@ pub fn add_gated<B: Backend>(x: &Tensor<B, 3>, gate: Option<&Tensor<B, 3>>, y: &
 }
 
 /// Sum in 16 lanes (vectorizes; also more accurate than one running sum).
-fn sum(v: &[f32]) -> f32 {
+pub(super) fn sum(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let chunks = v.chunks_exact(16);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -171,7 +171,7 @@ fn sum(v: &[f32]) -> f32 {
 }
 
 /// Maximum in 16 lanes (NaN-ignoring, as `f32::max`).
-fn max(v: &[f32]) -> f32 {
+pub(super) fn max(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = v.chunks_exact(16);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -181,7 +181,7 @@ fn max(v: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &x| m.max(x))
 }
 
-fn sum_sq(v: &[f32]) -> f32 {
+pub(super) fn sum_sq(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let chunks = v.chunks_exact(16);
     let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();

@@ -21,6 +21,7 @@ use super::prompt::{default_instruction, PromptEmbeds, SanaTokenizer, TextEncode
 use super::text_encoder::{Gemma2, Gemma2Config};
 use super::transformer::{SanaTransformer, SanaTransformerConfig, MAX_SEQUENCE_LENGTH};
 use crate::model::host::read_back;
+use crate::model::tiling;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
 use crate::sampler::SamplerError;
@@ -203,6 +204,9 @@ pub struct T2iRequest<B: Backend> {
     /// Image-to-image: the source's latent `[B, C, h, w]` (times the scaling factor; its size
     /// is the run's, no binning) and the strength in (0, 1].
     pub init: Option<(Tensor<B, 4>, f32)>,
+    /// The memory the final decode may use, which chooses batch, image-by-image or tiled
+    /// decoding; `None`: image by image, untiled.
+    pub memory_budget: Option<tiling::Budget>,
 }
 
 impl<B: Backend> T2iRequest<B> {
@@ -224,6 +228,7 @@ impl<B: Backend> T2iRequest<B> {
             max_timestep: None,
             intermediate_timestep: None,
             init: None,
+            memory_budget: None,
         }
     }
 }
@@ -509,18 +514,24 @@ impl<B: Backend> SanaPipeline<B> {
         let mut on_step = |s: FlowStep<B>| on_event(T2iEvent::Step(s));
         let latent = flow::sample(&schedule, x, &mut network, &mut step_noise, &mut on_step).ok_or(T2iError::Cancelled)?;
 
-        // One image at a time: the decoder's full-resolution activations are the run's memory peak.
+        // The decoder's full-resolution activations are the run's memory peak: the batch at
+        // once, image by image or tiled, whichever fits the budget (SANA's own users met the
+        // out-of-memory here, after the whole denoising loop had run).
+        let sf = self.config.vae.scaling_factor as f64;
+        let vae_cfg = self.config.vae.clone();
+        let ae = self.load_vae()?;
+        let mut on_decode = |done: usize, total: usize| {
+            on_event(T2iEvent::Decode { done, total });
+            !cancel.load(Ordering::Relaxed)
+        };
+        let decoded = tiling::decode_within(ae, &vae_cfg, latent.clone().div_scalar(sf), req.memory_budget, &mut on_decode)
+            .map_err(|e| T2iError::Invalid(e.to_string()))?
+            .ok_or(T2iError::Cancelled)?;
         let mut images = Vec::with_capacity(b);
         for i in 0..b {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(T2iError::Cancelled);
-            }
-            on_event(T2iEvent::Decode { done: i, total: b });
-            let img = self.decode(latent.clone().narrow(0, i, 1))?;
-            let values = read_back(img).map_err(|e| T2iError::ReadBack(e.to_string()))?;
+            let values = read_back(decoded.clone().narrow(0, i, 1)).map_err(|e| T2iError::ReadBack(e.to_string()))?;
             images.push(postprocess(&values, lh * f, lw * f, req.height, req.width)?);
         }
-        on_event(T2iEvent::Decode { done: b, total: b });
         Ok(T2iOutput { latent, images, conditioning: cond, generated_size: (lh * f, lw * f), steps, guidance, solver: schedule.solver, network_calls })
     }
 
