@@ -111,6 +111,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The backend line of every model-running command, on stderr, and under it each backend that
+/// `auto` passed over with the reason (a missing driver, a software-only adapter), so that a
+/// run on the CPU says why it is not on the GPU.
+pub(crate) fn report_backend(info: &crate::engine::BackendInfo) {
+    eprintln!("backend: {info}");
+    for s in &info.skipped {
+        eprintln!("  skipped {s}");
+    }
+}
+
 /// A path for an output file, created with its parent folders.
 pub(crate) fn prepare_output(path: &PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
