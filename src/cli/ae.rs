@@ -130,7 +130,7 @@ impl BackendTask for Encode {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
-        eprintln!("backend: {info}");
+        super::report_backend(&info);
         let budget = tile::budget(&info)?;
         let (cfg, model) = load::<B>(&a.common.model, &device)?;
         let mut images = Vec::new();
@@ -165,7 +165,7 @@ impl BackendTask for Decode {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
-        eprintln!("backend: {info}");
+        super::report_backend(&info);
         let budget = tile::budget(&info)?;
         let (cfg, model) = load::<B>(&a.common.model, &device)?;
         let latent = read_nchw(&a.latents, "latent")?;
@@ -258,6 +258,9 @@ impl BackendTask for Reconstruct {
         } else {
             println!("model:        {}", cfg.name);
             println!("backend:      {info}");
+            for s in &info.skipped {
+                println!("  skipped     {s}");
+            }
             println!("image:        {h}×{w}");
             println!("latent:       {lshape:?} (compression {ratio:.1}× in values)");
             println!("PSNR:         {psnr:.3} dB");

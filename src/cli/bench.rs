@@ -68,7 +68,7 @@ pub enum WeightsDtype {
 
 // The measurement helpers live in `super::timing`, which `generate` uses too: `bench` calls
 // into `generate` (the generation benchmark), so `generate` must not import from `bench`.
-pub use super::timing::{peak_rss_mib, time_runs, Timings};
+pub use super::timing::{peak_rss_mib, time_runs, time_runs_then, GpuPeak, Timings};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     run_on(args.backend, Bench(args.clone()))?
@@ -85,6 +85,9 @@ impl BackendTask for Bench {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
+        super::report_backend(&info);
+        // GPU memory after each timed run where the runs are timed here, else after all of them.
+        let mut gpu = GpuPeak::default();
         let timings = match a.task {
             BenchTask::Encode | BenchTask::Decode => {
                 let cfg = DcaeConfig::published(&a.model)?;
@@ -95,16 +98,20 @@ impl BackendTask for Bench {
                 let model = Dcae::<B>::load(&mut RandomWeights::new(&device), &cfg);
                 if a.task == BenchTask::Encode {
                     let x = Tensor::<B, 4>::random([a.batch, 3, a.res, a.res], Distribution::Uniform(-1.0, 1.0), &device);
-                    time_runs(a.runs, || sync(model.encode(x.clone())))
+                    time_runs_then(a.runs, || sync(model.encode(x.clone())), || gpu.sample::<B>(&device))
                 } else {
                     let (c, s) = (cfg.latent_channels, a.res / f);
                     let z = Tensor::<B, 4>::random([a.batch, c, s, s], Distribution::Normal(0.0, 1.0), &device);
-                    time_runs(a.runs, || sync(model.decode(z.clone())))
+                    time_runs_then(a.runs, || sync(model.decode(z.clone())), || gpu.sample::<B>(&device))
                 }
             }
             BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
             BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
-            BenchTask::Forward | BenchTask::Generate => bench_diffusion::<B>(&a, &device)?,
+            BenchTask::Forward | BenchTask::Generate => {
+                let t = bench_diffusion::<B>(&a, &device)?;
+                gpu.sample::<B>(&device);
+                t
+            }
         };
         let out = serde_json::json!({
             "impl": "burn", "backend": info.kind, "device": info.name, "model": a.model, "task": a.task,
@@ -112,15 +119,18 @@ impl BackendTask for Bench {
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "median_s": timings.median_s, "min_s": timings.min_s, "mean_s": timings.mean_s,
             "peak_rss_mib": peak_rss_mib(),
+            "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
+            "dtype": "f32", "skipped": info.skipped,
             "steps": (a.task == BenchTask::Generate).then_some(a.steps),
         });
         if a.json {
             println!("{out}");
         } else {
             println!(
-                "{} {:?} @{}² on {info}: median {:.4} s (min {:.4}, mean {:.4}, {} runs), peak RSS {:.0} MiB",
+                "{} {:?} @{}² on {info}: median {:.4} s (min {:.4}, mean {:.4}, {} runs), peak RSS {:.0} MiB{}",
                 a.model, a.task, a.res, timings.median_s, timings.min_s, timings.mean_s, timings.runs,
-                peak_rss_mib().unwrap_or(f64::NAN)
+                peak_rss_mib().unwrap_or(f64::NAN),
+                gpu.describe()
             );
         }
         Ok(())
@@ -142,6 +152,8 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
     };
     let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published };
     let r = super::bench_sana::run::<B>(&args, device)?;
+    let mut gpu = GpuPeak::default();
+    gpu.sample::<B>(device);
     let t = &r.timings;
     let out = serde_json::json!({
         "impl": "burn", "backend": info.kind, "device": info.name, "model": a.model, "task": a.task,
@@ -149,11 +161,13 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "median_s": t.median_s, "min_s": t.min_s, "mean_s": t.mean_s, "all_s": t.all_s, "build_s": r.build_s,
         "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib, "weights": a.weights,
+        "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
+        "dtype": "f32", "skipped": info.skipped,
     });
     if a.json {
         println!("{out}");
     } else {
-        println!("{} {:?} @{}² on {info}: median {:.3} s (min {:.3}, {} runs), phases {:?}, peak RSS {:.0} MiB", a.model, a.task, a.res, t.median_s, t.min_s, t.runs, r.phases, r.peak_rss_mib.unwrap_or(f64::NAN));
+        println!("{} {:?} @{}² on {info}: median {:.3} s (min {:.3}, {} runs), phases {:?}, peak RSS {:.0} MiB{}", a.model, a.task, a.res, t.median_s, t.min_s, t.runs, r.phases, r.peak_rss_mib.unwrap_or(f64::NAN), gpu.describe());
     }
     Ok(())
 }

@@ -140,7 +140,7 @@ impl BackendTask for GenerateTask {
 
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<()> {
         let Self { args, files, classes } = self;
-        eprintln!("backend: {info}");
+        super::report_backend(&info);
         let name = Path::new(&args.model).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or(args.model.clone());
         let config = DiffusionConfig::from_json(&read_json(&files.config)?, &name)?;
         let null = config.uvit.null_class();

@@ -5,6 +5,7 @@ pub mod ae;
 pub mod bench;
 pub mod bench_sana;
 pub mod generate;
+pub mod parity;
 pub mod t2i;
 pub mod tiling;
 pub mod timing;
@@ -40,6 +41,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Download a model into the Hugging Face cache (or check that it is there).
     Download(DownloadArgs),
+    /// Check this build against the golden fixtures (tests/fixtures) on a backend: max abs
+    /// error and PASS/FAIL per check; exits non-zero when one fails.
+    Parity(parity::ParityArgs),
 }
 
 /// Options every model-running command shares.
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) if !a.prompts.is_empty() => t2i::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Parity(a) => parity::run(a),
         Command::Download(a) => {
             let files = model_files(&a.repo)?;
             println!("config:  {}\nweights: {}", files.config.display(), files.weights.display());
@@ -108,6 +113,16 @@ pub fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The backend line of every model-running command, on stderr, and under it each backend that
+/// `auto` passed over with the reason (a missing driver, a software-only adapter), so that a
+/// run on the CPU says why it is not on the GPU.
+pub(crate) fn report_backend(info: &crate::engine::BackendInfo) {
+    eprintln!("backend: {info}");
+    for s in &info.skipped {
+        eprintln!("  skipped {s}");
     }
 }
 

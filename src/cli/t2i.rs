@@ -79,7 +79,7 @@ impl BackendTask for T2iTask {
 
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> anyhow::Result<()> {
         let Self { args, files } = self;
-        eprintln!("backend: {info}");
+        super::report_backend(&info);
         let name = model_name(&args.model);
         let t0 = Instant::now();
         // Components load when first needed, and the text encoder is released before the

@@ -31,16 +31,63 @@ impl Timings {
 }
 
 /// Runs `f` once to warm up (kernel compilation, allocator), then `runs` times.
-pub fn time_runs(runs: usize, mut f: impl FnMut()) -> Timings {
+pub fn time_runs(runs: usize, f: impl FnMut()) -> Timings {
+    time_runs_then(runs, f, || {})
+}
+
+/// [`time_runs`], calling `after` (untimed) after each timed run, e.g. to read GPU memory.
+pub fn time_runs_then(runs: usize, mut f: impl FnMut(), mut after: impl FnMut()) -> Timings {
     f();
     let samples = (0..runs.max(1))
         .map(|_| {
             let t = Instant::now();
             f();
-            t.elapsed().as_secs_f64()
+            let s = t.elapsed().as_secs_f64();
+            after();
+            s
         })
         .collect();
     Timings::from_samples(samples)
+}
+
+/// The most GPU memory seen (bytes in use, bytes reserved by the allocator) over the samples
+/// taken; both stay `None` on the CPU. In-use bytes are read between runs, when the run's
+/// temporaries are freed, so they are a lower bound of the true peak; the reserved bytes keep
+/// the pool's high-water mark (the allocator does not return memory between runs), the upper
+/// bound that decides whether a run fits on a GPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuPeak {
+    pub in_use: Option<u64>,
+    pub reserved: Option<u64>,
+}
+
+impl GpuPeak {
+    pub fn sample<B: burn::tensor::backend::Backend>(&mut self, device: &B::Device) {
+        if let Some((u, r)) = crate::engine::backend::gpu_memory::<B>(device) {
+            self.in_use = Some(self.in_use.unwrap_or(0).max(u));
+            self.reserved = Some(self.reserved.unwrap_or(0).max(r));
+        }
+    }
+
+    fn mib(b: Option<u64>) -> Option<f64> {
+        b.map(|b| b as f64 / (1u64 << 20) as f64)
+    }
+
+    pub fn in_use_mib(&self) -> Option<f64> {
+        Self::mib(self.in_use)
+    }
+
+    pub fn reserved_mib(&self) -> Option<f64> {
+        Self::mib(self.reserved)
+    }
+
+    /// ", GPU 123 MiB in use / 456 MiB reserved", or nothing on the CPU.
+    pub fn describe(&self) -> String {
+        match (self.in_use_mib(), self.reserved_mib()) {
+            (Some(u), Some(r)) => format!(", GPU {u:.0} MiB in use / {r:.0} MiB reserved"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux: VmHWM).

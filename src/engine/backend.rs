@@ -1,5 +1,6 @@
-//! Which backend runs the models, chosen at start: CUDA when a device is present (and the
-//! `cuda` feature is built), else a hardware wgpu adapter (Vulkan / Metal / DX12), else the CPU.
+//! Which backend runs the models, chosen at start: CUDA when its driver and runtime compiler load
+//! and a device opens, else a hardware wgpu adapter (Vulkan / Metal / DX12), else the CPU. Each
+//! backend `auto` passes over leaves a reason in [`BackendInfo::skipped`].
 //!
 //! Model code is generic over `B: Backend`; this module turns a run-time choice into a
 //! monomorphised call through [`BackendTask`].
@@ -59,6 +60,16 @@ pub struct BackendInfo {
     pub kind: &'static str,
     /// Adapter or device name, e.g. "NVIDIA GeForce RTX 4070 (Vulkan)" or "CPU (flex, 8 threads)".
     pub name: String,
+    /// Why `auto` passed over the backends it prefers, best first, e.g.
+    /// "cuda: libcuda.so.1 not found (no NVIDIA driver)"; empty when the backend was asked for
+    /// by name or the first choice ran.
+    pub skipped: Vec<String>,
+}
+
+impl BackendInfo {
+    fn new(kind: &'static str, name: String) -> Self {
+        Self { kind, name, skipped: Vec::new() }
+    }
 }
 
 impl fmt::Display for BackendInfo {
@@ -112,50 +123,194 @@ enum Resolved {
 
 fn cpu_info() -> BackendInfo {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    BackendInfo { kind: "cpu", name: format!("CPU (burn flex, {threads} threads)") }
+    BackendInfo::new("cpu", format!("CPU (burn flex, {threads} threads)"))
+}
+
+impl Resolved {
+    fn info_mut(&mut self) -> &mut BackendInfo {
+        match self {
+            Resolved::Cpu(i) => i,
+            #[cfg(feature = "wgpu")]
+            Resolved::Wgpu(_, i) => i,
+            #[cfg(feature = "cuda")]
+            Resolved::Cuda(_, i) => i,
+            #[cfg(feature = "ndarray")]
+            Resolved::Ndarray(i) => i,
+        }
+    }
 }
 
 fn resolve(choice: BackendChoice) -> Result<Resolved, BackendError> {
     match choice {
         BackendChoice::Cpu => Ok(Resolved::Cpu(cpu_info())),
         #[cfg(feature = "ndarray")]
-        BackendChoice::Ndarray => Ok(Resolved::Ndarray(BackendInfo { kind: "cpu", name: "CPU (burn ndarray)".into() })),
+        BackendChoice::Ndarray => Ok(Resolved::Ndarray(BackendInfo::new("cpu", "CPU (burn ndarray)".into()))),
         #[cfg(not(feature = "ndarray"))]
         BackendChoice::Ndarray => Err(BackendError::NdarrayNotBuilt),
         BackendChoice::Cuda => cuda(),
         BackendChoice::Wgpu => wgpu_any(),
         BackendChoice::Auto => {
-            if let Ok(r) = cuda() {
-                return Ok(r);
+            let mut skipped = Vec::new();
+            let mut chosen = match cuda() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    skipped.push(format!("cuda: {}", skip_reason(&e)));
+                    None
+                }
+            };
+            if chosen.is_none() {
+                match wgpu_hardware() {
+                    Ok(r) => chosen = Some(r),
+                    Err(reason) => skipped.push(format!("wgpu: {reason}")),
+                }
             }
-            #[cfg(feature = "wgpu")]
-            if let Some(r) = wgpu_hardware() {
-                return Ok(r);
-            }
-            Ok(Resolved::Cpu(cpu_info()))
+            let mut r = chosen.unwrap_or_else(|| Resolved::Cpu(cpu_info()));
+            r.info_mut().skipped = skipped;
+            Ok(r)
         }
     }
+}
+
+/// The reason in a skipped-backend line: the error's own words, without the "no … could be
+/// opened" preamble that the line's `cuda:` / `wgpu:` prefix already says.
+fn skip_reason(e: &BackendError) -> String {
+    match e {
+        BackendError::NoCuda(r) | BackendError::NoWgpu(r) => r.clone(),
+        BackendError::CudaNotBuilt => "not built in (this build has no `cuda` feature)".into(),
+        BackendError::WgpuNotBuilt => "not built in (this build has no `wgpu` feature)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Why CUDA cannot run on this machine, from what a library loader finds: `load` opens one
+/// shared library by file name. `None` when the driver and the runtime compiler both load.
+///
+/// cudarc (under burn's CUDA runtime) panics on the first CUDA call when a library is missing,
+/// and its panic names every file it tried; asking first gives one line that says what to
+/// install. A function of the loader so the reasons can be tested on any machine.
+pub fn cuda_library_problem(load: &mut dyn FnMut(&str) -> bool) -> Option<String> {
+    let (driver, nvrtc) = cuda_library_names();
+    if driver.is_empty() {
+        return Some("CUDA is not available on this operating system".into());
+    }
+    if !driver.iter().any(|name| load(name)) {
+        return Some(format!("{} not found (no NVIDIA driver)", driver[0]));
+    }
+    if !nvrtc.iter().any(|name| load(name)) {
+        return Some(format!(
+            "the NVIDIA driver is installed but NVRTC ({}) is not found: install the CUDA toolkit's \
+             runtime compiler (nvidia-cuda-nvrtc) or add its lib folder to {}",
+            nvrtc[0],
+            if cfg!(windows) { "PATH" } else { "LD_LIBRARY_PATH" }
+        ));
+    }
+    None
+}
+
+/// The file names cudarc looks for (a subset of its candidates: if one of these loads, cudarc
+/// finds it too): the driver, then NVRTC, the runtime compiler cubecl builds its kernels with.
+fn cuda_library_names() -> (&'static [&'static str], &'static [&'static str]) {
+    if cfg!(target_os = "linux") {
+        (&["libcuda.so.1", "libcuda.so"], &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11"])
+    } else if cfg!(windows) {
+        (&["nvcuda.dll"], &["nvrtc64_130_0.dll", "nvrtc.dll"])
+    } else {
+        (&[], &[])
+    }
+}
+
+/// Opens a shared library by file name (the system's search path), keeping it loaded: the
+/// driver starts threads in `cuInit`, so unloading it after the device check is not safe.
+#[cfg(feature = "cuda")]
+fn load_kept(name: &str) -> Option<&'static libloading::Library> {
+    // SAFETY: loading runs the library's initialisers; these are NVIDIA's own driver and
+    // compiler libraries, the ones cudarc loads the same way a moment later.
+    let lib = unsafe { libloading::Library::new(name) }.ok()?;
+    Some(Box::leak(Box::new(lib)))
+}
+
+/// The driver's answer to `cuInit` and `cuDeviceGetCount`, as a reason when no device can be
+/// used ("CUDA_ERROR_NO_DEVICE" inside a container started without the GPU, an old driver).
+#[cfg(feature = "cuda")]
+fn cuda_device_problem() -> Option<String> {
+    let (driver, _) = cuda_library_names();
+    let lib = driver.iter().find_map(|n| load_kept(n))?;
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type Count = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: the CUDA driver API's C signatures (CUresult is a C enum, i.e. int); cuInit may
+    // be called any number of times, and the count is written into a local.
+    unsafe {
+        let init = lib.get::<Init>(b"cuInit\0").ok()?;
+        let count = lib.get::<Count>(b"cuDeviceGetCount\0").ok()?;
+        match init(0) {
+            0 => {}
+            100 => return Some("the NVIDIA driver sees no CUDA device (CUDA_ERROR_NO_DEVICE)".into()),
+            e => return Some(format!("the NVIDIA driver failed to start (cuInit error {e}; see `nvidia-smi`)")),
+        }
+        let mut n = 0i32;
+        if count(&mut n) != 0 || n < 1 {
+            return Some("the NVIDIA driver sees no CUDA device".into());
+        }
+    }
+    None
 }
 
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Resolved, BackendError> {
     use burn::backend::cuda::CudaDevice;
+    // Asked once per process: the libraries do not appear while it runs, and the app asks again
+    // at every engine restart.
+    static PROBLEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let problem = PROBLEM.get_or_init(|| cuda_library_problem(&mut |name| load_kept(name).is_some()).or_else(cuda_device_problem));
+    if let Some(p) = problem {
+        return Err(BackendError::NoCuda(p.clone()));
+    }
     let device = CudaDevice::new(0);
-    // The runtime loads the driver lazily and panics when there is none: probe with one op.
+    // The runtime can still panic (an unsupported GPU, NVRTC failing to compile): probe with
+    // one op that compiles and runs a kernel.
     let probe = std::panic::catch_unwind(|| {
-        let t = burn::tensor::Tensor::<Cuda, 1>::ones([1], &device);
+        let t = burn::tensor::Tensor::<Cuda, 1>::ones([1], &device).add_scalar(1.0);
         t.into_data().to_vec::<f32>().map(|v| v[0]).unwrap_or(0.0)
     });
     match probe {
-        Ok(v) if v == 1.0 => Ok(Resolved::Cuda(device, BackendInfo { kind: "cuda", name: "CUDA device 0".into() })),
-        Ok(_) => Err(BackendError::NoCuda("the probe computed a wrong value".into())),
-        Err(_) => Err(BackendError::NoCuda("no driver or device".into())),
+        Ok(v) if v == 2.0 => Ok(Resolved::Cuda(device, BackendInfo::new("cuda", "CUDA device 0".into()))),
+        Ok(_) => Err(BackendError::NoCuda("device 0 computed a wrong value in the start-up check".into())),
+        Err(p) => Err(BackendError::NoCuda(format!("device 0 did not start: {}", panic_text(p.as_ref())))),
     }
+}
+
+/// A panic's message, for the reason a backend did not start.
+#[cfg(feature = "cuda")]
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let s = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("a panic");
+    // cudarc's messages list every library name it tried; the first line says enough.
+    s.lines().next().unwrap_or(s).chars().take(200).collect()
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Resolved, BackendError> {
     Err(BackendError::CudaNotBuilt)
+}
+
+/// (bytes in use, bytes reserved) by the GPU runtime's allocator on `device`; `None` on the CPU
+/// backends or when the runtime cannot say. Reading it waits for the device's queued work.
+pub fn gpu_memory<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| burn::backend::wgpu::WgpuRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use cubecl::Runtime;
+        let usage = catch_unwind(AssertUnwindSafe(|| cubecl::cuda::CudaRuntime::client(d).memory_usage())).ok()?.ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    let _ = any;
+    None
 }
 
 /// The adapters wgpu can see, best first: discrete, integrated, virtual, then software.
@@ -206,16 +361,26 @@ fn wgpu_device_for(info: &wgpu::AdapterInfo) -> burn::backend::wgpu::WgpuDevice 
 
 #[cfg(feature = "wgpu")]
 fn wgpu_info(info: &wgpu::AdapterInfo) -> BackendInfo {
-    BackendInfo { kind: "wgpu", name: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type) }
+    BackendInfo::new("wgpu", format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type))
 }
 
 /// A hardware adapter only: a software rasteriser (lavapipe, llvmpipe, WARP) is far slower than
-/// the CPU backend, so `auto` never picks one.
+/// the CPU backend, so `auto` never picks one. The error is the reason for the skipped line.
 #[cfg(feature = "wgpu")]
-fn wgpu_hardware() -> Option<Resolved> {
+fn wgpu_hardware() -> Result<Resolved, String> {
     let infos = wgpu_adapters();
-    let best = infos.first().filter(|i| !matches!(i.device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::Other))?;
-    Some(Resolved::Wgpu(wgpu_device_for(best), wgpu_info(best)))
+    match infos.first() {
+        None => Err("no adapter found (no Vulkan/Metal/DX12 driver)".into()),
+        Some(i) if matches!(i.device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::Other) => {
+            Err(format!("only a software adapter ({}), slower than the CPU backend", i.name))
+        }
+        Some(best) => Ok(Resolved::Wgpu(wgpu_device_for(best), wgpu_info(best))),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_hardware() -> Result<Resolved, String> {
+    Err(skip_reason(&BackendError::WgpuNotBuilt))
 }
 
 /// Any adapter, software ones included (asked for explicitly, e.g. to test the wgpu path in CI).

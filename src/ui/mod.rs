@@ -694,9 +694,20 @@ impl StudioApp {
                     ui.painter().circle_filled(rect.center(), 4.5, color);
                     let kind = info.kind.to_uppercase();
                     let text = if info.name.to_uppercase().starts_with(&kind) { info.name.clone() } else { format!("{kind} · {}", info.name) };
-                    ui.label(text).on_hover_text(
+                    // Why the preferred backends were passed over (no NVIDIA driver, only a
+                    // software adapter): marked after the name, spelled out in the hover text.
+                    let text = if info.skipped.is_empty() { text } else { format!("{text} ℹ") };
+                    let mut hover = String::from(
                         "The backend running the models (chosen at start: CUDA, else a hardware GPU via wgpu, else the CPU). Change it in ⚙ Settings or with --backend.",
                     );
+                    if !info.skipped.is_empty() {
+                        hover.push_str("\n\nSkipped:");
+                        for reason in &info.skipped {
+                            hover.push_str("\n• ");
+                            hover.push_str(reason);
+                        }
+                    }
+                    ui.label(text).on_hover_text(hover);
                 }
                 None => {
                     ui.spinner();

@@ -1,5 +1,6 @@
 //! Integration test modules.
 mod ae;
+mod backend;
 mod common;
 mod fuzz;
 mod hub;
