@@ -132,7 +132,8 @@ def main():
                 if not sprint and a.cfg > 1:
                     nid = torch.randint(3, 250000, (1, 300))
                     ne = g(nid, attention_mask=torch.ones_like(nid))[0].repeat(a.batch, 1, 1)
-                    kw = dict(negative_prompt_embeds=ne, negative_prompt_attention_mask=pm)
+                    # The pipeline defaults negative_prompt to "", which it refuses beside embeddings.
+                    kw = dict(negative_prompt=None, negative_prompt_embeds=ne, negative_prompt_attention_mask=pm)
                 ph[0] = time.perf_counter() - t
                 t = time.perf_counter()
                 extra = {} if sprint else dict(use_resolution_binning=False)
