@@ -420,7 +420,7 @@ impl BackendTask for EngineTask<'_> {
         let mut last_memory: Option<(u64, u64)> = None;
         loop {
             // Memory is read between jobs (the allocator is idle then) and sent when it changed.
-            if let Some(m) = device_memory::<B>(&engine.device) {
+            if let Some(m) = crate::engine::backend::gpu_memory::<B>(&engine.device) {
                 if last_memory != Some(m) {
                     last_memory = Some(m);
                     self.sink.send(Event::DeviceMemory { in_use: m.0, reserved: m.1 });
@@ -452,26 +452,6 @@ impl BackendTask for EngineTask<'_> {
             }
         }
     }
-}
-
-/// (bytes in use, bytes reserved) by the GPU backend's allocator; `None` on the CPU or when the
-/// backend cannot say.
-fn device_memory<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
-    let any = device as &dyn std::any::Any;
-    #[cfg(feature = "wgpu")]
-    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
-        use cubecl::Runtime;
-        let usage = catch_unwind(AssertUnwindSafe(|| burn::backend::wgpu::WgpuRuntime::client(d).memory_usage())).ok()?.ok()?;
-        return Some((usage.bytes_in_use, usage.bytes_reserved));
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
-        use cubecl::Runtime;
-        let usage = catch_unwind(AssertUnwindSafe(|| cubecl::cuda::CudaRuntime::client(d).memory_usage())).ok()?.ok()?;
-        return Some((usage.bytes_in_use, usage.bytes_reserved));
-    }
-    let _ = any;
-    None
 }
 
 fn job_name(job: &Job) -> &'static str {
