@@ -16,8 +16,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::sana::{exp, max, simd, sum, sum_sq};
-use super::{contiguous, from_vec, matmul, takes_fast_path, OutPtr};
+use super::attention;
+use super::sana::{exp, simd, sum_sq};
+use super::{contiguous, from_vec, takes_fast_path, OutPtr};
 
 /// Whether these kernels run on `B` (the callers skip preparing their inputs otherwise).
 pub fn available<B: Backend>() -> bool {
@@ -180,38 +181,33 @@ pub fn attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tensor<B, 3
         let keys = if keep[0] != 0.0 { r0 + rows } else { l };
         let q_off = (bi * l + r0) * qc + hi * hd;
         let kv_off = bi * l * kc + (hi / groups) * hd;
-        let mut s = vec![0.0f32; rows * keys];
-        // SAFETY: s is rows × keys; the query block is `rows` rows of hd at q_off (row stride
-        // qc) inside `qv`; kᵀ reads `keys` keys of this kv head transposed (row stride 1, column
-        // stride kc) inside `kv_`.
-        unsafe {
-            matmul([rows, keys, hd], s.as_mut_ptr(), [keys, 1], false, qv.as_ptr().add(q_off), [qc, 1], kv_.as_ptr().add(kv_off), [1, kc], gemm::Parallelism::None);
-        }
-        simd(|| {
-            for (r, row) in s.chunks_exact_mut(keys).enumerate() {
-                let qi = r0 + r;
-                match softcap {
-                    Some(cap) => row.iter_mut().for_each(|v| *v = tanh(*v * scale / cap) * cap),
-                    None => row.iter_mut().for_each(|v| *v *= scale),
-                }
-                for (ki, v) in row.iter_mut().enumerate() {
-                    let visible = ki <= qi && mask.window.is_none_or(|w| qi - ki < w);
-                    let causal = if visible { 0.0 } else { mask.masked };
-                    let pad = if keep[ki] != 0.0 { 0.0 } else { mask.masked };
-                    *v = *v + (causal + pad);
-                }
-                let max = max(row);
-                row.iter_mut().for_each(|v| *v = exp(*v - max));
-                let inv = 1.0 / sum(row);
-                row.iter_mut().for_each(|v| *v *= inv);
+        let logits = |r: usize, row: &mut [f32]| {
+            let qi = r0 + r;
+            match softcap {
+                Some(cap) => row.iter_mut().for_each(|v| *v = tanh(*v * scale / cap) * cap),
+                None => row.iter_mut().for_each(|v| *v *= scale),
             }
-        });
+            for (ki, v) in row.iter_mut().enumerate() {
+                let visible = ki <= qi && mask.window.is_none_or(|w| qi - ki < w);
+                let causal = if visible { 0.0 } else { mask.masked };
+                let pad = if keep[ki] != 0.0 { 0.0 } else { mask.masked };
+                *v = *v + (causal + pad);
+            }
+        };
         let out_ptr = out_ptr;
-        // SAFETY: the destination is this job's rows × hd block of `out` (row stride qc), which
-        // no other job writes; s is rows × keys; v's head is `keys` rows of hd at kv_off (row
-        // stride kc).
+        // SAFETY: the query block is `rows` rows of hd at q_off (row stride qc) inside `qv`,
+        // and its destination the same rows of `out`, which no other job writes; this kv
+        // head's `keys` keys and values are rows of hd at kv_off (row stride kc).
         unsafe {
-            matmul([rows, hd, keys], out_ptr.0.add(q_off), [qc, 1], false, s.as_ptr(), [keys, 1], vv.as_ptr().add(kv_off), [kc, 1], gemm::Parallelism::None);
+            attention::softmax_block(
+                [rows, keys, hd],
+                qv.as_ptr().add(q_off),
+                kv_.as_ptr().add(kv_off),
+                vv.as_ptr().add(kv_off),
+                out_ptr.0.add(q_off),
+                [qc, kc],
+                logits,
+            );
         }
     });
     Some(from_vec::<B, 3>(out, [b, l, qc]))

@@ -316,27 +316,20 @@ pub fn cross_attention<B: Backend>(q: &Tensor<B, 3>, k: &Tensor<B, 3>, v: &Tenso
         let q_off = (bi * n + r0) * x + hi * hd;
         let kv_off = bi * l * x + hi * hd;
         let key_bias = &bv[bi * l..][..l];
-        let mut s = vec![0.0f32; rows * l];
-        // SAFETY: s is rows × l; the query block is `rows` rows of hd at q_off (row stride x)
-        // inside `qv`; kᵀ reads this head's l × hd keys transposed (row stride 1, column
-        // stride x) inside `kv_`.
-        unsafe {
-            matmul([rows, l, hd], s.as_mut_ptr(), [l, 1], false, qv.as_ptr().add(q_off), [x, 1], kv_.as_ptr().add(kv_off), [1, x], gemm::Parallelism::None);
-        }
-        simd(|| {
-            for row in s.chunks_exact_mut(l) {
-                row.iter_mut().zip(key_bias).for_each(|(v, bias)| *v = *v * scale + bias);
-                let max = max(row);
-                row.iter_mut().for_each(|v| *v = exp(*v - max));
-                let inv = 1.0 / sum(row);
-                row.iter_mut().for_each(|v| *v *= inv);
-            }
-        });
         let out_ptr = out_ptr;
-        // SAFETY: the destination is this job's rows × hd block of `out` (row stride x), which
-        // no other job writes; s is rows × l; v's head is l × hd at kv_off (row stride x).
+        // SAFETY: the query block is `rows` rows of hd at q_off (row stride x) inside `qv`, and
+        // its destination the same rows of `out`, which no other job writes; this head's l keys
+        // and values are rows of hd at kv_off (row stride x).
         unsafe {
-            matmul([rows, hd, l], out_ptr.0.add(q_off), [x, 1], false, s.as_ptr(), [l, 1], vv.as_ptr().add(kv_off), [x, 1], gemm::Parallelism::None);
+            super::attention::softmax_block(
+                [rows, l, hd],
+                qv.as_ptr().add(q_off),
+                kv_.as_ptr().add(kv_off),
+                vv.as_ptr().add(kv_off),
+                out_ptr.0.add(q_off),
+                [x, x],
+                |_, row: &mut [f32]| row.iter_mut().zip(key_bias).for_each(|(v, bias)| *v = *v * scale + bias),
+            );
         }
     });
     Some(from_vec::<B, 3>(out, [b, n, x]))
