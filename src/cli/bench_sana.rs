@@ -150,11 +150,13 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                 let t = Instant::now();
                 let x = Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
                 let g = sprint.then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![0.45f32; b], [b]), device));
+                // As the pipeline: the caption's part once per generation.
+                let caption = model.caption(text.clone(), mask.clone());
                 let mut network = |x: Tensor<B, 4>, tm: f32| {
                     let xin = if use_cfg { Tensor::cat(vec![x.clone(), x], 0) } else { x };
                     let n = xin.dims()[0];
                     let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![tm; n], [n]), device);
-                    let v = model.forward(xin, tt, text.clone(), mask.clone(), g.clone());
+                    let v = model.forward_with(xin, tt, &caption, g.clone());
                     Some(if use_cfg {
                         let u = v.clone().narrow(0, 0, b);
                         u.clone() + (v.narrow(0, b, b) - u).mul_scalar(a.cfg as f64)
@@ -218,7 +220,8 @@ fn profile_block<B: Backend>(model: &SanaTransformer<B>, batch: usize, side: usi
         v.sort_by(f64::total_cmp);
         rows.push((name, v[v.len() / 2]));
     };
-    time("block (whole)", &mut || blk.forward(x.clone(), m.clone(), text.clone(), bias.clone(), (side, side)));
+    let (k, v) = blk.attn2.keys_values(text.clone());
+    time("block (whole, per step)", &mut || blk.forward(x.clone(), m.clone(), (&k, &v), &bias, (side, side)));
     time("modulation + norm", &mut || {
         let [s1, c1, ..] = blk.modulation(m.clone());
         norm_modulate(x.clone(), s1, c1, blk.norm_eps)
@@ -231,12 +234,11 @@ fn profile_block<B: Backend>(model: &SanaTransformer<B>, batch: usize, side: usi
         lin(&blk.attn1.to_out, q + k + v)
     });
     time("gated residual", &mut || add_gated(x.clone(), Some(gate1.clone()), a.clone()));
-    time("attn2 (cross attention)", &mut || blk.attn2.forward(x.clone(), text.clone(), bias.clone()));
-    time("  attn2 proj (q,k,v,out)", &mut || {
-        let q = lin(&blk.attn2.to_q, x.clone());
-        let _k = lin(&blk.attn2.to_k, text.clone());
-        let _v = lin(&blk.attn2.to_v, text.clone());
-        lin(&blk.attn2.to_out, q)
+    time("attn2 (cross attention)", &mut || blk.attn2.forward(x.clone(), (&k, &v), &bias));
+    time("  attn2 proj (q,out)", &mut || lin(&blk.attn2.to_out, lin(&blk.attn2.to_q, x.clone())));
+    time("attn2 caption k,v (once a run)", &mut || {
+        let (k, v) = blk.attn2.keys_values(text.clone());
+        k + v
     });
     time("ff (GLUMBConv)", &mut || blk.ff.forward(a.clone(), side, side));
     time("  ff proj (inverted, point)", &mut || {

@@ -12,6 +12,10 @@ pub struct Timings {
     pub runs: usize,
     /// Every run, in the order they ran.
     pub all_s: Vec<f64>,
+    /// The untimed warm-up run's time, where there was one: a one-shot command (`dcae
+    /// reconstruct`) pays it, so `first_s − median_s` is the first call's extra cost (weight
+    /// re-layout and Winograd transforms on the CPU, kernel compilation on GPUs).
+    pub first_s: Option<f64>,
 }
 
 impl Timings {
@@ -26,18 +30,21 @@ impl Timings {
         };
         let min = s.first().copied().unwrap_or(f64::NAN);
         let mean = if n == 0 { f64::NAN } else { s.iter().sum::<f64>() / n as f64 };
-        Self { median_s: median, min_s: min, mean_s: mean, runs: n, all_s }
+        Self { median_s: median, min_s: min, mean_s: mean, runs: n, all_s, first_s: None }
     }
 }
 
-/// Runs `f` once to warm up (kernel compilation, allocator), then `runs` times.
+/// Runs `f` once to warm up (kernel compilation, allocator), then `runs` times; the warm-up's
+/// time is kept apart as [`Timings::first_s`].
 pub fn time_runs(runs: usize, f: impl FnMut()) -> Timings {
     time_runs_then(runs, f, || {})
 }
 
 /// [`time_runs`], calling `after` (untimed) after each timed run, e.g. to read GPU memory.
 pub fn time_runs_then(runs: usize, mut f: impl FnMut(), mut after: impl FnMut()) -> Timings {
+    let t = Instant::now();
     f();
+    let first_s = t.elapsed().as_secs_f64();
     let samples = (0..runs.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -47,7 +54,7 @@ pub fn time_runs_then(runs: usize, mut f: impl FnMut(), mut after: impl FnMut())
             s
         })
         .collect();
-    Timings::from_samples(samples)
+    Timings { first_s: Some(first_s), ..Timings::from_samples(samples) }
 }
 
 /// The most GPU memory seen (bytes in use, bytes reserved by the allocator) over the samples
