@@ -94,9 +94,10 @@ if [[ ",$BACKENDS," == *",cuda,"* ]] && ! ldconfig -p 2>/dev/null | grep -q 'lib
   done
 fi
 
-# f16 exists when `dcae bench` has a --dtype option (issue 11, item 4).
+# f16 exists when `dcae bench` has a --precision option (issue 11, item 4); it covers the
+# DC-AE rows and checks (the other models compute in f32).
 HAS_F16=0
-"$DCAE" bench --help 2>/dev/null | grep -q -- '--dtype' && HAS_F16=1
+"$DCAE" bench --help 2>/dev/null | grep -q -- '--precision' && HAS_F16=1
 
 # The rows: label | bench arguments (quick arguments after '||'). Sizes follow the issue.
 if [ "$QUICK" = 1 ]; then
@@ -175,6 +176,19 @@ for b in "${BK[@]}"; do
     done < "$OUT/$b-parity.out"
     [ "$RC" = 124 ] && CELL[$b|parity|f32]="TIMEOUT"
     [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ ! -s "$OUT/$b-parity.out" ] && CELL[$b|parity|f32]="FAIL (see $OUT/$b-parity.err)"
+    if [ "$HAS_F16" = 1 ]; then
+      # The autoencoder checks again in f16 (their names end in " (f16)").
+      run_step "$T_PARITY" "$OUT/$b-parity16" "$DCAE" parity --backend "$b" --precision f16 --only ae- --json --fixtures "$FIXTURES"
+      while IFS= read -r line; do
+        name=$(sfield "$line" check); name="${name% (f16)}"
+        [ -n "$name" ] || continue
+        if grep -q '"pass":true' <<< "$line"; then verdict=PASS; else verdict=FAIL; fi
+        err=$(field "$line" max_abs_err)
+        if [ -n "$err" ]; then CELL[$b|$name|f16]="$(awk -v e="$err" 'BEGIN { printf "%.1e", e }') $verdict"
+        else CELL[$b|$name|f16]="$verdict ($(sfield "$line" error | cut -c1-40))"; fi
+      done < "$OUT/$b-parity16.out"
+      [ "$RC" = 124 ] && CELL[$b|parity|f16]="TIMEOUT"
+    fi
   fi
 
   for i in "${!ROWS[@]}"; do
@@ -183,7 +197,8 @@ for b in "${BK[@]}"; do
       key="$b|$label|$dt"
       if [ -n "$dev_missing" ]; then CELL[$key]="$dev_missing"; continue; fi
       if [ "$dt" = f16 ] && [ "$HAS_F16" = 0 ]; then CELL[$key]="n/a (not built)"; continue; fi
-      extra=(); [ "$dt" = f16 ] && extra=(--dtype f16)
+      if [ "$dt" = f16 ] && [[ "$label" != DC-AE* ]]; then CELL[$key]="n/a (f32 only)"; continue; fi
+      extra=(); [ "$dt" = f16 ] && extra=(--precision f16)
       limit=$T_ROW; [[ "$label" == *generate* || "$label" == *t2i* || "$label" == Gemma* ]] && limit=$T_HEAVY
       # A row that sets its own --runs (the one-shot generations) keeps it.
       [[ "$args" == *"--runs "* ]] || extra+=(--runs "$RUNS")
@@ -228,7 +243,10 @@ done
 for name in "${PARITY_NAMES[@]}"; do
   printf '%-*s' $W0 "parity $name"
   for b in "${BK[@]}"; do
-    f16="n/a (not built)"; [ "$HAS_F16" = 1 ] && f16="not checked"
+    f16="n/a (not built)"
+    if [ "$HAS_F16" = 1 ]; then
+      if [[ "$name" == ae-* ]]; then f16="${CELL[$b|$name|f16]:-${CELL[$b|parity|f16]:-not run}}"; else f16="n/a (f32 only)"; fi
+    fi
     printf ' | %-*s | %-*s' $W "${CELL[$b|$name|f32]:-${CELL[$b|parity|f32]:--}}" $W "$f16"
   done; echo
 done
@@ -237,7 +255,7 @@ for b in "${BK[@]}"; do
 done
 echo
 echo "cells: median time of $RUNS run(s) after a warm-up, then GPU MiB in use after the runs / reserved by the allocator (its high-water mark), or the process's peak RSS on the CPU"
-echo "parity: max |error| against the golden and PASS/FAIL at the tests' tolerances (1e-4; 1e-3 for the 30-step trajectory)"
+echo "parity: max |error| against the golden and PASS/FAIL at the tests' tolerances (1e-4; 1e-3 for the 30-step trajectory; the f16 autoencoder checks at dcae parity's F16 tolerance)"
 for b in "${BK[@]}"; do echo "$b: ${DEVICE[$b]-?}"; done
 for f in "${FAILURES[@]}"; do echo "failed: $f"; done
 echo "total $(( $(date +%s) - START )) s; raw results in $OUT/ (bench.jsonl, *-parity.out, each step's .err)"

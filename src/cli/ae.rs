@@ -11,6 +11,7 @@ use super::{model_files, prepare_output, Common};
 use crate::model::host::{read_back, upload};
 use crate::engine::{run_on, BackendInfo, BackendTask};
 use crate::imaging::{self, ImageLimits};
+use crate::model::precision::{Precision, PrecisionChoice};
 use crate::model::{Dcae, DcaeConfig};
 use crate::weights::tensor_file::{read_nchw, write_f32};
 
@@ -33,12 +34,23 @@ impl ImageOpts {
     }
 }
 
+/// The autoencoder's compute precision.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrecisionOpts {
+    /// auto: f16 on a GPU backend whose device has it (norms and attention stay f32; a call
+    /// that overflows f16 runs again in f32), else f32.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct EncodeArgs {
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
     pub tiling: TileOpts,
+    #[command(flatten)]
+    pub precision: PrecisionOpts,
     #[command(flatten)]
     pub image: ImageOpts,
     /// Images to encode (same size after preparation; they are encoded as one batch).
@@ -55,6 +67,8 @@ pub struct DecodeArgs {
     pub common: Common,
     #[command(flatten)]
     pub tiling: TileOpts,
+    #[command(flatten)]
+    pub precision: PrecisionOpts,
     /// safetensors file with tensor `latent` [B, C, h, w].
     pub latents: PathBuf,
     /// The latent is multiplied by the scaling factor (as diffusion models produce it, e.g.
@@ -72,6 +86,8 @@ pub struct ReconstructArgs {
     pub common: Common,
     #[command(flatten)]
     pub tiling: TileOpts,
+    #[command(flatten)]
+    pub precision: PrecisionOpts,
     #[command(flatten)]
     pub image: ImageOpts,
     pub input: PathBuf,
@@ -105,15 +121,28 @@ fn timed_stage<B: Backend>(
     Ok((out, values, t.elapsed().as_secs_f64()))
 }
 
-/// Loads the model named by `common.model` on this backend.
-fn load<B: Backend>(model: &str, device: &B::Device) -> anyhow::Result<(DcaeConfig, Dcae<B>)> {
+/// Loads the model named by `common.model` on this backend, in the precision asked for (said
+/// on stderr when it is not f32).
+fn load<B: Backend>(model: &str, precision: PrecisionChoice, device: &B::Device) -> anyhow::Result<(DcaeConfig, Dcae<B>)> {
+    let precision = precision.resolve::<B>(device).map_err(anyhow::Error::msg)?;
     let files = model_files(model)?;
     // Named by the repo id (or the folder), not by the folder config.json sits in, which for a
     // model from the hub is a snapshot's commit hash. A published `model_name` keeps its name.
     let cfg = crate::model::load::dcae_config_from_json(&crate::model::load::read_json(&files.config)?, &files.display_name())?;
     let ckpt = crate::weights::Checkpoint::open(&files.weights)?;
-    let model = crate::model::load::load_dcae::<B>(&ckpt, &cfg, device)?;
+    let model = crate::model::load::load_dcae::<B>(&ckpt, &cfg, device)?.with_precision(precision);
+    if precision != Precision::F32 {
+        eprintln!("precision: {} (norms and attention in f32)", precision.name());
+    }
     Ok((cfg, model))
+}
+
+/// Says on stderr how many calls overflowed f16 and were run again in f32.
+fn report_reruns<B: Backend>(model: &Dcae<B>) {
+    let n = model.f32_reruns();
+    if n > 0 {
+        eprintln!("note: {n} call(s) overflowed f16 (NaN or infinity) and were run again in f32; --precision f32 avoids the retries");
+    }
 }
 
 fn non_finite(v: &[f32]) -> usize {
@@ -132,7 +161,7 @@ impl BackendTask for Encode {
         let a = self.0;
         super::report_backend(&info);
         let budget = tile::budget(&info)?;
-        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let mut images = Vec::new();
         for p in &a.images {
             let img = imaging::load_rgb(p, &a.image.limits())?;
@@ -144,6 +173,7 @@ impl BackendTask for Encode {
         let (latent, values, secs) = timed_stage(|| tile::encode(&model, cfg.factor(), x, t.as_ref()))?;
         let lshape = latent.dims();
         eprintln!("encoded {} image(s) {:?} → latent {:?} in {secs:.3} s", images.len(), shape, lshape);
+        report_reruns(&model);
         prepare_output(&a.out)?;
         let names: Vec<_> = a.images.iter().map(|p| p.display().to_string()).collect();
         write_f32(
@@ -167,7 +197,7 @@ impl BackendTask for Decode {
         let a = self.0;
         super::report_backend(&info);
         let budget = tile::budget(&info)?;
-        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let latent = read_nchw(&a.latents, "latent")?;
         let [b, c, h, w] = latent.shape;
         if c != cfg.latent_channels {
@@ -181,6 +211,7 @@ impl BackendTask for Decode {
         let t = tile::choose(&a.tiling, &cfg, &model, &budget, Stage::Decode, [b, ho, wo])?;
         let (_, img, secs) = timed_stage(|| tile::decode(&model, cfg.factor(), z, t.as_ref()))?;
         eprintln!("decoded {b} latent(s) → {b}×3×{ho}×{wo} in {secs:.3} s");
+        report_reruns(&model);
         if non_finite(&img) > 0 {
             eprintln!("warning: the decoder produced {} non-finite values (shown as black)", non_finite(&img));
         }
@@ -208,7 +239,7 @@ impl BackendTask for Reconstruct {
         let a = self.0;
         let budget = tile::budget(&info)?;
         let t_load = Instant::now();
-        let (cfg, model) = load::<B>(&a.common.model, &device)?;
+        let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let load_s = t_load.elapsed().as_secs_f64();
 
         let img = imaging::load_rgb(&a.input, &a.image.limits())?;
@@ -222,6 +253,7 @@ impl BackendTask for Reconstruct {
         let (latent, latent_v, encode_s) = timed_stage(|| tile::encode(&model, cfg.factor(), x, t_enc.as_ref()))?;
         let lshape = latent.dims();
         let (_, recon_v, decode_s) = timed_stage(|| tile::decode(&model, cfg.factor(), latent, t_dec.as_ref()))?;
+        report_reruns(&model);
         if non_finite(&latent_v) + non_finite(&recon_v) > 0 {
             bail!("the model produced non-finite values (NaN/inf): the weights or the input are broken");
         }
@@ -253,6 +285,7 @@ impl BackendTask for Reconstruct {
                 "model": cfg.name, "backend": info, "image": [h, w], "latent_shape": lshape,
                 "compression_ratio": ratio, "psnr": psnr, "ssim": ssim,
                 "load_s": load_s, "encode_s": encode_s, "decode_s": decode_s,
+                "precision": model.precision().name(), "f32_reruns": model.f32_reruns(),
             });
             println!("{v}");
         } else {
@@ -261,6 +294,7 @@ impl BackendTask for Reconstruct {
             for s in &info.skipped {
                 println!("  skipped     {s}");
             }
+            println!("precision:    {}", model.precision().name());
             println!("image:        {h}×{w}");
             println!("latent:       {lshape:?} (compression {ratio:.1}× in values)");
             println!("PSNR:         {psnr:.3} dB");

@@ -5,6 +5,7 @@ use anyhow::bail;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 
 use crate::engine::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::model::precision::{Precision, PrecisionChoice};
 use crate::model::{Dcae, DcaeConfig};
 use crate::weights::RandomWeights;
 
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// widened, as a float32 load would hold them.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Published)]
     pub weights: WeightsDtype,
+    /// encode / decode: the autoencoder's precision (auto: f16 on a GPU backend that has it).
+    /// The other tasks run in f32.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    pub precision: PrecisionChoice,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +93,7 @@ impl BackendTask for Bench {
         super::report_backend(&info);
         // GPU memory after each timed run where the runs are timed here, else after all of them.
         let mut gpu = GpuPeak::default();
+        let mut precision = Precision::F32;
         let timings = match a.task {
             BenchTask::Encode | BenchTask::Decode => {
                 let cfg = DcaeConfig::published(&a.model)?;
@@ -95,7 +101,8 @@ impl BackendTask for Bench {
                 if a.res % f != 0 {
                     bail!("--res {} is not a multiple of {}'s compression factor {f}", a.res, cfg.name);
                 }
-                let model = Dcae::<B>::load(&mut RandomWeights::new(&device), &cfg);
+                precision = a.precision.resolve::<B>(&device).map_err(anyhow::Error::msg)?;
+                let model = Dcae::<B>::load(&mut RandomWeights::new(&device), &cfg).with_precision(precision);
                 if a.task == BenchTask::Encode {
                     let x = Tensor::<B, 4>::random([a.batch, 3, a.res, a.res], Distribution::Uniform(-1.0, 1.0), &device);
                     time_runs_then(a.runs, || sync(model.encode(x.clone())), || gpu.sample::<B>(&device))
@@ -118,17 +125,19 @@ impl BackendTask for Bench {
             "res": a.res, "batch": a.batch, "runs": timings.runs,
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "median_s": timings.median_s, "min_s": timings.min_s, "mean_s": timings.mean_s,
+            "first_s": timings.first_s,
             "peak_rss_mib": peak_rss_mib(),
             "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
-            "dtype": "f32", "skipped": info.skipped,
+            "dtype": precision.name(), "skipped": info.skipped,
             "steps": (a.task == BenchTask::Generate).then_some(a.steps),
         });
         if a.json {
             println!("{out}");
         } else {
             println!(
-                "{} {:?} @{}² on {info}: median {:.4} s (min {:.4}, mean {:.4}, {} runs), peak RSS {:.0} MiB{}",
-                a.model, a.task, a.res, timings.median_s, timings.min_s, timings.mean_s, timings.runs,
+                "{} {:?} @{}² on {info} in {}: median {:.4} s (min {:.4}, mean {:.4}, {} runs; first call {}), peak RSS {:.0} MiB{}",
+                a.model, a.task, a.res, precision.name(), timings.median_s, timings.min_s, timings.mean_s, timings.runs,
+                timings.first_s.map_or("not timed".to_string(), |f| format!("{f:.4} s")),
                 peak_rss_mib().unwrap_or(f64::NAN),
                 gpu.describe()
             );

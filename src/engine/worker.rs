@@ -39,6 +39,7 @@ use self::api::{GenerateFailure, GenerateOutput, Generator, GeneratorInfo};
 use self::projection::{Fitter, Projection};
 use self::text::{TextEvent, TextGenerator, TextOutput, TextRequest};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::model::precision::{Precision, PrecisionChoice};
 use crate::model::tiling;
 use crate::model::{Dcae, DcaeConfig};
 
@@ -930,6 +931,8 @@ impl<B: Backend> Engine<B> {
         }
         self.status(format!("Loading {}…", files.name));
         let (mut cfg, ae) = api::load_autoencoder::<B>(&files.name, &files.config, &files.weights, &self.device)?;
+        // f16 on a GPU that has it (half the memory of a full-size photo's activations).
+        let ae = ae.with_precision(PrecisionChoice::Auto.resolve::<B>(&self.device).unwrap_or(Precision::F32));
         if cfg.name.is_empty() {
             cfg.name = files.name.clone();
         }
@@ -991,6 +994,7 @@ impl<B: Backend> Engine<B> {
                 }
                 !cancel.load(Ordering::Relaxed)
             };
+            let reruns_before = ae.f32_reruns();
             let t0 = Instant::now();
             let encode_fit = budget.map(|b| tiling::fit(cfg, b.weight_bytes(ae), tiling::Stage::Encode, b.bytes, [1, shape[2], shape[3]]));
             let z = match encode_fit {
@@ -1026,6 +1030,10 @@ impl<B: Backend> Engine<B> {
             let ydims: [usize; 4] = y.dims();
             let y = tensor_to_vec(y);
             let decode_secs = t1.elapsed().as_secs_f64();
+            let reruns = ae.f32_reruns() - reruns_before;
+            if reruns > 0 {
+                self.sink.send(Event::Status(format!("{}: {reruns} call(s) overflowed f16 and were run again in f32", m.name)));
+            }
             let recon = match y.and_then(|d| images_from_nchw(&d, ydims)) {
                 Ok(mut v) if !v.is_empty() => v.remove(0),
                 Ok(_) => continue,

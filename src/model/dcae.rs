@@ -7,13 +7,14 @@
 
 use burn::module::Module;
 use burn::tensor::activation::relu;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
 
 use super::config::{BlockType, DcaeConfig, Downsample, Upsample};
 use super::layers::{
     channel_average, conv2d, pixel_shuffle, pixel_unshuffle, repeat_channels, upsample_nearest2, Act, Conv, Norm, NormKind,
     RmsNorm2d,
 };
+use super::precision::{all_finite, as_f32, cast_params, in_f32, F32Reruns, Precision};
 use crate::weights::WeightSource;
 
 pub use super::config::HEAD_DIM;
@@ -113,11 +114,14 @@ impl<B: Backend> LiteMla<B> {
         // branches simply add heads after the base ones.
         let heads = self.heads * branches.len();
         let qkv = Tensor::cat(branches, 1).reshape([b, heads, 3 * d, n]);
-        let q = relu(qkv.clone().narrow(2, 0, d)); // [B, h, d, N]
-        let k = relu(qkv.clone().narrow(2, d, d));
-        let v = qkv.narrow(2, 2 * d, d);
-
-        let out = if n > d { linear_attention(q, k, v) } else { quadratic_attention(q, k, v) };
+        // In f32 for a 16-bit model, as the reference casts it: the sums over all pixels of
+        // k·v and k overflow f16 at a few thousand pixels.
+        let out = in_f32(qkv, |qkv| {
+            let q = relu(qkv.clone().narrow(2, 0, d)); // [B, h, d, N]
+            let k = relu(qkv.clone().narrow(2, d, d));
+            let v = qkv.narrow(2, 2 * d, d);
+            if n > d { linear_attention(q, k, v) } else { quadratic_attention(q, k, v) }
+        });
         let out = out.reshape([b, heads * d, h, w]);
         self.norm.forward(self.proj.forward(out))
     }
@@ -427,19 +431,64 @@ impl<B: Backend> Decoder<B> {
 pub struct Dcae<B: Backend> {
     pub encoder: Encoder<B>,
     pub decoder: Decoder<B>,
+    /// Calls of a 16-bit model run again in f32 (see [`Self::with_precision`]).
+    #[module(skip)]
+    reruns: F32Reruns,
 }
 
 impl<B: Backend> Dcae<B> {
     /// Builds the model from `cfg`, asking `w` for every tensor (original key names).
     pub fn load<W: WeightSource<B>>(w: &mut W, cfg: &DcaeConfig) -> Self {
-        Self { encoder: Encoder::load(w, cfg), decoder: Decoder::load(w, cfg) }
+        Self { encoder: Encoder::load(w, cfg), decoder: Decoder::load(w, cfg), reruns: F32Reruns::default() }
     }
 
+    /// The model with its weights, and so its activations, in `precision` (f16 for GPU
+    /// backends that have it: see [`crate::model::precision`]). Callers still hand in and get
+    /// back f32 tensors.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        if self.precision() == precision {
+            return self;
+        }
+        cast_params(self, precision.dtype())
+    }
+
+    /// The precision the weights are in.
+    pub fn precision(&self) -> Precision {
+        match self.encoder.project_in.dtype() {
+            DType::F16 => Precision::F16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// How many calls gave a NaN or an infinity in f16 and were run again in f32.
+    pub fn f32_reruns(&self) -> usize {
+        self.reruns.count()
+    }
+
+    /// `[B, 3, H, W]` in [-1, 1] → latent `[B, c, H/f, W/f]` (raw, no scaling factor), f32.
     pub fn encode(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.encoder.forward(x)
+        self.guarded(x, |m, x| m.encoder.forward(x))
     }
 
+    /// Latent `[B, c, h, w]` (raw) → image `[B, 3, h·f, w·f]`, f32.
     pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.decoder.forward(z)
+        self.guarded(z, |m, z| m.decoder.forward(z))
+    }
+
+    /// `run(self, x)` in the model's precision. A 16-bit result with a NaN or an infinity
+    /// (f16 ends at 65504) is computed again with the same weights widened to f32, so the
+    /// activations that overflowed have room, and counted in [`Self::f32_reruns`].
+    fn guarded(&self, x: Tensor<B, 4>, run: impl Fn(&Self, Tensor<B, 4>) -> Tensor<B, 4>) -> Tensor<B, 4> {
+        let precision = self.precision();
+        if precision == Precision::F32 {
+            return run(self, x);
+        }
+        let y = as_f32(run(self, x.clone().cast(precision.dtype())));
+        if all_finite(&y) {
+            return y;
+        }
+        self.reruns.add();
+        let wide = cast_params(self.clone(), FloatDType::F32);
+        run(&wide, as_f32(x))
     }
 }

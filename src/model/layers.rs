@@ -12,6 +12,7 @@ use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
 
 pub use super::act::Act;
 use super::cpu_kernels::ConvWeights;
+use super::precision::{as_f32, in_f32};
 use crate::weights::WeightSource;
 
 /// A "same"-padded convolution. Dense stride-1 ones take the fast CPU path of
@@ -27,6 +28,11 @@ pub struct Conv<B: Backend> {
 impl<B: Backend> Conv<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.forward_act(x, None)
+    }
+
+    /// The dtype the weights are in.
+    pub fn dtype(&self) -> DType {
+        self.inner.weight.val().dtype()
     }
 
     /// The convolution followed by `y · scale[c] + shift[c]`, as one convolution.
@@ -168,11 +174,15 @@ impl<B: Backend> RmsNorm2d<B> {
         if let Some(y) = super::cpu_kernels::rms_norm2d(&x, &self.weight.val(), &self.bias.val(), Self::EPS as f32) {
             return y;
         }
-        let [_, c, _, _] = x.dims();
-        let inv_rms = (x.clone().square().mean_dim(1) + Self::EPS).sqrt().recip(); // [B,1,H,W]
-        let w = self.weight.val().reshape([1, c, 1, 1]);
-        let b = self.bias.val().reshape([1, c, 1, 1]);
-        x * inv_rms * w + b
+        // In f32 for a 16-bit model (the mean of squares overflows f16), as the reference's
+        // autocast runs its norms.
+        in_f32(x, |x| {
+            let [_, c, _, _] = x.dims();
+            let inv_rms = (x.clone().square().mean_dim(1) + Self::EPS).sqrt().recip(); // [B,1,H,W]
+            let w = as_f32(self.weight.val()).reshape([1, c, 1, 1]);
+            let b = as_f32(self.bias.val()).reshape([1, c, 1, 1]);
+            x * inv_rms * w + b
+        })
     }
 }
 
@@ -199,8 +209,10 @@ impl<B: Backend> BatchNorm2dEval<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, c, _, _] = x.dims();
-        x * self.scale.val().reshape([1, c, 1, 1]) + self.shift.val().reshape([1, c, 1, 1])
+        in_f32(x, |x| {
+            let [_, c, _, _] = x.dims();
+            x * as_f32(self.scale.val()).reshape([1, c, 1, 1]) + as_f32(self.shift.val()).reshape([1, c, 1, 1])
+        })
     }
 }
 
@@ -263,7 +275,8 @@ pub fn repeat_channels<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
     x.reshape([b, c, 1, h * w]).expand([b, c, r, h * w]).reshape([b, c * r, h, w])
 }
 
-/// Nearest-neighbour ×2 upsampling (each pixel becomes a 2×2 block).
+/// Nearest-neighbour ×2 upsampling (each pixel becomes a 2×2 block). Exact in any precision,
+/// so unlike the reference's interpolation it needs no f32 island in a 16-bit model.
 pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b * c, h, 1, w, 1]).expand([b * c, h, 2, w, 2]).reshape([b, c, h * 2, w * 2])

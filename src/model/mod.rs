@@ -9,6 +9,7 @@ pub mod diffusion;
 pub mod host;
 pub mod layers;
 pub mod load;
+pub mod precision;
 pub mod registry;
 pub mod sana;
 pub mod tiling;

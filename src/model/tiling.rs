@@ -370,9 +370,11 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The f32 weights of `ae` as the backend holds them.
+    /// The weights of `ae` as the backend holds them, in their precision. (The activation
+    /// estimate stays the f32 one, which over-counts a 16-bit model's: it tiles earlier than it
+    /// must, never later.)
     pub fn weight_bytes<B: Backend>(&self, ae: &Dcae<B>) -> u64 {
-        4 * burn::module::Module::num_params(ae) as u64 * self.weight_copies
+        ae.precision().bytes() * burn::module::Module::num_params(ae) as u64 * self.weight_copies
     }
 }
 

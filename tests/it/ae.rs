@@ -479,3 +479,54 @@ fn cli_names_a_hub_model_by_its_repo_id() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(v["model"], "someone/dc-ae-tiny", "{stdout}");
 }
+
+/// f16 on the wgpu backend (lavapipe on a machine without a GPU): weights and activations in
+/// f16 with the norms and LiteMLA in f32, against the f32 goldens; and the guard, which runs a
+/// call again in f32 when f16 overflows. Nothing to check where the adapter has no f16.
+#[cfg(feature = "wgpu")]
+#[test]
+fn ae_f16_on_wgpu_within_its_tolerance_and_overflow_reruns_in_f32() {
+    use dcae::cli::parity::F16_RELATIVE_TOLERANCE;
+    use dcae::engine::backend::Gpu;
+    use dcae::model::precision::{f16_available, Precision};
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    if !f16_available::<Gpu>(&device) {
+        eprintln!("this wgpu adapter has no f16: nothing to check");
+        return;
+    }
+    let dir = fixture("ae-tiny-in");
+    let (_, m32) = load_dcae_files::<Gpu>(&dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
+    let m16 = m32.clone().with_precision(Precision::F16);
+    assert_eq!((m32.precision(), m16.precision()), (Precision::F32, Precision::F16));
+    let on_gpu = |rel: &str, name: &str| {
+        let (v, s) = read4(rel, name);
+        Tensor::<Gpu, 4>::from_data(TensorData::new(v, s), &device)
+    };
+    let gpu_values = |t: Tensor<Gpu, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let expected = "ae-tiny-in/expected.safetensors";
+    let (latent_ref, _) = read4(expected, "latent");
+    let (recon_ref, _) = read4(expected, "recon");
+    for (what, run, want) in [
+        ("latent", Box::new(|m: &Dcae<Gpu>| gpu_values(m.encode(on_gpu(expected, "image")))) as Box<dyn Fn(&Dcae<Gpu>) -> Vec<f32>>, &latent_ref),
+        ("recon", Box::new(|m: &Dcae<Gpu>| gpu_values(m.decode(on_gpu(expected, "latent")))), &recon_ref),
+    ] {
+        let (e32, e16) = (max_abs_diff(&run(&m32), want), max_abs_diff(&run(&m16), want));
+        eprintln!("wgpu {what}: f32 max abs err {e32:.2e}, f16 {e16:.2e} (max |ref| {:.2})", max_abs(want));
+        assert!(e16 <= F16_RELATIVE_TOLERANCE as f32 * max_abs(want), "f16 {what}: max abs err {e16:e}");
+        // f16 really ran: its rounding shows (f32 on the same device is ~1e-6 here).
+        assert!(e16 > 10.0 * e32, "f16 {what} ({e16:e}) is as close as f32 ({e32:e}): was anything cast?");
+    }
+    assert_eq!(m16.f32_reruns(), 0, "nothing should overflow on the goldens");
+
+    // An image ×10⁶ does not fit in f16 (its largest value is 65504), so the f16 call gives
+    // infinities and the guard runs it again in f32.
+    let huge = on_gpu(expected, "image").mul_scalar(1e6);
+    let got = gpu_values(m16.encode(huge.clone()));
+    assert_eq!(m16.f32_reruns(), 1);
+    assert!(got.iter().all(|v| v.is_finite()));
+    let want = gpu_values(m32.encode(huge));
+    // The rerun keeps the f16-rounded weights: relative error ~ f16's 2⁻¹¹ per weight.
+    let rel = max_abs_diff(&got, &want) / max_abs(&want);
+    eprintln!("overflowing input: rerun in f32, relative difference to the f32 model {rel:.2e}");
+    assert!(rel < 1e-2, "{rel}");
+}

@@ -26,6 +26,7 @@ use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
 use crate::sampler::SamplerError;
 use crate::model::load::{dcae_config_from_json, load_dcae, read_json, ModelError};
+use crate::model::precision::{Precision, PrecisionChoice};
 use crate::weights::pipeline::{PipelineFiles, PipelineKind, WeightFiles};
 use crate::weights::{load_strict, Checkpoint, CheckpointLoader, Layout};
 
@@ -328,7 +329,9 @@ impl<B: Backend> SanaPipeline<B> {
     pub fn load_vae(&mut self) -> Result<&Dcae<B>, ModelError> {
         if self.vae.is_none() {
             let ckpt = self.files.vae.weights.open()?;
-            self.vae = Some(load_dcae(&ckpt, &self.config.vae, &self.device)?);
+            // f16 on a GPU that has it: the decode's activations are the run's peak.
+            let precision = PrecisionChoice::Auto.resolve::<B>(&self.device).unwrap_or(Precision::F32);
+            self.vae = Some(load_dcae(&ckpt, &self.config.vae, &self.device)?.with_precision(precision));
         }
         self.vae.as_ref().ok_or_else(|| ModelError::Other("the autoencoder could not be loaded".into()))
     }
@@ -489,6 +492,8 @@ impl<B: Backend> SanaPipeline<B> {
         let sprint_guidance = sprint.then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![guidance * cfg.transformer.guidance_embeds_scale as f32; b], [b]), &device));
         let mut network_calls = 0;
         let transformer = self.transformer.as_ref().ok_or(T2iError::Invalid("no transformer".into()))?;
+        // The caption's keys and values, once for every step.
+        let caption = transformer.caption(text, mask);
         let mut network = |x: Tensor<B, 4>, t: f32| -> Option<Tensor<B, 4>> {
             if cancel.load(Ordering::Relaxed) {
                 return None;
@@ -497,14 +502,14 @@ impl<B: Backend> SanaPipeline<B> {
             if use_cfg {
                 let t_model = if sprint { t } else { t * scale as f32 };
                 let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t_model; 2 * b], [2 * b]), &device);
-                let v = transformer.forward(Tensor::cat(vec![x.clone(), x], 0), tt, text.clone(), mask.clone(), None);
+                let v = transformer.forward_with(Tensor::cat(vec![x.clone(), x], 0), tt, &caption, None);
                 let uncond = v.clone().narrow(0, 0, b);
                 let cond = v.narrow(0, b, b);
                 Some(uncond.clone() + (cond - uncond).mul_scalar(guidance as f64))
             } else {
                 let t_model = if sprint { t } else { t * scale as f32 };
                 let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t_model; b], [b]), &device);
-                Some(transformer.forward(x, tt, text.clone(), mask.clone(), sprint_guidance.clone()))
+                Some(transformer.forward_with(x, tt, &caption, sprint_guidance.clone()))
             }
         };
         let mut step_noise = |k: usize| match &req.step_noise {
