@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the folder that scripts/gpu-check.sh needs on a GPU machine where nothing can be built
-# or downloaded: a stripped, gzipped `dcae` (CUDA + wgpu: `--features cuda`), the fixtures the
+# or downloaded: a stripped, gzipped `dcae` (CUDA + wgpu: the default features), the fixtures the
 # parity checks read, and the check script itself. Everything stays under 64 MiB, the most a
 # device run can carry. Run it here, from the repository:
 #
@@ -28,7 +28,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dcae-studio/target}"
 BIN="$CARGO_TARGET_DIR/debug/dcae"
 if [ "$BUILD" = 1 ]; then
   # The same profile flags as the test builds, so the dependencies are not rebuilt.
-  nice -n 10 cargo build --locked --features cuda \
+  nice -n 10 cargo build --locked \
     --config 'profile.dev.package.dcae-studio.opt-level=1' \
     --config 'profile.dev.package.dcae-studio.codegen-units=16' \
     --bin dcae
@@ -39,7 +39,7 @@ if ! "$BIN" parity --help >/dev/null 2>&1; then
 fi
 # The bundle must run CUDA: a binary built without the `cuda` feature would only skip it there.
 if ! grep -q 'libnvrtc.so' "$BIN"; then
-  echo "$BIN was built without the cuda feature: rebuild it with --features cuda" >&2; exit 1
+  echo "$BIN was built without the cuda feature: rebuild it with the default features (they include cuda)" >&2; exit 1
 fi
 
 rm -rf "$OUT"
