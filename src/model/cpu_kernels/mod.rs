@@ -158,7 +158,9 @@ fn flex_any<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> 
 }
 
 /// Output columns of a 16-bit weight widened to f32 at a time: a `k × 256` f32 block (2.3 MB
-/// for Gemma-2's 2304 inputs) stays in L2/L3 while `gemm` streams it.
+/// for Gemma-2's 2304 inputs) stays in L2/L3 while `gemm` streams it. Measured on the
+/// 540-token Gemma-2 encode (2 threads, AVX-512): 7.17 s, against 8.59 s with 1 MiB blocks and
+/// 8.28 s with 8 MiB ones.
 const HALF_BLOCK: usize = 4 * PANEL;
 
 /// A Linear weight `[k, n]` row-major, in the type it is held in.
