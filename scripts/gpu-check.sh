@@ -177,10 +177,14 @@ for b in "${BK[@]}"; do
     [ "$RC" = 124 ] && CELL[$b|parity|f32]="TIMEOUT"
     [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ ! -s "$OUT/$b-parity.out" ] && CELL[$b|parity|f32]="FAIL (see $OUT/$b-parity.err)"
     if [ "$HAS_F16" = 1 ]; then
-      # The autoencoder checks again in f16 (their names end in " (f16)").
-      run_step "$T_PARITY" "$OUT/$b-parity16" "$DCAE" parity --backend "$b" --precision f16 --only ae- --json --fixtures "$FIXTURES"
+      # The autoencoder checks again in f16 (their names end in " (f16)"), and the text
+      # encoder in bf16 where the backend has it (" (bf16)"; elsewhere it runs in f32 again and
+      # is not recorded here).
+      run_step "$T_PARITY" "$OUT/$b-parity16" "$DCAE" parity --backend "$b" --precision f16 --only ae-,sana-tiny --json --fixtures "$FIXTURES"
       while IFS= read -r line; do
-        name=$(sfield "$line" check); name="${name% (f16)}"
+        name=$(sfield "$line" check)
+        case "$name" in *" (f16)"|*" (bf16)") ;; *) continue ;; esac
+        name="${name% (f16)}"; name="${name% (bf16)}"
         [ -n "$name" ] || continue
         if grep -q '"pass":true' <<< "$line"; then verdict=PASS; else verdict=FAIL; fi
         err=$(field "$line" max_abs_err)
@@ -197,7 +201,10 @@ for b in "${BK[@]}"; do
       key="$b|$label|$dt"
       if [ -n "$dev_missing" ]; then CELL[$key]="$dev_missing"; continue; fi
       if [ "$dt" = f16 ] && [ "$HAS_F16" = 0 ]; then CELL[$key]="n/a (not built)"; continue; fi
-      if [ "$dt" = f16 ] && [[ "$label" != DC-AE* ]]; then CELL[$key]="n/a (f32 only)"; continue; fi
+      # f16 runs the autoencoders and the fp16-trained SANA 1.0 in f16, the bf16-trained text
+      # encoder and Sprint in bf16 where the backend has it (the cell says what ran); the
+      # UViT is f32 only.
+      if [ "$dt" = f16 ] && [[ "$label" == UViT* ]]; then CELL[$key]="n/a (f32 only)"; continue; fi
       extra=(); [ "$dt" = f16 ] && extra=(--precision f16)
       limit=$T_ROW; [[ "$label" == *generate* || "$label" == *t2i* || "$label" == Gemma* ]] && limit=$T_HEAVY
       # A row that sets its own --runs (the one-shot generations) keeps it.
@@ -212,7 +219,9 @@ for b in "${BK[@]}"; do
           if [ -n "$res" ]; then mem="$(fmt_mib "$use")/$(fmt_mib "$res") MiB"
           elif [ -n "$rss" ]; then mem="RSS $(fmt_mib "$rss") MiB"
           else mem="?"; fi
-          if [ -n "$t" ]; then CELL[$key]="$(fmt_s "$t"), $mem"; else CELL[$key]="FAIL (no result)"; fi ;;
+          if [ -n "$t" ]; then CELL[$key]="$(fmt_s "$t"), $mem"; else CELL[$key]="FAIL (no result)"; fi
+          # The text encoder's precision beside the SANA rows' f16 cells (bf16, or f32 without it).
+          if [ "$dt" = f16 ] && [[ "$label" != DC-AE* ]]; then CELL[$key]+=" $(sfield "$line" dtype)"; fi ;;
         124|137)
           # A panic on a runtime's device thread leaves the main thread waiting: say so.
           if grep -q "panicked at" "$OUT/$b-row$i-$dt.err"; then
@@ -245,7 +254,9 @@ for name in "${PARITY_NAMES[@]}"; do
   for b in "${BK[@]}"; do
     f16="n/a (not built)"
     if [ "$HAS_F16" = 1 ]; then
-      if [[ "$name" == ae-* ]]; then f16="${CELL[$b|$name|f16]:-${CELL[$b|parity|f16]:-not run}}"; else f16="n/a (f32 only)"; fi
+      if [[ "$name" == ae-* ]]; then f16="${CELL[$b|$name|f16]:-${CELL[$b|parity|f16]:-not run}}"
+      elif [[ "$name" == sana-tiny* ]]; then f16="${CELL[$b|$name|f16]:-${CELL[$b|parity|f16]:-n/a (no 16-bit type here)}}"
+      else f16="n/a (f32 only)"; fi
     fi
     printf ' | %-*s | %-*s' $W "${CELL[$b|$name|f32]:-${CELL[$b|parity|f32]:--}}" $W "$f16"
   done; echo
@@ -255,7 +266,7 @@ for b in "${BK[@]}"; do
 done
 echo
 echo "cells: median time of $RUNS run(s) after a warm-up, then GPU MiB in use after the runs / reserved by the allocator (its high-water mark), or the process's peak RSS on the CPU"
-echo "parity: max |error| against the golden and PASS/FAIL at the tests' tolerances (1e-4; 1e-3 for the 30-step trajectory; the f16 autoencoder checks at dcae parity's F16 tolerance)"
+echo "parity: max |error| against the golden and PASS/FAIL at the tests' tolerances (1e-4; 1e-3 for the 30-step trajectory; the f16 autoencoder checks at dcae parity's F16 tolerance, the bf16 text encoder at its BF16 tolerance)"
 for b in "${BK[@]}"; do echo "$b: ${DEVICE[$b]-?}"; done
 for f in "${FAILURES[@]}"; do echo "failed: $f"; done
 echo "total $(( $(date +%s) - START )) s; raw results in $OUT/ (bench.jsonl, *-parity.out, each step's .err)"

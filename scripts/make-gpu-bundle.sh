@@ -60,6 +60,7 @@ copy sana-tiny/expected.safetensors
 for t in transformer sprint/transformer; do
   for f in config.json diffusion_pytorch_model.safetensors; do copy "sana-tiny/$t/$f"; done
 done
+for f in config.json model.safetensors; do copy "sana-tiny/text_encoder/$f"; done
 git rev-parse HEAD > "$OUT/COMMIT" 2>/dev/null || true
 
 # Keep the bundle out of `git status` without touching the shared .gitignore.

@@ -56,7 +56,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = WeightsDtype::Published)]
     pub weights: WeightsDtype,
     /// encode / decode: the autoencoder's precision (auto: f16 on a GPU backend that has it).
-    /// The other tasks run in f32.
+    /// text-encode / forward / t2i: the text encoder's (auto / f16: bf16 on a GPU backend with
+    /// bf16 arithmetic, else f32), the SANA transformer's (f16 for the fp16-trained SANA 1.0,
+    /// bf16 for Sprint and SANA 1.5, where the backend has it) and the autoencoder's. The UViT
+    /// runs in f32.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     pub precision: PrecisionChoice,
     /// Print one JSON line.
@@ -159,7 +162,7 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
     } else {
         a.model.clone()
     };
-    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published };
+    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published, precision: a.precision };
     let r = super::bench_sana::run::<B>(&args, device)?;
     let mut gpu = GpuPeak::default();
     gpu.sample::<B>(device);
@@ -171,12 +174,12 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
         "median_s": t.median_s, "min_s": t.min_s, "mean_s": t.mean_s, "all_s": t.all_s, "build_s": r.build_s,
         "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib, "weights": a.weights,
         "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
-        "dtype": "f32", "skipped": info.skipped,
+        "dtype": r.dtype, "skipped": info.skipped,
     });
     if a.json {
         println!("{out}");
     } else {
-        println!("{} {:?} @{}² on {info}: median {:.3} s (min {:.3}, {} runs), phases {:?}, peak RSS {:.0} MiB{}", a.model, a.task, a.res, t.median_s, t.min_s, t.runs, r.phases, r.peak_rss_mib.unwrap_or(f64::NAN), gpu.describe());
+        println!("{} {:?} @{}² on {info} ({}): median {:.3} s (min {:.3}, {} runs), phases {:?}, peak RSS {:.0} MiB{}", a.model, a.task, a.res, r.dtype, t.median_s, t.min_s, t.runs, r.phases, r.peak_rss_mib.unwrap_or(f64::NAN), gpu.describe());
     }
     Ok(())
 }

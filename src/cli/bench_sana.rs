@@ -17,6 +17,7 @@ use crate::model::sana::transformer::{add_gated, norm_modulate, SanaTransformer,
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
 use crate::weights::pipeline::PipelineKind;
+use crate::model::precision::PrecisionChoice;
 use crate::weights::RandomWeights;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct SanaBenchArgs {
     /// Give the text encoder what its published bf16 files would (16-bit in memory where the
     /// backend keeps that), not f32.
     pub bf16_text_encoder: bool,
+    /// The text encoder's and the autoencoder's precision (see [`crate::model::precision`]).
+    pub precision: PrecisionChoice,
 }
 
 pub struct SanaBenchResult {
@@ -47,6 +50,9 @@ pub struct SanaBenchResult {
     pub phases: Option<[f64; 3]>,
     pub build_s: f64,
     pub peak_rss_mib: Option<f64>,
+    /// What the networks computed in (`text-encode`: the text encoder's; `forward`: the
+    /// transformer's; `t2i`: text encoder / transformer / autoencoder).
+    pub dtype: String,
 }
 
 pub fn model(name: &str) -> anyhow::Result<&'static RegisteredSana> {
@@ -62,6 +68,7 @@ fn ids<B: Backend>(n: usize, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B
 pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<SanaBenchResult> {
     let reg = model(&a.model)?;
     let tcfg = reg.transformer_config();
+    let transformer_precision = crate::model::sana::pipeline::transformer_precision::<B>(a.precision, crate::model::sana::pipeline::fp16_trained(reg.kind, &tcfg, reg.name), device);
     let f = 32;
     if a.res % f != 0 || a.res == 0 {
         bail!("--res {} must be a positive multiple of 32", a.res);
@@ -72,7 +79,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
     let mut text_w = if a.bf16_text_encoder { RandomWeights::<B>::stored_as_bf16(device) } else { RandomWeights::<B>::new(device) };
     match a.task {
         SanaBench::TextEncode => {
-            let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b());
+            let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b()).with_precision(a.precision.resolve_bf16_trained::<B>(device));
             let build_s = t0.elapsed().as_secs_f64();
             let (ids, mask) = ids::<B>(a.tokens, device);
             let timings = super::timing::time_runs(a.runs, || {
@@ -80,10 +87,10 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                     let _ = h.slice([0..1, 0..1, 0..1]).into_data();
                 }
             });
-            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib() })
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: gemma.precision().name().into() })
         }
         SanaBench::Forward => {
-            let model = SanaTransformer::<B>::load(&mut w, &tcfg);
+            let model = SanaTransformer::<B>::load(&mut w, &tcfg).with_precision(transformer_precision);
             let build_s = t0.elapsed().as_secs_f64();
             let x = Tensor::<B, 4>::random([a.batch, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
             let text = Tensor::<B, 3>::random([a.batch, MAX_SEQUENCE_LENGTH, tcfg.caption_channels], Distribution::Normal(0.0, 1.0), device);
@@ -97,7 +104,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                 let v = model.forward(x.clone(), t.clone(), text.clone(), mask.clone(), g.clone());
                 let _ = v.slice([0..1, 0..1, 0..1, 0..1]).into_data();
             });
-            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib() })
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: transformer_precision.name().into() })
         }
         SanaBench::T2i => {
             // As `dcae generate` runs it: the text encoder first, released after encoding, then
@@ -115,10 +122,11 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let use_cfg = !sprint && a.cfg > 1.0;
             let b = a.batch;
             let vae_cfg = DcaeConfig::published("dc-ae-f32c32-sana-1.1")?;
+            let vae_precision = a.precision.resolve::<B>(device).map_err(anyhow::Error::msg)?;
             let (mut totals, mut phases, mut build_s) = (Vec::new(), [0.0; 3], 0.0);
             for _ in 0..a.runs.max(1) {
                 let t = Instant::now();
-                let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b());
+                let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b()).with_precision(a.precision.resolve_bf16_trained::<B>(device));
                 build_s = t.elapsed().as_secs_f64();
                 // Text: the positive pass per prompt (instruction + prompt), the negative once.
                 let t = Instant::now();
@@ -144,8 +152,8 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                 drop(gemma);
 
                 let t = Instant::now();
-                let model = SanaTransformer::<B>::load(&mut w, &tcfg);
-                let vae = Dcae::<B>::load(&mut w, &vae_cfg);
+                let model = SanaTransformer::<B>::load(&mut w, &tcfg).with_precision(transformer_precision);
+                let vae = Dcae::<B>::load(&mut w, &vae_cfg).with_precision(vae_precision);
                 build_s += t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let x = Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
@@ -181,7 +189,9 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                 phases[2] = t.elapsed().as_secs_f64();
                 totals.push(phases.iter().sum());
             }
-            Ok(SanaBenchResult { timings: Timings::from_samples(totals), phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib() })
+            let text_precision = a.precision.resolve_bf16_trained::<B>(device);
+            let dtype = format!("{}/{}/{}", text_precision.name(), transformer_precision.name(), vae_precision.name());
+            Ok(SanaBenchResult { timings: Timings::from_samples(totals), phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib(), dtype })
         }
     }
 }

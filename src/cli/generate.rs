@@ -104,6 +104,11 @@ pub struct GenerateArgs {
     pub save_steps: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Text-to-image: `auto` runs the text encoder in bf16 and the autoencoder in f16 where the
+    /// GPU backend has them (f32 elsewhere); `f16` asks for the autoencoder in f16 (an error
+    /// where it cannot run); `f32` everywhere. The transformer computes in f32.
+    #[arg(long, value_enum, default_value_t = crate::model::precision::PrecisionChoice::Auto)]
+    pub precision: crate::model::precision::PrecisionChoice,
 }
 
 /// What a `--class` value asks for.

@@ -86,6 +86,14 @@ impl BackendTask for T2iTask {
         // transformer loads: a one-shot run's peak is the larger part, not the sum.
         let mut pipeline = SanaPipeline::<B>::open(&files, &name, &device)?;
         pipeline.low_memory = true;
+        pipeline.precision = args.precision;
+        if args.precision == crate::model::precision::PrecisionChoice::F16 {
+            args.precision.resolve::<B>(&device).map_err(anyhow::Error::msg)?;
+        }
+        let (tp, dp, vp) = (pipeline.text_precision(), pipeline.transformer_precision(), pipeline.vae_precision());
+        if [tp, dp, vp].iter().any(|p| *p != crate::model::precision::Precision::F32) {
+            eprintln!("precision: text encoder {} · transformer {} · autoencoder {} (norms, softmax and attention in f32)", tp.name(), dp.name(), vp.name());
+        }
         eprintln!("checked {name} ({:?}) in {:.1}s", pipeline.config.kind, t0.elapsed().as_secs_f64());
 
         let size = |v: Option<usize>| v.unwrap_or(pipeline.config.transformer.sample_size * pipeline.config.vae_factor());
@@ -123,6 +131,9 @@ impl BackendTask for T2iTask {
         };
         let out = pipeline.generate(&req, &mut on_event, &cancel)?;
         eprintln!();
+        if let n @ 1.. = pipeline.f32_reruns() {
+            eprintln!("note: {n} 16-bit call(s) gave a NaN or an infinity and were run again in f32; --precision f32 avoids the retries");
+        }
         for (i, d) in out.conditioning.dropped_tokens.iter().enumerate().filter(|(_, d)| **d > 0) {
             eprintln!("warning: prompt {} is longer than the text encoder's 300 tokens: its last {d} token(s) were dropped", i + 1);
         }

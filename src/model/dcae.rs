@@ -456,6 +456,7 @@ impl<B: Backend> Dcae<B> {
     pub fn precision(&self) -> Precision {
         match self.encoder.project_in.dtype() {
             DType::F16 => Precision::F16,
+            DType::BF16 => Precision::Bf16,
             _ => Precision::F32,
         }
     }

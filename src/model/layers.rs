@@ -117,25 +117,37 @@ pub fn linear_stored<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d_in:
 /// ([`super::cpu_kernels::linear`]).
 pub fn lin<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| widened(l).forward(x))
+    super::cpu_kernels::linear(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| like(l, x.dtype()).forward(x))
 }
 
 /// `gelu(l.forward(x))`, the GELU fused into the CPU kernel when it applies
 /// ([`super::cpu_kernels::linear_gelu`]).
 pub fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let bias = l.bias.as_ref().map(|b| b.val());
-    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(widened(l).forward(x)))
+    super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(like(l, x.dtype()).forward(x)))
 }
 
-/// `l` with an f32 weight, for burn's own ops, which do not mix float types: a 16-bit weight
-/// ([`linear_stored`]) is widened for this one call.
-fn widened<B: Backend>(l: &Linear<B>) -> std::borrow::Cow<'_, Linear<B>> {
+/// `l` with its weight in `dtype`, the activations', for burn's own ops, which do not mix
+/// float types: a 16-bit weight ([`linear_stored`]) under f32 activations is widened for this
+/// one call (exactly), which keeps only the 16-bit copy resident.
+fn like<B: Backend>(l: &Linear<B>, dtype: DType) -> std::borrow::Cow<'_, Linear<B>> {
     let weight = l.weight.val();
-    if weight.dtype() == DType::F32 {
+    if weight.dtype() == dtype {
         return std::borrow::Cow::Borrowed(l);
     }
-    let weight = Param::from_tensor(weight.cast(FloatDType::F32));
-    std::borrow::Cow::Owned(Linear { weight, bias: l.bias.clone() })
+    let weight = Param::from_tensor(to_dtype(weight, dtype));
+    let bias = l.bias.as_ref().map(|b| Param::from_tensor(to_dtype(b.val(), dtype)));
+    std::borrow::Cow::Owned(Linear { weight, bias })
+}
+
+/// `t` cast to the float `dtype` (f32 for anything else).
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    match dtype {
+        _ if t.dtype() == dtype => t,
+        DType::F16 => t.cast(FloatDType::F16),
+        DType::BF16 => t.cast(FloatDType::BF16),
+        _ => t.cast(FloatDType::F32),
+    }
 }
 
 /// The same values in a fresh row-major tensor.

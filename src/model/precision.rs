@@ -1,5 +1,6 @@
-//! The precision the autoencoders compute in: f32 everywhere, or f16 on GPU backends whose
-//! device has it.
+//! The precision a model computes in: f32 everywhere; f16 for the autoencoders on GPU backends
+//! whose device has it; bf16 for the bf16-trained text encoder (Gemma-2) where the backend has
+//! bf16 arithmetic (CUDA), never f16, whose ±65504 range its activations exceed.
 //!
 //! Why: a DC-AE decoder's full-resolution activations are what runs a laptop GPU out of memory
 //! (SANA's users met it after the whole denoising loop); in f16 the weights and every
@@ -38,6 +39,7 @@ pub enum PrecisionChoice {
 pub enum Precision {
     F32,
     F16,
+    Bf16,
 }
 
 impl Precision {
@@ -45,6 +47,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
         }
     }
 
@@ -52,7 +55,7 @@ impl Precision {
     pub fn bytes(self) -> u64 {
         match self {
             Precision::F32 => 4,
-            Precision::F16 => 2,
+            Precision::F16 | Precision::Bf16 => 2,
         }
     }
 
@@ -60,6 +63,7 @@ impl Precision {
         match self {
             Precision::F32 => FloatDType::F32,
             Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
         }
     }
 }
@@ -70,7 +74,23 @@ pub fn f16_available<B: Backend>(device: &B::Device) -> bool {
     TypeId::of::<B>() != TypeId::of::<Flex>() && B::supports_dtype(device, DType::F16)
 }
 
+/// Whether `B` on `device` computes in bf16: a GPU backend with bf16 arithmetic (CUDA on
+/// Ampere and later; wgpu has none, WGSL lacks the type).
+pub fn bf16_available<B: Backend>(device: &B::Device) -> bool {
+    TypeId::of::<B>() != TypeId::of::<Flex>() && B::supports_dtype(device, DType::BF16)
+}
+
 impl PrecisionChoice {
+    /// The precision for a model trained in bf16 (Gemma-2): `auto` and `f16` mean bf16 where
+    /// the backend has it ([`bf16_available`]) and f32 elsewhere, never f16.
+    pub fn resolve_bf16_trained<B: Backend>(self, device: &B::Device) -> Precision {
+        match self {
+            PrecisionChoice::F32 => Precision::F32,
+            PrecisionChoice::Auto | PrecisionChoice::F16 if bf16_available::<B>(device) => Precision::Bf16,
+            PrecisionChoice::Auto | PrecisionChoice::F16 => Precision::F32,
+        }
+    }
+
     /// The precision this choice means on `B`, or why it cannot run there.
     pub fn resolve<B: Backend>(self, device: &B::Device) -> Result<Precision, String> {
         match self {

@@ -395,7 +395,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
     /// `[in, out]` handed out).
     fn stored<const D: usize>(&mut self, key: &str, shape: [usize; D], transpose: bool) -> Tensor<B, D> {
         let full = format!("{}{key}", self.prefix);
-        let half_ok = super::half::keeps_16bit::<B>()
+        let half_ok = self.ckpt.dtype(&full).and_then(|d| super::half::dtype_named(&d)).is_some_and(|d| super::half::keeps_16bit::<B>(&self.device, d))
             && !self.check_only
             && self.problems.is_empty()
             && self.layout == Layout::Original
@@ -410,7 +410,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
                 } else {
                     values
                 };
-                if let Some(t) = values.into_tensor::<B, D>(dims) {
+                if let Some(t) = values.into_tensor::<B, D>(dims, &self.device) {
                     return t;
                 }
             }

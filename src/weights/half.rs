@@ -1,22 +1,45 @@
 //! 16-bit weights kept as stored: Gemma-2's 2.6 billion parameters are 5.2 GB in bf16 and
 //! 10.5 GB widened to f32, the difference between fitting a 16 GB laptop or not.
 //!
-//! Only where the backend computes from them: the CPU kernels' Linear layers widen a block of
-//! columns at a time into a cache-sized scratch (`model::cpu_kernels::linear`). Elsewhere, and
-//! with `DCAE_WEIGHTS=f32` (to measure what the 16-bit copy saves), weights are widened at load.
+//! Only where the backend computes from them:
+//! - on the CPU, the kernels' Linear layers widen a block of columns at a time into a
+//!   cache-sized scratch (`model::cpu_kernels::linear`);
+//! - on a GPU backend with bf16 arithmetic (CUDA), bf16 weights stay bf16 on the device, and
+//!   the text encoder computes in bf16 (`model::precision`) or, asked for f32, widens one
+//!   layer's weight per call.
+//!
+//! Elsewhere (wgpu, f16 weights on a GPU), and with `DCAE_WEIGHTS=f32` (to measure what the
+//! 16-bit copy saves), weights are widened at load.
 
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Bytes, DType, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
-/// Whether tensors loaded through [`crate::weights::WeightSource::tensor_stored`] may stay 16-bit on `B`.
-pub fn keeps_16bit<B: Backend>() -> bool {
+/// Whether a tensor stored as `stored` and loaded through
+/// [`crate::weights::WeightSource::tensor_stored`] stays 16-bit on `B`'s `device`.
+pub fn keeps_16bit<B: Backend>(device: &B::Device, stored: DType) -> bool {
     static F32: OnceLock<bool> = OnceLock::new();
-    TypeId::of::<B>() == TypeId::of::<Flex>() && !*F32.get_or_init(|| std::env::var("DCAE_WEIGHTS").as_deref() == Ok("f32"))
+    if *F32.get_or_init(|| std::env::var("DCAE_WEIGHTS").as_deref() == Ok("f32")) {
+        return false;
+    }
+    match stored {
+        DType::BF16 | DType::F16 if TypeId::of::<B>() == TypeId::of::<Flex>() => true,
+        DType::BF16 => crate::model::precision::bf16_available::<B>(device),
+        _ => false,
+    }
+}
+
+/// The 16-bit dtype a safetensors dtype name (`BF16`, `F16`) stands for.
+pub fn dtype_named(name: &str) -> Option<DType> {
+    match name {
+        "BF16" => Some(DType::BF16),
+        "F16" => Some(DType::F16),
+        _ => None,
+    }
 }
 
 /// 16-bit values as a checkpoint stores them.
@@ -51,15 +74,32 @@ impl HalfValues {
         }
     }
 
-    /// A tensor of `B` holding the values as they are; `None` where `B` does not keep 16-bit
-    /// weights ([`keeps_16bit`]).
-    pub fn into_tensor<B: Backend, const D: usize>(self, shape: [usize; D]) -> Option<Tensor<B, D>> {
-        if !keeps_16bit::<B>() {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Bf16(_) => DType::BF16,
+            Self::F16(_) => DType::F16,
+        }
+    }
+
+    /// A tensor of `B` on `device` holding the values as they are; `None` where `B` does not
+    /// keep such weights ([`keeps_16bit`]).
+    pub fn into_tensor<B: Backend, const D: usize>(self, shape: [usize; D], device: &B::Device) -> Option<Tensor<B, D>> {
+        let dtype = self.dtype();
+        if !keeps_16bit::<B>(device, dtype) {
             return None;
         }
-        let (bytes, dtype) = match self {
-            Self::Bf16(v) => (Bytes::from_elems(v), DType::BF16),
-            Self::F16(v) => (Bytes::from_elems(v), DType::F16),
+        if TypeId::of::<B>() != TypeId::of::<Flex>() {
+            // Uploaded as they are: a GPU backend with bf16 arithmetic.
+            let data = match self {
+                Self::Bf16(v) => TensorData::new(v, shape),
+                Self::F16(v) => TensorData::new(v, shape),
+            };
+            return Some(Tensor::from_data(data, (device, dtype)));
+        }
+        // The CPU backend takes the buffer itself, no copy.
+        let bytes = match self {
+            Self::Bf16(v) => Bytes::from_elems(v),
+            Self::F16(v) => Bytes::from_elems(v),
         };
         let t = FlexTensor::new(bytes, Layout::contiguous(Shape::from(shape)), dtype);
         let prim: Box<dyn Any> = Box::new(t);

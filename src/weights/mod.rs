@@ -65,13 +65,13 @@ impl<B: Backend> RandomWeights<B> {
     }
 
     fn as_bf16<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
-        if !self.bf16 || !half::keeps_16bit::<B>() {
+        if !self.bf16 || !half::keeps_16bit::<B>(&self.device, burn::tensor::DType::BF16) {
             return t;
         }
         let shape = t.dims();
         match t.into_data().to_vec::<f32>() {
             Ok(v) => half::HalfValues::Bf16(v.into_iter().map(::half::bf16::from_f32).collect())
-                .into_tensor::<B, D>(shape)
+                .into_tensor::<B, D>(shape, &self.device)
                 .unwrap_or_else(|| Tensor::zeros(shape, &self.device)),
             Err(_) => Tensor::zeros(shape, &self.device),
         }

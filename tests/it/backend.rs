@@ -64,7 +64,7 @@ fn parity_command_passes_on_the_cpu() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let checks: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
-    assert_eq!(checks.len(), 9, "{stdout}");
+    assert_eq!(checks.len(), 10, "{stdout}");
     for c in &checks {
         assert_eq!(c["pass"], true, "{c}");
         assert!(c["max_abs_err"].as_f64().is_some_and(|e| e <= c["tol"].as_f64().unwrap()), "{c}");

@@ -107,6 +107,54 @@ fn transformer_forwards_match_diffusers() {
     assert!(err < 1e-4, "sfwdA: {err}");
 }
 
+/// 16-bit forwards, the GPU path, run here through the CPU backend's f16 / bf16 ops (which
+/// round every result as a GPU's do): SANA 1.0's architecture in f16 and Sprint's in bf16,
+/// within `dcae parity`'s 16-bit tolerances of the f32 goldens, measurably not the f32 path,
+/// and an overflow guarded by an f32 rerun.
+#[test]
+fn transformer_in_16_bit_within_its_tolerance_and_overflow_reruns_in_f32() {
+    use burn::tensor::DType;
+    use dcae::cli::parity::{BF16_RELATIVE_TOLERANCE, F16_RELATIVE_TOLERANCE};
+    use dcae::model::precision::Precision;
+    let cases = [
+        ("sana-tiny/transformer", "fwdA", false, Precision::F16, F16_RELATIVE_TOLERANCE, DType::F16),
+        ("sana-tiny/transformer", "fwdB", false, Precision::F16, F16_RELATIVE_TOLERANCE, DType::F16),
+        ("sana-tiny/sprint/transformer", "sfwdA", true, Precision::Bf16, BF16_RELATIVE_TOLERANCE, DType::BF16),
+    ];
+    for (dir, p, sprint, precision, rel_tol, dtype) in cases {
+        let f32_model = load_transformer(dir);
+        let model = load_transformer(dir).with_precision(precision);
+        assert_eq!(model.precision(), precision);
+        assert_eq!(model.transformer_blocks[0].attn1.to_q.weight.val().dtype(), dtype);
+        let guidance = sprint.then(|| t::<1>(&format!("{p}_guidance")));
+        let run = |m: &SanaTransformer<B>| m.forward(t(&format!("{p}_x")), t(&format!("{p}_t")), t(&format!("{p}_ehs")), t_int(&format!("{p}_emask")), guidance.clone());
+        let out = run(&model);
+        assert_eq!(out.dtype(), DType::F32, "handed out in f32");
+        let got = vals(out);
+        let want = &g(&format!("{p}_out")).data;
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&got, want);
+        let moved = max_abs_diff(&got, &vals(run(&f32_model)));
+        eprintln!("{p} in {}: max |diff| {err:.3e} = {:.2e} of max |golden| {scale:.3}; {moved:.3e} from the f32 path", precision.name(), err / scale);
+        assert!(got.iter().all(|v| v.is_finite()), "{p}: non-finite values");
+        assert!(err as f64 <= rel_tol * scale as f64, "{p} in {}: {err:e} over {rel_tol} of {scale}", precision.name());
+        assert!(moved > 1e-4, "{p}: the {} path gave the f32 result ({moved:e})", precision.name());
+        assert_eq!(model.f32_reruns(), 0);
+    }
+    // Latents far outside the model's range overflow f16 (the velocity comes out infinite or
+    // NaN); the call runs again in f32 and says so.
+    let model = load_transformer("sana-tiny/transformer").with_precision(Precision::F16);
+    // What the rerun computes with: the f16 weights widened back.
+    let wide = load_transformer("sana-tiny/transformer").with_precision(Precision::F16).with_precision(Precision::F32);
+    let x = t::<4>("fwdA_x").mul_scalar(1e6);
+    let out = model.forward(x.clone(), t("fwdA_t"), t("fwdA_ehs"), t_int("fwdA_emask"), None);
+    let want = wide.forward(x, t("fwdA_t"), t("fwdA_ehs"), t_int("fwdA_emask"), None);
+    assert_eq!(model.f32_reruns(), 1, "the overflow must be caught");
+    let (got, want) = (vals(out), vals(want));
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&got, &want) <= 1e-5 * scale, "the rerun is the f32 result");
+}
+
 /// The fp16 clip must not change a model whose activations stay in range (the goldens').
 #[test]
 fn fp16_clip_is_inert_in_range() {

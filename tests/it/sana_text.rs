@@ -170,6 +170,53 @@ fn text_encoder_hidden_matches_golden() {
     assert!(worst < TOL, "te_p*_hidden off by {worst}");
 }
 
+/// bf16 activations, the CUDA path, run here through the CPU backend's bf16 ops (which round
+/// every result to bf16 as a GPU's do): within [`BF16_RELATIVE_TOLERANCE`] of the f32 goldens,
+/// and measurably not the f32 path.
+#[test]
+fn text_encoder_in_bf16_within_its_tolerance() {
+    use burn::tensor::DType;
+    use dcae::cli::parity::BF16_RELATIVE_TOLERANCE;
+    use dcae::model::precision::{Precision, PrecisionChoice};
+    let bytes = expected_bytes();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let f32_model = tiny_model();
+    let model = tiny_model().with_precision(Precision::Bf16);
+    assert_eq!(model.precision(), Precision::Bf16);
+    assert_eq!(model.embed_tokens.val().dtype(), DType::BF16);
+    assert_eq!(model.layers[0].mlp.down_proj.weight.val().dtype(), DType::BF16);
+    assert_eq!(model.layers[0].self_attn.q_proj.weight.val().dtype(), DType::BF16);
+    // The norms are f32 islands and keep f32 scales.
+    assert_eq!(model.layers[0].input_layernorm.scale.val().dtype(), DType::F32);
+    // f16 is taken as bf16 for this bf16-trained model.
+    assert_eq!(tiny_model().with_precision(Precision::F16).precision(), Precision::Bf16);
+    // What a user gets on the CPU: f32 arithmetic (from weights kept as stored), whatever asked.
+    for choice in [PrecisionChoice::Auto, PrecisionChoice::F16, PrecisionChoice::F32] {
+        assert_eq!(choice.resolve_bf16_trained::<B>(&device()), Precision::F32);
+    }
+    let (mut worst_rel, mut least_moved) = (0.0f32, f32::INFINITY);
+    for i in 0..prompts().len() {
+        let (ids, shape) = golden_i64(&st, &format!("tok_p{i}_ids"));
+        let (mask, _) = golden_i64(&st, &format!("tok_p{i}_mask"));
+        let shape = [shape[0], shape[1]];
+        let run = |m: &Gemma2<B>| m.forward(int_tensor(&as_u32(&ids), shape), int_tensor(&as_u32(&mask), shape), &mut no_progress()).unwrap();
+        let hidden = run(&model);
+        assert_eq!(hidden.dtype(), DType::F32, "handed out in f32");
+        let got = values(hidden);
+        assert!(got.iter().all(|x| x.is_finite()), "te_p{i}_hidden (bf16) has non-finite values");
+        let (want, _) = golden_f32(&st, &format!("te_p{i}_hidden"));
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&got, &want);
+        let moved = max_abs_diff(&got, &values(run(&f32_model)));
+        eprintln!("te_p{i}_hidden in bf16: max |diff| {err:.3e} = {:.2e} of max |golden| {scale:.3}; {moved:.3e} from the f32 path", err / scale);
+        worst_rel = worst_rel.max(err / scale);
+        least_moved = least_moved.min(moved);
+    }
+    eprintln!("bf16 text encoder: worst {worst_rel:.2e} of max |golden| (tolerance {BF16_RELATIVE_TOLERANCE:.0e})");
+    assert!(worst_rel as f64 <= BF16_RELATIVE_TOLERANCE, "bf16 text encoder off by {worst_rel:.2e} of the golden's scale");
+    assert!(least_moved > TOL, "the bf16 path gave the f32 result ({least_moved:e}): it did not compute in bf16");
+}
+
 #[test]
 fn encode_prompts_match_golden() {
     let bytes = expected_bytes();

@@ -10,6 +10,7 @@ use image::RgbImage;
 
 use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
 use crate::model::sana::pipeline::{postprocess, SanaPipeline, T2iError, T2iEvent, T2iRequest};
+use crate::model::precision::Precision;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::FlowSolver;
 use crate::engine::memory::ModelFootprint;
@@ -18,16 +19,16 @@ use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind, WeightFiles};
 /// The bytes a checkpoint's tensors take as f32 (what they are in memory today), from its
 /// header alone.
 fn f32_bytes(w: &WeightFiles) -> Option<u64> {
-    held_bytes(w, false)
+    held_bytes(w, |_| false)
 }
 
 /// Bytes of a component's weights in memory: widened to f32, or with 16-bit tensors kept as
 /// stored (`keep_16bit`, see [`crate::weights::half`]).
-fn held_bytes(w: &WeightFiles, keep_16bit: bool) -> Option<u64> {
+fn held_bytes(w: &WeightFiles, keep_16bit: impl Fn(burn::tensor::DType) -> bool) -> Option<u64> {
     let ckpt = w.open().ok()?;
     let keys: Vec<String> = ckpt.keys().map(str::to_string).collect();
-    let size = |k: &str| match ckpt.dtype(k).as_deref() {
-        Some("BF16" | "F16") if keep_16bit => 2,
+    let size = |k: &str| match ckpt.dtype(k).and_then(|d| crate::weights::half::dtype_named(&d)) {
+        Some(d) if keep_16bit(d) => 2,
         _ => 4,
     };
     Some(keys.iter().filter_map(|k| ckpt.shape(k).map(|s| size(k) * s.iter().product::<usize>() as u64)).sum())
@@ -85,9 +86,16 @@ impl<B: Backend> TextGenerator<B> {
         let mut pipeline = SanaPipeline::<B>::open(&files, name, device)?;
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
-        // The published text encoders are bf16, and stay so on the CPU (half the f32 size).
-        let text_bytes = held_bytes(&files.text_encoder.weights, crate::weights::half::keeps_16bit::<B>()).unwrap_or(4 * c.text_encoder.num_params().unwrap_or(0) as u64);
-        let weights = 4 * (c.transformer.num_params() as u64 + c.vae.approx_params()) + text_bytes;
+        // The published text encoders are bf16, and stay so on the CPU and on a GPU with bf16
+        // (half the f32 size); computing in bf16 (CUDA) halves an f32 checkpoint too.
+        let text_bytes = match pipeline.text_precision() {
+            Precision::Bf16 => c.text_encoder.num_params().map(|n| 2 * n as u64),
+            _ => held_bytes(&files.text_encoder.weights, |d| crate::weights::half::keeps_16bit::<B>(device, d)),
+        }
+        .unwrap_or(4 * c.text_encoder.num_params().unwrap_or(0) as u64);
+        // The transformer and the autoencoder in the precision they will compute in.
+        let denoiser_bytes = pipeline.transformer_precision().bytes() * c.transformer.num_params() as u64;
+        let weights = denoiser_bytes + pipeline.vae_precision().bytes() * c.vae.approx_params() + text_bytes;
         pipeline.low_memory = crate::engine::memory::mem_available().is_some_and(|avail| weights as f64 > LOW_MEMORY_SHARE * avail as f64);
         let sample = c.transformer.sample_size;
         let info = GeneratorInfo {
@@ -102,7 +110,7 @@ impl<B: Backend> TextGenerator<B> {
             scaling_factor: c.vae.scaling_factor,
             sampler: c.scheduler.solver.label().to_string(),
             footprint: ModelFootprint {
-                denoiser: 4 * c.transformer.num_params() as u64,
+                denoiser: denoiser_bytes,
                 text_encoder: text_bytes,
                 autoencoder: f32_bytes(&files.vae.weights).unwrap_or(4 * c.vae.approx_params()),
                 // Cross-attention scores over the 300 text tokens per head, and the GLU FFN's

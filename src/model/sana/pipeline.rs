@@ -139,8 +139,22 @@ impl SanaConfig {
     /// Whether the transformer needs the ±65504 clip of the fp16 reference: the SANA 1.0
     /// models trained in fp16 (no qk-norm, no position embedding, not a BF16 release).
     pub fn fp16_trained(&self) -> bool {
-        let t = &self.transformer;
-        self.kind == PipelineKind::Sana && !t.qk_norm() && t.interpolation_scale.is_none() && !self.name.to_ascii_lowercase().contains("bf16")
+        fp16_trained(self.kind, &self.transformer, &self.name)
+    }
+}
+
+/// [`SanaConfig::fp16_trained`] from its parts (a registered model's, for benchmarks).
+pub fn fp16_trained(kind: PipelineKind, t: &SanaTransformerConfig, name: &str) -> bool {
+    kind == PipelineKind::Sana && !t.qk_norm() && t.interpolation_scale.is_none() && !name.to_ascii_lowercase().contains("bf16")
+}
+
+/// The precision a transformer computes in for `choice`: the type its checkpoint was trained in
+/// (f16, or bf16 for a bf16-trained one) where the GPU backend has it, else f32.
+pub fn transformer_precision<B: Backend>(choice: PrecisionChoice, fp16_trained: bool, device: &B::Device) -> Precision {
+    if fp16_trained {
+        choice.resolve::<B>(device).unwrap_or(Precision::F32)
+    } else {
+        choice.resolve_bf16_trained::<B>(device)
     }
 }
 
@@ -165,6 +179,10 @@ pub struct SanaPipeline<B: Backend> {
     cache: HashMap<(String, bool, bool), Embedded<B>>,
     /// Release the text encoder after encoding, before the transformer is loaded.
     pub low_memory: bool,
+    /// The VAE's precision ([`PrecisionChoice::resolve`]), the text encoder's
+    /// ([`PrecisionChoice::resolve_bf16_trained`]) and the transformer's (the one of the two
+    /// its checkpoint was trained in: [`Self::transformer_precision`]).
+    pub precision: PrecisionChoice,
     device: B::Device,
 }
 
@@ -297,7 +315,7 @@ impl<B: Backend> SanaPipeline<B> {
         check::<B>(&files.text_encoder.weights, prefix, "Gemma-2 text encoder", device, |w| {
             Gemma2::load(w, &config.text_encoder);
         })?;
-        Ok(Self { config, files: files.clone(), transformer: None, vae: None, text: None, cache: HashMap::new(), low_memory: false, device: device.clone() })
+        Ok(Self { config, files: files.clone(), transformer: None, vae: None, text: None, cache: HashMap::new(), low_memory: false, precision: PrecisionChoice::Auto, device: device.clone() })
     }
 
     /// [`Self::open`], then every component loaded.
@@ -311,7 +329,8 @@ impl<B: Backend> SanaPipeline<B> {
 
     pub fn load_text_encoder(&mut self) -> Result<(), ModelError> {
         if self.text.is_none() {
-            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device)?);
+            let precision = self.text_precision();
+            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device, precision)?);
         }
         Ok(())
     }
@@ -321,7 +340,8 @@ impl<B: Backend> SanaPipeline<B> {
             let ckpt = self.files.transformer.weights.open()?;
             let cfg = &self.config.transformer;
             let t = load_strict(&ckpt, "", Layout::Original, &self.device, "SANA transformer", |w| SanaTransformer::load(w, cfg))?;
-            self.transformer = Some(t.clip_fp16_range(self.config.fp16_trained()));
+            let precision = self.transformer_precision();
+            self.transformer = Some(t.clip_fp16_range(self.config.fp16_trained()).with_precision(precision));
         }
         self.transformer.as_ref().ok_or_else(|| ModelError::Other("the transformer could not be loaded".into()))
     }
@@ -330,7 +350,7 @@ impl<B: Backend> SanaPipeline<B> {
         if self.vae.is_none() {
             let ckpt = self.files.vae.weights.open()?;
             // f16 on a GPU that has it: the decode's activations are the run's peak.
-            let precision = PrecisionChoice::Auto.resolve::<B>(&self.device).unwrap_or(Precision::F32);
+            let precision = self.vae_precision();
             self.vae = Some(load_dcae(&ckpt, &self.config.vae, &self.device)?.with_precision(precision));
         }
         self.vae.as_ref().ok_or_else(|| ModelError::Other("the autoencoder could not be loaded".into()))
@@ -338,6 +358,28 @@ impl<B: Backend> SanaPipeline<B> {
 
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    /// What the text encoder computes in: bf16 on a GPU backend with bf16 arithmetic, else f32.
+    pub fn text_precision(&self) -> Precision {
+        self.precision.resolve_bf16_trained::<B>(&self.device)
+    }
+
+    /// What the transformer computes in: the fp16-trained SANA 1.0 in f16 and the bf16-trained
+    /// SANA 1.5 / Sprint in bf16 where the GPU backend has that type, else f32 (never a
+    /// bf16-trained model in f16, whose range it exceeds).
+    pub fn transformer_precision(&self) -> Precision {
+        transformer_precision::<B>(self.precision, self.config.fp16_trained(), &self.device)
+    }
+
+    /// Calls of the 16-bit transformer and autoencoder that overflowed and were run again in f32.
+    pub fn f32_reruns(&self) -> usize {
+        self.transformer.as_ref().map_or(0, |t| t.f32_reruns()) + self.vae.as_ref().map_or(0, |v| v.f32_reruns())
+    }
+
+    /// What the autoencoder computes in (f32 where the choice cannot run here).
+    pub fn vae_precision(&self) -> Precision {
+        self.precision.resolve::<B>(&self.device).unwrap_or(Precision::F32)
     }
 
     /// Frees the text encoder (≈ 10 GB in f32); a prompt not yet cached loads it again.
@@ -357,7 +399,8 @@ impl<B: Backend> SanaPipeline<B> {
         }
         if self.text.is_none() {
             on_event(T2iEvent::LoadingTextEncoder);
-            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device)?);
+            let precision = self.text_precision();
+            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device, precision)?);
         }
         let Some(encoder) = &self.text else { return Err(T2iError::Cancelled) };
         let mut progress = |done: usize, total: usize| {
@@ -570,9 +613,9 @@ impl<B: Backend> SanaPipeline<B> {
     }
 }
 
-fn load_text_encoder<B: Backend>(files: &PipelineFiles, cfg: &Gemma2Config, device: &B::Device) -> Result<TextEncoder<B>, ModelError> {
+fn load_text_encoder<B: Backend>(files: &PipelineFiles, cfg: &Gemma2Config, device: &B::Device, precision: Precision) -> Result<TextEncoder<B>, ModelError> {
     let tokenizer = SanaTokenizer::from_file(&files.tokenizer).map_err(|e| ModelError::Other(e.to_string()))?;
-    let model = load_gemma(files, cfg, device)?;
+    let model = load_gemma(files, cfg, device)?.with_precision(precision);
     Ok(TextEncoder { tokenizer, model })
 }
 

@@ -12,12 +12,13 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
-use burn::tensor::{backend::Backend, DType, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::cpu_kernels::gemma as kernels;
 use crate::model::layers::{lin, linear_stored};
+use crate::model::precision::{as_f32, cast_params, in_f32, Precision};
 use crate::weights::WeightSource;
 
 /// Which attention mask a layer uses (transformers' `layer_types`).
@@ -345,11 +346,18 @@ impl<B: Backend> GemmaRmsNorm<B> {
         Self { scale: Param::from_tensor(weight + 1.0), eps }
     }
 
+    /// In f32 whatever `x`'s dtype, returned in that dtype (transformers' `x.float()` …
+    /// `.type_as(x)`): a bf16 mean of 2304 squares would lose the scale.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let scale = self.scale.val();
         if let Some(y) = kernels::rms_norm(&x, &scale, self.eps as f32, None) {
             return y;
         }
+        in_f32(x, |x| self.forward_f32(x))
+    }
+
+    fn forward_f32(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let scale = as_f32(self.scale.val());
         let [d] = scale.dims();
         let inv_rms = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip(); // [B, L, 1]
         x * inv_rms * scale.reshape([1, 1, d])
@@ -411,21 +419,26 @@ fn attention_burn<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>,
     let (h, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let groups = cfg.kv_groups();
     let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, l, n, hd]).swap_dims(1, 2); // [B, n, L, hd]
-    let q = rope.apply(heads(q, h));
-    let k = rope.apply(heads(k, kvh));
+    // In bf16 the rotation, the soft-capping and the softmax are f32 islands; the two matmuls
+    // run in the activations' dtype, as in transformers' eager bf16 attention.
+    let q = in_f32(heads(q, h), |q| rope.apply(q));
+    let k = in_f32(heads(k, kvh), |k| rope.apply(k));
     let v = heads(v, kvh);
 
     // Query head j uses kv head j / groups (repeat_interleave): the `groups` query heads of
     // one kv head are adjacent, so stacking their rows lets one matmul per kv head serve them
     // all, without copying K and V `groups` times.
     let q = q.reshape([b, kvh, groups * l, hd]);
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(cfg.query_pre_attn_scalar.powf(-0.5)); // [B, KV, G·L, L]
-    let scores = match cfg.attn_logit_softcapping {
-        Some(cap) => scores.div_scalar(cap).tanh().mul_scalar(cap),
-        None => scores,
-    };
-    let scores = scores.reshape([b, h, l, l]) + bias; // [B, H, L, L]
-    let attn = softmax(scores, 3).reshape([b, kvh, groups * l, l]);
+    let scores = q.matmul(k.swap_dims(2, 3)); // [B, KV, G·L, L]
+    let attn = in_f32(scores, |scores| {
+        let scores = scores.mul_scalar(cfg.query_pre_attn_scalar.powf(-0.5));
+        let scores = match cfg.attn_logit_softcapping {
+            Some(cap) => scores.div_scalar(cap).tanh().mul_scalar(cap),
+            None => scores,
+        };
+        let scores = scores.reshape([b, h, l, l]) + bias; // [B, H, L, L]
+        softmax(scores, 3).reshape([b, kvh, groups * l, l])
+    });
     attn.matmul(v) // [B, KV, G·L, hd]
         .reshape([b, h, l, hd])
         .swap_dims(1, 2) // [B, L, H, hd]
@@ -567,6 +580,9 @@ pub struct Gemma2<B: Backend> {
     pub norm: GemmaRmsNorm<B>,
     #[module(skip)]
     config: Gemma2Config,
+    /// What the activations are in (the norms, RoPE and the softmax stay f32 islands).
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl<B: Backend> Gemma2<B> {
@@ -577,7 +593,35 @@ impl<B: Backend> Gemma2<B> {
         let embed_tokens = Param::from_tensor(w.tensor_stored("embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size]));
         let layers = (0..cfg.num_hidden_layers).map(|i| Gemma2Layer::load(w, &format!("layers.{i}"), cfg)).collect();
         let norm = GemmaRmsNorm::load(w, "norm", cfg.hidden_size, cfg.rms_norm_eps);
-        Self { embed_tokens, layers, norm, config: cfg.clone() }
+        Self { embed_tokens, layers, norm, config: cfg.clone(), precision: Precision::F32 }
+    }
+
+    /// The model computing in `precision`: bf16 casts the Linear weights and the embedding
+    /// table (a no-op for bf16 checkpoints kept as stored) and carries bf16 activations. f16 is
+    /// taken as bf16: Gemma-2 was trained in bf16, and its residual stream exceeds f16's
+    /// ±65504. f32 computes in f32 from whatever the weights are held in (16-bit ones are
+    /// widened per call, exactly).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        let precision = if precision == Precision::F16 { Precision::Bf16 } else { precision };
+        if precision == Precision::Bf16 {
+            let dt = precision.dtype();
+            self.embed_tokens = self.embed_tokens.map(|t| t.cast(dt));
+            self.layers = self
+                .layers
+                .into_iter()
+                .map(|mut layer| {
+                    layer.self_attn = cast_params(layer.self_attn, dt);
+                    layer.mlp = cast_params(layer.mlp, dt);
+                    layer
+                })
+                .collect();
+        }
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn config(&self) -> &Gemma2Config {
@@ -609,7 +653,8 @@ impl<B: Backend> Gemma2<B> {
         let ids = ids.clamp(0, cfg.vocab_size.saturating_sub(1) as i64).reshape([b * l]);
         let normalizer = (d as f64).sqrt() as f32; // rounded to the weight dtype first, as transformers does
         let rows = self.embed_tokens.val().select(0, ids);
-        let rows = if rows.dtype() == DType::F32 { rows } else { rows.cast(FloatDType::F32) };
+        let dt = self.precision.dtype();
+        let rows = if rows.dtype() == DType::from(dt) { rows } else { rows.cast(dt) };
         let mut x = rows.reshape([b, l, d]).mul_scalar(normalizer); // [B, L, D]
 
         let rope = Rope::new(l, cfg.head_dim, cfg.rope_theta, &device);
@@ -636,7 +681,9 @@ impl<B: Backend> Gemma2<B> {
         if !progress(total, total) {
             return None;
         }
-        Some(self.norm.forward(x))
+        // Handed out in f32 whatever the activations were (the transformer reads f32), and so
+        // without rounding the final norm's output to bf16.
+        Some(self.norm.forward(as_f32(x)))
     }
 }
 
@@ -710,7 +757,7 @@ mod tests {
         let w: Vec<f32> = randn([d_out, d_in], 0.05).into_data().to_vec().unwrap();
         let bf: Vec<::half::bf16> = w.iter().map(|v| ::half::bf16::from_f32(*v)).collect();
         let widened: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
-        let half = crate::weights::half::HalfValues::Bf16(bf).transposed(d_out, d_in).into_tensor::<B, 2>([d_in, d_out]).unwrap();
+        let half = crate::weights::half::HalfValues::Bf16(bf).transposed(d_out, d_in).into_tensor::<B, 2>([d_in, d_out], &dev).unwrap();
         assert_eq!(half.dtype(), DType::BF16);
         let full = Tensor::<B, 2>::from_data(TensorData::new(widened, [d_out, d_in]), &dev).transpose();
         let full = Tensor::<B, 2>::from_data(full.into_data(), &dev);

@@ -8,19 +8,22 @@
 //! FFN is a GLU over a depthwise 3×3 convolution on the token grid.
 //!
 //! Parameters come from a [`WeightSource`] under the diffusers key names, which is also how the
-//! module tree below is laid out (`transformer_blocks.{i}.attn1.to_q`, …). Everything runs in
-//! f32; where the reference keeps f32 islands inside a 16-bit model (the timestep sinusoid, the
-//! linear attention) this port is f32 anyway.
+//! module tree below is laid out (`transformer_blocks.{i}.attn1.to_q`, …). It computes in f32,
+//! or on a GPU backend in the precision the checkpoint was trained in
+//! ([`SanaTransformer::with_precision`]: f16 for the fp16-trained SANA 1.0, bf16 for SANA 1.5 and
+//! Sprint), with the reference's f32 islands: the timestep sinusoid, the norms, the linear
+//! attention and the cross-attention's softmax. Inputs and outputs are f32 either way.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{relu, silu, softmax};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::cpu_kernels::sana as kernels;
-use crate::model::layers::{contiguous, lin, linear};
+use crate::model::layers::{contiguous, lin, linear, to_dtype};
+use crate::model::precision::{all_finite, as_f32, cast_params, in_f32, F32Reruns, Precision};
 use crate::model::uvit::timestep_embedding;
 use crate::weights::WeightSource;
 
@@ -279,7 +282,8 @@ pub fn add_gated<B: Backend>(x: Tensor<B, 3>, gate: Option<Tensor<B, 3>>, y: Ten
 
 /// [`norm_modulate`] in burn's ops, for every backend.
 fn norm_modulate_ops<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
-    layer_norm(x, eps) * (scale + 1.0) + shift
+    // The statistics in f32 (a 16-bit mean over 1152 channels loses the variance).
+    in_f32(x, |x| layer_norm(x, eps)) * (scale + 1.0) + shift
 }
 
 /// diffusers `RMSNorm` with a weight: `x · rsqrt(mean(x²) + eps) · w` over the last axis (SANA's
@@ -296,12 +300,15 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight: Param::from_tensor(w.tensor(&format!("{key}.weight"), [d])) }
     }
 
+    /// In f32 whatever `x`'s dtype, returned in that dtype.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let inv_rms = (x.clone().square().mean_dim(D - 1) + Self::EPS).sqrt().recip();
-        let [d] = self.weight.dims();
-        let mut shape = [1usize; D];
-        shape[D - 1] = d;
-        x * inv_rms * self.weight.val().reshape(shape)
+        in_f32(x, |x| {
+            let inv_rms = (x.clone().square().mean_dim(D - 1) + Self::EPS).sqrt().recip();
+            let [d] = self.weight.dims();
+            let mut shape = [1usize; D];
+            shape[D - 1] = d;
+            x * inv_rms * as_f32(self.weight.val()).reshape(shape)
+        })
     }
 }
 
@@ -324,7 +331,8 @@ impl<B: Backend> TimestepEmbedder<B> {
     pub fn forward(&self, t: Tensor<B, 1>) -> Tensor<B, 2> {
         // [cos | sin] with 128 frequencies exp(−ln(10⁴)·k/128), as diffusers' `Timesteps(256,
         // flip_sin_to_cos=True, downscale_freq_shift=0)`; the UViT uses the same features.
-        let features = timestep_embedding(t, TIME_FEATURES);
+        let features = timestep_embedding(t, TIME_FEATURES); // f32, as the reference's `t.float()`
+        let features = to_dtype(features, self.linear_1.weight.val().dtype());
         lin(&self.linear_2, silu(lin(&self.linear_1, features)))
     }
 }
@@ -436,7 +444,9 @@ impl<B: Backend> LinearAttention<B> {
     /// ReLU features, no scaling, no mask and no softmax.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (q, k, v) = project_qkv([&self.to_q, &self.to_k, &self.to_v], (self.norm_q.as_ref(), self.norm_k.as_ref()), x.clone(), x);
-        let out = kernels::relu_linear_attention(&q, &k, &v, self.heads).unwrap_or_else(|| linear_attention_ops(q, k, v, self.heads));
+        // An f32 island, as the reference's `q, k, v .float()`: its sums run over every token.
+        let dt = q.dtype();
+        let out = kernels::relu_linear_attention(&q, &k, &v, self.heads).unwrap_or_else(|| to_dtype(linear_attention_ops(as_f32(q), as_f32(k), as_f32(v), self.heads), dt));
         let out = lin(&self.to_out, out);
         if self.clip {
             out.clamp(-F16_MAX, F16_MAX)
@@ -517,8 +527,9 @@ fn cross_attention_ops<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B
     let q = q.reshape([b, n, h, hd]).swap_dims(1, 2); // [B, H, N, hd]
     let k = k.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
     let v = v.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)) + bias; // [B, H, N, L]
-    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner]) // [B, N, inner]
+    let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, N, L], in the activations' dtype
+    let attn = in_f32(scores, |s| softmax(s.mul_scalar((hd as f64).powf(-0.5)) + bias, 3));
+    attn.matmul(v).swap_dims(1, 2).reshape([b, n, inner]) // [B, N, inner]
 }
 
 /// GLUMBConv: 1×1 conv D → 2F + SiLU, depthwise 3×3 on the token grid, value ⊙ SiLU(gate),
@@ -565,8 +576,9 @@ impl<B: Backend> GluMbConv<B> {
 /// ops: nine shifted multiply-adds.
 fn depthwise3x3_glu_ops<B: Backend>(y: Tensor<B, 4>, taps: Tensor<B, 3>, bias: Tensor<B, 1>) -> Tensor<B, 3> {
     let [b, h, w, c2] = y.dims();
-    // Zero padding 1, then the nine taps.
-    let padded = y.pad([(1, 1), (1, 1), (0, 0)], 0.0); // [B, h+2, w+2, 2F]
+    // Zero padding 1, then the nine taps. (Written into zeros of `y`'s own dtype: burn's `pad`
+    // fills in the default float type and fails on a 16-bit tensor.)
+    let padded = Tensor::<B, 4>::zeros([b, h + 2, w + 2, c2], (&y.device(), y.dtype())).slice_assign([0..b, 1..h + 1, 1..w + 1, 0..c2], y); // [B, h+2, w+2, 2F]
     let mut acc = bias.reshape([1, 1, 1, c2]).expand([b, h, w, c2]);
     for di in 0..3 {
         for dj in 0..3 {
@@ -639,6 +651,9 @@ pub struct Caption<B: Backend> {
     keys_values: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
     /// `[B, 1, 1, L]`: 0 for a caption token, −10000 for padding.
     bias: Tensor<B, 4>,
+    /// What it was computed from, for a 16-bit model's f32 rerun.
+    text: Tensor<B, 3>,
+    mask: Tensor<B, 2, Int>,
 }
 
 /// The SANA velocity network.
@@ -657,6 +672,10 @@ pub struct SanaTransformer<B: Backend> {
     pub proj_out: Linear<B>,
     #[module(skip)]
     pub config: SanaTransformerConfig,
+    #[module(skip)]
+    precision: Precision,
+    #[module(skip)]
+    reruns: F32Reruns,
 }
 
 impl<B: Backend> SanaTransformer<B> {
@@ -674,7 +693,31 @@ impl<B: Backend> SanaTransformer<B> {
             scale_shift_table: Param::from_tensor(w.tensor("scale_shift_table", [2, d])),
             proj_out: linear(w, "proj_out", d, cfg.out_channels(), true),
             config: cfg.clone(),
+            precision: Precision::F32,
+            reruns: F32Reruns::default(),
         }
+    }
+
+    /// The network with every parameter, and so its activations, in `precision`: f16 for the
+    /// fp16-trained checkpoints and bf16 for the bf16-trained ones, on GPU backends that have
+    /// them (see [`crate::model::precision`]); the f32 islands stay f32. Callers still hand in
+    /// and get back f32 tensors.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        if self.precision == precision {
+            return self;
+        }
+        let mut model = cast_params(self, precision.dtype());
+        model.precision = precision;
+        model
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// How many 16-bit calls gave a NaN or an infinity and were run again in f32.
+    pub fn f32_reruns(&self) -> usize {
+        self.reruns.count()
     }
 
     /// Clamps every self-attention output to ±65504, as diffusers does in fp16. The
@@ -705,26 +748,48 @@ impl<B: Backend> SanaTransformer<B> {
     /// at every step.
     pub fn caption(&self, text: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Caption<B> {
         let [b, l] = mask.dims();
+        let (source, source_mask) = (as_f32(text.clone()), mask.clone());
+        let text = to_dtype(text, self.precision.dtype().into());
         let text = lin(&self.caption_linear_2, gelu_tanh(lin(&self.caption_linear_1, text))); // [B, L, D]
         let text = self.caption_norm.forward(text);
-        // Padded keys get −10000 (not −∞), as the reference's additive mask.
+        // Padded keys get −10000 (not −∞), as the reference's additive mask; f32, it is added
+        // inside the softmax's f32 island.
         let bias = (mask.float().neg() + 1.0).mul_scalar(-10000.0).reshape([b, 1, 1, l]); // [B, 1, 1, L]
         let keys_values = self.transformer_blocks.iter().map(|block| block.attn2.keys_values(text.clone())).collect();
-        Caption { keys_values, bias }
+        Caption { keys_values, bias, text: source, mask: source_mask }
     }
 
     /// [`Self::forward`] with the caption's part already computed by [`Self::caption`] for the
     /// same batch size as `x`.
+    ///
+    /// A 16-bit network whose result holds a NaN or an infinity runs the call again with its
+    /// weights widened to f32 (counted in [`Self::f32_reruns`]).
     pub fn forward_with(&self, x: Tensor<B, 4>, t: Tensor<B, 1>, caption: &Caption<B>, guidance: Option<Tensor<B, 1>>) -> Tensor<B, 4> {
+        if self.precision == Precision::F32 {
+            return self.velocity(x, t, caption, guidance);
+        }
+        let v = self.velocity(x.clone(), t.clone(), caption, guidance.clone());
+        if all_finite(&v) {
+            return v;
+        }
+        self.reruns.add();
+        let wide = self.clone().with_precision(Precision::F32);
+        let caption = wide.caption(caption.text.clone(), caption.mask.clone());
+        wide.velocity(x, t, &caption, guidance)
+    }
+
+    /// [`Self::forward_with`] in the network's precision, f32 in and out.
+    fn velocity(&self, x: Tensor<B, 4>, t: Tensor<B, 1>, caption: &Caption<B>, guidance: Option<Tensor<B, 1>>) -> Tensor<B, 4> {
         let cfg = &self.config;
         let [b, c, h, w] = x.dims();
         let d = cfg.hidden();
         let n = h * w;
+        let dt: DType = self.precision.dtype().into();
 
-        let tokens = x.reshape([b, c, n]).swap_dims(1, 2); // [B, N, C], row-major over the grid
+        let tokens = to_dtype(x, dt).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C], row-major over the grid
         let mut hs = lin(&self.patch_embed, tokens); // [B, N, D]
         if let Some(scale) = cfg.interpolation_scale {
-            hs = hs + sincos_position_embedding::<B>(d, h, w, cfg.sample_size, scale, &self.device());
+            hs = hs + to_dtype(sincos_position_embedding::<B>(d, h, w, cfg.sample_size, scale, &self.device()), dt);
         }
         let (m, e) = self.time_embed.forward(t, guidance); // [B, 6D], [B, D]
 
@@ -737,7 +802,7 @@ impl<B: Backend> SanaTransformer<B> {
         let shift = mods.clone().slice([0..b, 0..1, 0..d]);
         let scale = mods.slice([0..b, 1..2, 0..d]);
         let hs = norm_modulate(hs, shift, scale, cfg.norm_eps);
-        let out = lin(&self.proj_out, hs); // [B, N, C]
+        let out = as_f32(lin(&self.proj_out, hs)); // [B, N, C]
         out.swap_dims(1, 2).reshape([b, cfg.out_channels(), h, w])
     }
 }
