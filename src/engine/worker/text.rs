@@ -112,7 +112,10 @@ impl<B: Backend> TextGenerator<B> {
             footprint: ModelFootprint {
                 denoiser: denoiser_bytes,
                 text_encoder: text_bytes,
-                autoencoder: f32_bytes(&files.vae.weights).unwrap_or(4 * c.vae.approx_params()),
+                autoencoder: match pipeline.vae_precision() {
+                    Precision::F32 => f32_bytes(&files.vae.weights).unwrap_or(4 * c.vae.approx_params()),
+                    p => p.bytes() * c.vae.approx_params(),
+                },
                 // Cross-attention scores over the 300 text tokens per head, and the GLU FFN's
                 // 2 × 2.5·D channels with its depthwise output and gate, per token.
                 per_token: 4.0 * ((c.transformer.hidden() / 32).max(1) as f64 * 300.0 + 12.0 * c.transformer.hidden() as f64),
