@@ -187,7 +187,7 @@ fn ae<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow::R
     let suffix = if precision == Precision::F16 { " (f16)" } else { "" };
     let tol = |want: &[f32]| match precision {
         Precision::F32 => 1e-4,
-        Precision::F16 | Precision::Bf16 => F16_RELATIVE_TOLERANCE * want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64,
+        Precision::F16 | Precision::Bf16 => scaled(F16_RELATIVE_TOLERANCE, want),
     };
     let g = read_golden(&dir.join("expected.safetensors"))?;
     let t = Instant::now();
@@ -231,6 +231,17 @@ fn uvit<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow:
 /// holds our bf16 path to 1.5× its own spread, well inside the reference's.
 pub const BF16_RELATIVE_TOLERANCE: f64 = 8e-2;
 
+/// A relative tolerance as an absolute one: `rel` × the golden's largest magnitude.
+fn scaled(rel: f64, want: &[f32]) -> f64 {
+    rel * want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64
+}
+
+/// `dir/config.json`, read with Python's `NaN` / `Infinity` accepted.
+fn read_config(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("cannot read {}/config.json", dir.display()))?;
+    serde_json::from_str(&python_json(&text)).with_context(|| format!("{}/config.json", dir.display()))
+}
+
 /// SANA's and Sprint's transformer forwards (tests/it/sana.rs: 1e-4), and the Gemma-2 text
 /// encoder on the first prompt (tests/it/sana_text.rs: 5e-4; in bf16 where `auto` / `f16`
 /// gives that, [`BF16_RELATIVE_TOLERANCE`]).
@@ -238,8 +249,7 @@ fn sana<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow:
     let g = read_golden(&dir.join("expected.safetensors"))?;
     {
         let tdir = dir.join("text_encoder");
-        let text = std::fs::read_to_string(tdir.join("config.json")).with_context(|| format!("cannot read {}/config.json", tdir.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&python_json(&text)).with_context(|| format!("{}/config.json", tdir.display()))?;
+        let json = read_config(&tdir)?;
         let cfg = Gemma2Config::from_json(&json).map_err(|e| anyhow!("{}: {e}", tdir.display()))?;
         cfg.validate().map_err(|e| anyhow!("{}: {e}", tdir.display()))?;
         let ckpt = Checkpoint::open(tdir.join("model.safetensors"))?;
@@ -251,14 +261,13 @@ fn sana<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow:
         let want = &get(&g, "te_p0_hidden")?.0;
         let (name, tol) = match precision {
             Precision::F32 => ("sana-tiny text encoder", 5e-4),
-            _ => ("sana-tiny text encoder (bf16)", BF16_RELATIVE_TOLERANCE * want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64),
+            _ => ("sana-tiny text encoder (bf16)", scaled(BF16_RELATIVE_TOLERANCE, want)),
         };
         r.check(name, &values(out)?, want, tol, t.elapsed().as_secs_f64());
     }
     for (sub, p, sprint) in [("transformer", "fwdA", false), ("sprint/transformer", "sfwdA", true)] {
         let tdir = dir.join(sub);
-        let text = std::fs::read_to_string(tdir.join("config.json")).with_context(|| format!("cannot read {}/config.json", tdir.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&python_json(&text)).with_context(|| format!("{}/config.json", tdir.display()))?;
+        let json = read_config(&tdir)?;
         let cfg = SanaTransformerConfig::from_json(&json).map_err(|e| anyhow!("{}: {e}", tdir.display()))?;
         cfg.validate().map_err(|e| anyhow!("{}: {e}", tdir.display()))?;
         let ckpt = Checkpoint::open(tdir.join("diffusion_pytorch_model.safetensors"))?;
@@ -277,11 +286,10 @@ fn sana<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow:
         );
         let name = if sprint { "sana-tiny sprint forward" } else { "sana-tiny forward" };
         let want = &get(&g, &format!("{p}_out"))?.0;
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
         let (name, tol) = match precision {
             Precision::F32 => (name.to_string(), 1e-4),
-            Precision::F16 => (format!("{name} (f16)"), F16_RELATIVE_TOLERANCE * scale),
-            Precision::Bf16 => (format!("{name} (bf16)"), BF16_RELATIVE_TOLERANCE * scale),
+            Precision::F16 => (format!("{name} (f16)"), scaled(F16_RELATIVE_TOLERANCE, want)),
+            Precision::Bf16 => (format!("{name} (bf16)"), scaled(BF16_RELATIVE_TOLERANCE, want)),
         };
         r.check(&name, &values(out)?, want, tol, t.elapsed().as_secs_f64());
     }

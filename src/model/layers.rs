@@ -8,11 +8,11 @@ use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::gelu;
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 pub use super::act::Act;
 use super::cpu_kernels::ConvWeights;
-use super::precision::{as_f32, in_f32};
+use super::precision::{as_f32, in_f32, to_dtype};
 use crate::weights::WeightSource;
 
 /// A "same"-padded convolution. Dense stride-1 ones take the fast CPU path of
@@ -138,16 +138,6 @@ fn like<B: Backend>(l: &Linear<B>, dtype: DType) -> std::borrow::Cow<'_, Linear<
     let weight = Param::from_tensor(to_dtype(weight, dtype));
     let bias = l.bias.as_ref().map(|b| Param::from_tensor(to_dtype(b.val(), dtype)));
     std::borrow::Cow::Owned(Linear { weight, bias })
-}
-
-/// `t` cast to the float `dtype` (f32 for anything else).
-pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    match dtype {
-        _ if t.dtype() == dtype => t,
-        DType::F16 => t.cast(FloatDType::F16),
-        DType::BF16 => t.cast(FloatDType::BF16),
-        _ => t.cast(FloatDType::F32),
-    }
 }
 
 /// The same values in a fresh row-major tensor.

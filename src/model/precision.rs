@@ -123,14 +123,17 @@ pub fn cast_params<B: Backend, M: Module<B>>(module: M, dtype: FloatDType) -> M 
 pub fn in_f32<B: Backend, const D: usize, const E: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, D>) -> Tensor<B, E>) -> Tensor<B, E> {
     match x.dtype() {
         DType::F32 => f(x),
-        dt => {
-            let y = f(x.cast(FloatDType::F32));
-            match dt {
-                DType::F16 => y.cast(FloatDType::F16),
-                DType::BF16 => y.cast(FloatDType::BF16),
-                _ => y,
-            }
-        }
+        dt => to_dtype(f(x.cast(FloatDType::F32)), dt),
+    }
+}
+
+/// `t` cast to the float `dtype` (f32 for anything else).
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    match dtype {
+        _ if t.dtype() == dtype => t,
+        DType::F16 => t.cast(FloatDType::F16),
+        DType::BF16 => t.cast(FloatDType::BF16),
+        _ => t.cast(FloatDType::F32),
     }
 }
 

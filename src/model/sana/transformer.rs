@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::cpu_kernels::sana as kernels;
-use crate::model::layers::{contiguous, lin, linear, to_dtype};
-use crate::model::precision::{all_finite, as_f32, cast_params, in_f32, F32Reruns, Precision};
+use crate::model::layers::{contiguous, lin, linear};
+use crate::model::precision::{all_finite, as_f32, cast_params, in_f32, to_dtype, F32Reruns, Precision};
 use crate::model::uvit::timestep_embedding;
 use crate::weights::WeightSource;
 
