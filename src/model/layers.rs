@@ -167,7 +167,7 @@ impl<B: Backend> RmsNorm2d<B> {
 
     pub fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize) -> Self {
         Self {
-            weight: Param::from_tensor(w.tensor(&format!("{key}.weight"), [c])),
+            weight: Param::from_tensor(w.norm_scale(&format!("{key}.weight"), c)),
             bias: Param::from_tensor(w.tensor(&format!("{key}.bias"), [c])),
         }
     }

@@ -35,6 +35,13 @@ pub trait WeightSource<B: Backend> {
         Tensor::from_data(t.into_data(), &device)
     }
 
+    /// A normalization layer's scale (γ). Its own method because a key does not always say it
+    /// belongs to a norm (DC-AE's decoder head stores one as `project_out.op_list.0.weight`),
+    /// and a random model with a zero γ there decodes every latent to a blank image.
+    fn norm_scale(&mut self, key: &str, c: usize) -> Tensor<B, 1> {
+        self.tensor(key, [c])
+    }
+
     /// A key that may be stored but carries nothing the model uses (BatchNorm's
     /// `num_batches_tracked`). Listed so strict loading does not call it unexpected.
     fn ignored(&mut self, key: &str);
@@ -103,6 +110,10 @@ impl<B: Backend> WeightSource<B> for RandomWeights<B> {
         let t = self.tensor(key, [d_out, d_in]).transpose();
         let t = Tensor::from_data(t.into_data(), &self.device);
         self.as_bf16(t)
+    }
+
+    fn norm_scale(&mut self, _key: &str, c: usize) -> Tensor<B, 1> {
+        Tensor::ones([c], &self.device)
     }
 
     fn ignored(&mut self, _key: &str) {}

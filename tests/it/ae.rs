@@ -426,7 +426,11 @@ fn config_with_an_empty_first_stage_skips_the_shortcut_rule_and_runs() {
     assert_eq!(z.dims(), [1, 4, 4, 4]);
     let y = model.decode(z);
     assert_eq!(y.dims(), [1, 3, 8, 8]);
-    assert!(values(y).iter().all(|v| v.is_finite()));
+    let y = values(y);
+    assert!(y.iter().all(|v| v.is_finite()));
+    // The head's RMSNorm γ (`project_out.op_list.0.weight`, no "norm" in its key) must be a
+    // norm's 1 in a random model, not a weight's 0, or every random decode is blank.
+    assert!(y.iter().any(|v| v.abs() > 1e-3), "random decoder output is all zero");
     // With blocks in stage 0 there is a shortcut 8 → 12, which cannot regroup the channels.
     let v = diffusers_config(&[8, 12], &[1, 1], &[1, 1]);
     let err = DcaeConfig::from_json(&v, "full-first").expect_err("8 → 12 with a shortcut").to_string();

@@ -358,11 +358,14 @@ fn measure_tiled_reconstruct() {
     );
 }
 
+/// `DCAE_TILE_MEASURE_N` (default 1024) sets the square size; `DCAE_MEASURE_DUMP=dir` writes the
+/// untiled and tiled reconstructions and their difference ×16 as PNGs, to look at the seams.
 #[test]
 #[ignore]
 fn measure_tiled_vs_untiled() {
     let (f, model) = f32c32();
-    let n = 1024;
+    let n: usize = std::env::var("DCAE_TILE_MEASURE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let dump = std::env::var_os("DCAE_MEASURE_DUMP").map(std::path::PathBuf::from);
     let x = smooth(n, n);
     let s = std::time::Instant::now();
     let z = model.encode(x.clone());
@@ -370,19 +373,50 @@ fn measure_tiled_vs_untiled() {
     let z_full = values(z.clone());
     // f32::max skips NaN: count them, or a NaN output reads as a zero difference.
     let bad = |v: &[f32]| v.iter().filter(|x| !x.is_finite()).count();
+    let std_dev = |v: &[f32]| {
+        let m = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
     eprintln!(
-        "untiled {n}²: {:.1} s, peak RSS {:.0} MiB, non-finite latent {} recon {}",
+        "untiled {n}²: {:.1} s, peak RSS {:.0} MiB, non-finite latent {} recon {}; recon max |x| {:.3} std {:.3}",
         s.elapsed().as_secs_f64(),
         peak_rss_mib(),
         bad(&z_full),
-        bad(&x_full)
+        bad(&x_full),
+        max_abs(&x_full),
+        std_dev(&x_full)
     );
-    for t in [TileConfig { tile: 512, stride: 384 }, TileConfig::diffusers_default()] {
+    let png = |name: &str, v: &[f32], scale: f32| {
+        if let Some(dir) = &dump {
+            let v: Vec<f32> = v.iter().map(|x| (x * scale).clamp(-1.0, 1.0)).collect();
+            dcae::imaging::to_rgb8(&v, n, n).unwrap().save(dir.join(name)).unwrap();
+        }
+    };
+    png(&format!("untiled_{n}.png"), &x_full, 1.0);
+    for t in [TileConfig::for_model(f), TileConfig { tile: 512, stride: 384 }, TileConfig::diffusers_default()] {
         let s = std::time::Instant::now();
         let zt = values(tiled_encode(&model, f, x.clone(), &t, &mut always).unwrap().unwrap());
         let xt = values(tiled_decode(&model, f, z.clone(), &t, &mut always).unwrap().unwrap());
+        // A seam is a difference that gathers where tiles meet: the mean in a band of ±16 px
+        // around each tile edge against the mean elsewhere.
+        let overlap = t.tile - t.stride;
+        let near_edge = |p: usize| {
+            (1..).map(|k| k * t.stride).take_while(|&e| e < n).any(|e| p + 16 >= e && p <= e + overlap + 16)
+        };
+        let (mut band, mut nb, mut rest, mut nr) = (0f64, 0usize, 0f64, 0usize);
+        for (i, (a, b)) in xt.iter().zip(&x_full).enumerate() {
+            let (y, xx) = ((i / n) % n, i % n);
+            let d = (a - b).abs() as f64;
+            if near_edge(y) || near_edge(xx) {
+                band += d;
+                nb += 1;
+            } else {
+                rest += d;
+                nr += 1;
+            }
+        }
         eprintln!(
-            "MEASURE {n}² {}/{}: latent tiled vs untiled max {:.3e} mean {:.3e} (max |z| {:.2}); recon max {:.3e} mean {:.3e} (max |x| {:.2}); {:.1} s",
+            "MEASURE {n}² {}/{}: latent tiled vs untiled max {:.3e} mean {:.3e} (max |z| {:.2}); recon max {:.3e} mean {:.3e} (max |x| {:.2}); recon mean at tile edges {:.3e}, elsewhere {:.3e}; {:.1} s",
             t.tile,
             t.stride,
             max_abs_diff(&zt, &z_full),
@@ -391,7 +425,12 @@ fn measure_tiled_vs_untiled() {
             max_abs_diff(&xt, &x_full),
             mean_abs_diff(&xt, &x_full),
             max_abs(&x_full),
+            band / nb.max(1) as f64,
+            rest / nr.max(1) as f64,
             s.elapsed().as_secs_f64()
         );
+        png(&format!("tiled_{n}_{}_{}.png", t.tile, t.stride), &xt, 1.0);
+        let diff: Vec<f32> = xt.iter().zip(&x_full).map(|(a, b)| a - b).collect();
+        png(&format!("diff16_{n}_{}_{}.png", t.tile, t.stride), &diff, 16.0);
     }
 }
