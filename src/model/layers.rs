@@ -199,7 +199,7 @@ impl<B: Backend> BatchNorm2dEval<B> {
     pub const EPS: f64 = 1e-5;
 
     pub fn load<W: WeightSource<B>>(w: &mut W, key: &str, c: usize) -> Self {
-        let weight = w.tensor(&format!("{key}.weight"), [c]);
+        let weight = w.norm_scale(&format!("{key}.weight"), c);
         let bias = w.tensor(&format!("{key}.bias"), [c]);
         let mean = w.tensor(&format!("{key}.running_mean"), [c]);
         let var = w.tensor(&format!("{key}.running_var"), [c]);

@@ -181,7 +181,7 @@ pub fn registered_uvit(name: &str) -> Option<&'static RegisteredUvit> {
 /// `nn.LayerNorm(d)`: affine, eps 1e-5 (burn's default, as in PyTorch).
 fn layer_norm<B: Backend, W: WeightSource<B>>(w: &mut W, key: &str, d: usize) -> LayerNorm<B> {
     let mut norm = LayerNormConfig::new(d).with_epsilon(1e-5).init(&w.device());
-    norm.gamma = Param::from_tensor(w.tensor(&format!("{key}.weight"), [d]));
+    norm.gamma = Param::from_tensor(w.norm_scale(&format!("{key}.weight"), d));
     norm.beta = Some(Param::from_tensor(w.tensor(&format!("{key}.bias"), [d])));
     norm
 }

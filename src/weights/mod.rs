@@ -35,9 +35,10 @@ pub trait WeightSource<B: Backend> {
         Tensor::from_data(t.into_data(), &device)
     }
 
-    /// A normalization layer's scale (γ). Its own method because a key does not always say it
-    /// belongs to a norm (DC-AE's decoder head stores one as `project_out.op_list.0.weight`),
-    /// and a random model with a zero γ there decodes every latent to a blank image.
+    /// A normalization layer's scale (γ), as stored (Gemma's is an offset from 1). Its own
+    /// method because a key does not always say it belongs to a norm (DC-AE's decoder head
+    /// stores one as `project_out.op_list.0.weight`), and a random model with a zero γ there
+    /// decodes every latent to a blank image.
     fn norm_scale(&mut self, key: &str, c: usize) -> Tensor<B, 1> {
         self.tensor(key, [c])
     }
@@ -87,9 +88,8 @@ impl<B: Backend> RandomWeights<B> {
 
 impl<B: Backend> WeightSource<B> for RandomWeights<B> {
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
-        let last = key.rsplit('.').next().unwrap_or("");
-        let is_norm = key.contains("norm") || key.ends_with("running_var") || key.ends_with("running_mean");
-        if D == 1 && is_norm && (last == "weight" || last == "running_var") {
+        // A norm's γ comes through `norm_scale`; its BatchNorm variance is the other 1.
+        if D == 1 && key.ends_with("running_var") {
             return Tensor::ones(shape, &self.device);
         }
         if D == 1 {

@@ -342,7 +342,7 @@ pub struct GemmaRmsNorm<B: Backend> {
 
 impl<B: Backend> GemmaRmsNorm<B> {
     fn load<W: WeightSource<B>>(w: &mut W, key: &str, d: usize, eps: f64) -> Self {
-        let weight = w.tensor(&format!("{key}.weight"), [d]);
+        let weight = w.norm_scale(&format!("{key}.weight"), d);
         Self { scale: Param::from_tensor(weight + 1.0), eps }
     }
 

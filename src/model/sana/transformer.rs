@@ -297,7 +297,7 @@ impl<B: Backend> RmsNorm<B> {
     pub const EPS: f64 = 1e-5;
 
     fn load<W: WeightSource<B>>(w: &mut W, key: &str, d: usize) -> Self {
-        Self { weight: Param::from_tensor(w.tensor(&format!("{key}.weight"), [d])) }
+        Self { weight: Param::from_tensor(w.norm_scale(&format!("{key}.weight"), d)) }
     }
 
     /// In f32 whatever `x`'s dtype, returned in that dtype.
