@@ -269,4 +269,16 @@ echo "cells: median time of $RUNS run(s) after a warm-up, then GPU MiB in use af
 echo "parity: max |error| against the golden and PASS/FAIL at the tests' tolerances (1e-4; 1e-3 for the 30-step trajectory; the f16 autoencoder checks at dcae parity's F16 tolerance, the bf16 text encoder at its BF16 tolerance)"
 for b in "${BK[@]}"; do echo "$b: ${DEVICE[$b]-?}"; done
 for f in "${FAILURES[@]}"; do echo "failed: $f"; done
+# The real-size rows of issue 19 (each GPU backend against the CPU with the same random
+# weights and input; the device's largest tensor decides the weight splits and tiles), when
+# the script that runs them is beside this one and time is left.
+if [ -x "$HERE/real-size-check.sh" ] && [ "$QUICK" = 0 ]; then
+  for b in "${BK[@]}"; do
+    [ "$b" = cpu ] && continue
+    case "${DEVICE[$b]-}" in "not available"*|"") continue ;; esac
+    echo
+    echo "real size on $b (largest difference from the CPU backend; placement: autoencoder on $b):"
+    timeout -k 5 600 "$HERE/real-size-check.sh" --backend "$b" --dcae "$DCAE" --out "$OUT/real-size" --limit 240 2>>"$OUT/real-size.err"
+  done
+fi
 echo "total $(( $(date +%s) - START )) s; raw results in $OUT/ (bench.jsonl, *-parity.out, each step's .err)"

@@ -49,7 +49,7 @@ mkdir -p "$OUT/fixtures"
 strip -o "$OUT/dcae" "$BIN"
 stripped=$(stat -c %s "$OUT/dcae")
 gzip -9 "$OUT/dcae"
-cp scripts/gpu-check.sh "$OUT/"
+cp scripts/gpu-check.sh scripts/real-size-check.sh "$OUT/"
 
 # Only what `dcae parity` reads (src/cli/parity.rs): the tiny models and their goldens.
 copy() { mkdir -p "$OUT/fixtures/$(dirname "$1")"; cp "tests/fixtures/$1" "$OUT/fixtures/$1"; }

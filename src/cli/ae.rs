@@ -160,7 +160,7 @@ impl BackendTask for Encode {
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
         super::report_backend(&info);
-        let budget = tile::budget(&info)?;
+        let budget = tile::budget::<B>(&info, &device)?;
         let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let mut images = Vec::new();
         for p in &a.images {
@@ -196,7 +196,7 @@ impl BackendTask for Decode {
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
         super::report_backend(&info);
-        let budget = tile::budget(&info)?;
+        let budget = tile::budget::<B>(&info, &device)?;
         let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let latent = read_nchw(&a.latents, "latent")?;
         let [b, c, h, w] = latent.shape;
@@ -237,7 +237,7 @@ impl BackendTask for Reconstruct {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let a = self.0;
-        let budget = tile::budget(&info)?;
+        let budget = tile::budget::<B>(&info, &device)?;
         let t_load = Instant::now();
         let (cfg, model) = load::<B>(&a.common.model, a.precision.precision, &device)?;
         let load_s = t_load.elapsed().as_secs_f64();

@@ -2,7 +2,7 @@
 //! then `--runs` timed runs; the PyTorch counterpart is tests/python/bench_torch.py.
 
 use anyhow::bail;
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::engine::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::model::precision::{Precision, PrecisionChoice};
@@ -62,6 +62,15 @@ pub struct BenchArgs {
     /// runs in f32.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     pub precision: PrecisionChoice,
+    /// encode / decode: write the output (latent or image, f32) to this safetensors file
+    /// (tensor `output`), to compare backends (`--compare`).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// encode / decode: the largest difference from this file's `output` (written by
+    /// `--output`, e.g. on the CPU backend: the same random weights and input on every backend)
+    /// goes into the report.
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<std::path::PathBuf>,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +93,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 struct Bench(BenchArgs);
 
+/// `shape`'s values from a seeded host RNG: uniform in [−1, 1] (`uniform` > 0, an image) or
+/// N(0, 1) (a latent).
+fn host_random(shape: [usize; 4], uniform: f32, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    if uniform > 0.0 {
+        (0..n).map(|_| rng.random_range(-uniform..uniform)).collect()
+    } else {
+        (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect()
+    }
+}
+
 /// Forces the backend to finish the work behind `t` (GPU backends run asynchronously).
 fn sync<B: Backend>(t: Tensor<B, 4>) {
     let _ = t.slice([0..1, 0..1, 0..1, 0..1]).into_data();
@@ -97,6 +119,10 @@ impl BackendTask for Bench {
         // GPU memory after each timed run where the runs are timed here, else after all of them.
         let mut gpu = GpuPeak::default();
         let mut precision = Precision::F32;
+        let mut compared: Option<(f64, f64)> = None;
+        // The untimed run whose output is written or compared: on a GPU, the first call (kernel
+        // compilation and autotuning included).
+        let mut output_s: Option<f64> = None;
         let timings = match a.task {
             BenchTask::Encode | BenchTask::Decode => {
                 let cfg = DcaeConfig::published(&a.model)?;
@@ -106,14 +132,42 @@ impl BackendTask for Bench {
                 }
                 precision = a.precision.resolve::<B>(&device).map_err(anyhow::Error::msg)?;
                 let model = Dcae::<B>::load(&mut RandomWeights::new(&device), &cfg).with_precision(precision);
-                if a.task == BenchTask::Encode {
-                    let x = Tensor::<B, 4>::random([a.batch, 3, a.res, a.res], Distribution::Uniform(-1.0, 1.0), &device);
-                    time_runs_then(a.runs, || sync(model.encode(x.clone())), || gpu.sample::<B>(&device))
-                } else {
-                    let (c, s) = (cfg.latent_channels, a.res / f);
-                    let z = Tensor::<B, 4>::random([a.batch, c, s, s], Distribution::Normal(0.0, 1.0), &device);
-                    time_runs_then(a.runs, || sync(model.decode(z.clone())), || gpu.sample::<B>(&device))
+                // Within the device's limits, as the app runs it: batched, per image or tiled.
+                let budget = crate::engine::memory::autoencoder_budget_on::<B>(&device);
+                let encode = a.task == BenchTask::Encode;
+                let shape = if encode { [a.batch, 3, a.res, a.res] } else { [a.batch, cfg.latent_channels, a.res / f, a.res / f] };
+                // The input from a seeded host RNG: the same on every backend.
+                let input = host_random(shape, if encode { 1.0 } else { 0.0 }, 7);
+                let x = crate::model::host::upload::<B, 4>(input, shape, &device);
+                let run = |x: Tensor<B, 4>| -> anyhow::Result<Tensor<B, 4>> {
+                    let y = if encode {
+                        crate::model::tiling::encode_within(&model, &cfg, x, budget, &mut |_, _| true)?
+                    } else {
+                        crate::model::tiling::decode_within(&model, &cfg, x, budget, &mut |_, _| true)?
+                    };
+                    y.ok_or_else(|| anyhow::anyhow!("the run stopped"))
+                };
+                if a.output.is_some() || a.compare.is_some() {
+                    let t0 = std::time::Instant::now();
+                    let y = run(x.clone())?;
+                    let _ = B::sync(&device);
+                    output_s = Some(t0.elapsed().as_secs_f64());
+                    let dims = y.dims();
+                    let values = crate::model::host::read_back(y)?;
+                    if let Some(path) = &a.output {
+                        super::prepare_output(path)?;
+                        crate::weights::tensor_file::write_f32(path, &[("output", &values[..], &dims[..])], &[])?;
+                    }
+                    if let Some(path) = &a.compare {
+                        let (want, wshape) = crate::weights::tensor_file::read_f32(path, "output")?;
+                        if wshape != dims {
+                            bail!("{}: `output` has shape {wshape:?}, this run's is {dims:?}", path.display());
+                        }
+                        let diff = values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+                        compared = Some((diff as f64, want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64));
+                    }
                 }
+                time_runs_then(a.runs, || { let _ = run(x.clone()).map(sync); }, || gpu.sample::<B>(&device))
             }
             BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
             BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
@@ -133,6 +187,8 @@ impl BackendTask for Bench {
             "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
             "dtype": precision.name(), "skipped": info.skipped,
             "steps": (a.task == BenchTask::Generate).then_some(a.steps),
+            "max_abs_diff": compared.map(|c| c.0), "max_abs_ref": compared.map(|c| c.1), "output_s": output_s,
+            "max_tensor_bytes": info.limits.max_tensor,
         });
         if a.json {
             println!("{out}");

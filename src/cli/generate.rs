@@ -109,6 +109,11 @@ pub struct GenerateArgs {
     /// where it cannot run); `f32` everywhere. The transformer computes in f32.
     #[arg(long, value_enum, default_value_t = crate::model::precision::PrecisionChoice::Auto)]
     pub precision: crate::model::precision::PrecisionChoice,
+    /// Text-to-image: where the Gemma-2 text encoder runs. `auto`: on the GPU where the backend
+    /// computes in bf16 (CUDA), else on the CPU (wgpu would widen it to 10.5 GB of f32 on the
+    /// device; the CPU keeps its 5.2 GB of bf16 as stored); `gpu` / `cpu` force one.
+    #[arg(long, value_enum, default_value_t = crate::engine::backend::Placement::Auto)]
+    pub text_encoder_device: crate::engine::backend::Placement,
 }
 
 /// What a `--class` value asks for.
@@ -172,6 +177,7 @@ impl BackendTask for GenerateTask {
 
         let cfg_scale = args.cfg.unwrap_or(6.0);
         let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise, init: None };
+        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&device);
         let cancel = AtomicBool::new(false);
         let mut step_error: Option<anyhow::Error> = None;
         let t0 = Instant::now();
@@ -182,7 +188,8 @@ impl BackendTask for GenerateTask {
                 let note = format!("x0 prediction after solver step {} of {} (t = {:.4})", u.step, u.total, u.t);
                 let result = std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))
-                    .and_then(|_| save_grid(&model.decode_latent(u.x0), &path, &[("preview", &note)]));
+                    .and_then(|_| Ok(model.decode_latent_within(u.x0, budget)?))
+                    .and_then(|img| save_grid(&img, &path, &[("preview", &note)]));
                 if let Err(e) = result {
                     step_error.get_or_insert(e);
                     cancel.store(true, Ordering::Relaxed);
@@ -207,7 +214,7 @@ impl BackendTask for GenerateTask {
             write_tensor_f32(path, "latent", out.latent.clone())?;
             eprintln!("wrote {}", path.display());
         }
-        let image = model.decode_latent(out.latent);
+        let image = model.decode_latent_within(out.latent, budget)?;
         let params = GenerationParams {
             classes: labels.iter().map(|&l| l as u32).collect(),
             guidance: cfg_scale,

@@ -83,6 +83,21 @@ pub fn model_files(arg: &str) -> anyhow::Result<ModelFiles> {
     Ok(hub::resolve_model(arg, &opts, &mut progress, &cancel)?)
 }
 
+impl Cli {
+    /// The backend the command asked for, if it runs a model.
+    pub fn backend(&self) -> Option<BackendChoice> {
+        match &self.command {
+            Command::Encode(a) => Some(a.common.backend),
+            Command::Decode(a) => Some(a.common.backend),
+            Command::Reconstruct(a) => Some(a.common.backend),
+            Command::Generate(a) => Some(a.backend),
+            Command::Bench(a) => Some(a.backend),
+            Command::Parity(a) => Some(a.backend),
+            Command::Download(_) => None,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Encode(a) => ae::encode(a),
@@ -104,7 +119,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// The `dcae` binary's entry point: errors are printed as a chain of causes, never a panic.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let backend = cli.backend();
+    // A backend can still fail inside a run (a GPU lost or refusing a kernel panics in its
+    // runtime): that ends the command with an error that says what to try, not a backtrace.
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = crate::engine::worker::panic_message(p.as_ref());
+            let hint = match backend {
+                Some(BackendChoice::Cpu) | None => String::new(),
+                Some(b) => format!("; if the {b} backend is at fault, try --backend cpu"),
+            };
+            Err(anyhow::anyhow!("the run failed inside the backend: {msg}{hint}"))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -87,6 +87,14 @@ impl BackendTask for T2iTask {
         let mut pipeline = SanaPipeline::<B>::open(&files, &name, &device)?;
         pipeline.low_memory = true;
         pipeline.precision = args.precision;
+        if let Some(on_cpu) = args.text_encoder_device.on_cpu() {
+            pipeline.set_text_on_cpu(on_cpu);
+        }
+        eprintln!(
+            "placement: text encoder on {} · transformer and autoencoder on {}",
+            if pipeline.text_on_cpu() || info.kind == "cpu" { "the CPU" } else { "the GPU" },
+            if info.kind == "cpu" { "the CPU" } else { "the GPU" }
+        );
         if args.precision == crate::model::precision::PrecisionChoice::F16 {
             args.precision.resolve::<B>(&device).map_err(anyhow::Error::msg)?;
         }
@@ -99,9 +107,10 @@ impl BackendTask for T2iTask {
         let size = |v: Option<usize>| v.unwrap_or(pipeline.config.transformer.sample_size * pipeline.config.vae_factor());
         let mut req = T2iRequest::<B>::new(args.prompts.clone(), size(args.width), size(args.height));
         req.negative_prompt = args.negative_prompt.clone().unwrap_or_default();
-        let (budget, source) = crate::engine::memory::autoencoder_budget(info.kind).map_err(anyhow::Error::msg)?;
-        eprintln!("decode budget: {:.2} GiB ({source})", budget.bytes as f64 / (1u64 << 30) as f64);
-        req.memory_budget = Some(budget);
+        let budget = super::tiling::budget::<B>(&info, &device)?;
+        let cap = budget.max_tensor.map(|c| format!(", largest tensor {}", crate::model::limits::human(c))).unwrap_or_default();
+        eprintln!("decode budget: {:.2} GiB ({}{cap})", budget.bytes as f64 / (1u64 << 30) as f64, budget.source);
+        req.memory_budget = Some(crate::model::tiling::Budget { bytes: budget.bytes, weight_copies: budget.weight_copies, max_tensor: budget.max_tensor });
         req.steps = args.steps;
         req.guidance = args.cfg;
         req.solver = args.sampler;

@@ -64,12 +64,24 @@ pub struct Budget {
     /// MiB peak for an untiled 1024² encode + decode, against 2 × 1234 MiB of weights plus the
     /// 1024 MiB of activations that the estimate gives).
     pub weight_copies: u64,
+    /// The device's largest single tensor (its name for messages).
+    pub max_tensor: Option<u64>,
+    pub device: String,
 }
 
-/// The memory budget: `DCAE_MEMORY_BUDGET_MB`, else half of the available RAM.
-pub fn budget(info: &BackendInfo) -> anyhow::Result<Budget> {
-    let (b, source) = crate::engine::memory::autoencoder_budget(info.kind).map_err(anyhow::Error::msg)?;
-    Ok(Budget { bytes: b.bytes, source, weight_copies: b.weight_copies })
+/// The memory budget: `DCAE_MEMORY_BUDGET_MB`, else half of the device's free memory where the
+/// driver tells it, else half of the available RAM; and the device's largest tensor.
+pub fn budget<B: Backend>(info: &BackendInfo, device: &B::Device) -> anyhow::Result<Budget> {
+    let (b, mut source) = crate::engine::memory::autoencoder_budget(info.kind).map_err(anyhow::Error::msg)?;
+    let mut bytes = b.bytes;
+    if info.kind != "cpu" && source != crate::engine::memory::BUDGET_ENV {
+        if let Some(free) = crate::engine::backend::device_memory_available::<B>(device) {
+            bytes = free / 2;
+            source = format!("half of the device's memory {}", gib(free));
+        }
+    }
+    let max_tensor = crate::model::limits::max_tensor_bytes::<B>(device);
+    Ok(Budget { bytes, source, weight_copies: b.weight_copies, max_tensor, device: info.name.clone() })
 }
 
 
@@ -95,35 +107,71 @@ pub fn choose<B: Backend>(
     };
     let with_stride = |t: TileConfig| TileConfig { stride: opts.tile_stride.unwrap_or(t.stride), ..t };
     let untiled = estimate(h, w);
-    let (budget, source) = (&budget.bytes, &budget.source);
+    let cap = budget.max_tensor.map(|bytes| tiling::TensorCap { bytes, precision: model.precision() });
+    // The device's largest tensor is a hard limit, unlike the budget (an estimate): a run whose
+    // largest tensor would be over it stops here, before any work, saying what to change.
+    let largest = |n: usize, hh: usize, ww: usize| (tiling::largest_tensor_per_pixel(cfg, stage, model.precision()) * (n * hh * ww) as f64) as u64;
+    let check = |n: usize, hh: usize, ww: usize, advice: &str| -> anyhow::Result<()> {
+        // The whole image stays on the device while its tiles run (f32, 3 channels).
+        if let Some(c) = cap.filter(|c| (12 * batch * h * w) as u64 > c.bytes) {
+            return Err(crate::model::limits::TooLarge {
+                device: budget.device.clone(),
+                limit: c.bytes,
+                what: format!("the {batch} × {h}×{w} image itself"),
+                bytes: (12 * batch * h * w) as u64,
+                advice: "use a smaller image (--size), or --backend cpu".into(),
+            }
+            .into());
+        }
+        match cap {
+            Some(c) if largest(n, hh, ww) > c.bytes => Err(crate::model::limits::TooLarge {
+                device: budget.device.clone(),
+                limit: c.bytes,
+                what: format!("the {what} of {n} × {hh}×{ww}"),
+                bytes: largest(n, hh, ww),
+                advice: advice.to_string(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    };
+    let (source, device) = (&budget.source, &budget.device);
+    let budget = &budget.bytes;
     let t = match opts.tile {
         TileMode::Off => {
+            check(batch, h, w, "leave tiling on (--tile auto), or use --backend cpu")?;
             eprintln!("{what}: untiled (--tile off; estimated peak {})", gib(untiled));
             return Ok(None);
         }
         TileMode::Px(n) => {
             let t = with_stride(TileConfig::with_tile(n, f));
             t.validate(f).with_context(|| format!("--tile {n}"))?;
+            check(batch, t.tile.min(h), t.tile.min(w), "use smaller tiles (--tile auto chooses them), or --backend cpu")?;
             eprintln!("{what}: {} px tiles, stride {} px, {} tile(s) (--tile {n})", t.tile, t.stride, tiles_of(&t));
             t
         }
-        TileMode::Auto if untiled <= *budget => {
+        TileMode::Auto if tiling::fits(cfg, weights, stage, *budget, cap, [batch, h, w]) => {
             eprintln!("{what}: untiled (estimated peak {} within the budget {} = {source})", gib(untiled), gib(*budget));
             return Ok(None);
         }
         TileMode::Auto => {
-            let t = tiling::tiles_within(cfg, weights, stage, *budget, [batch, h, w], opts.tile_stride);
+            let t = tiling::tiles_within(cfg, weights, stage, *budget, cap, [batch, h, w], opts.tile_stride);
+            check(batch, t.tile.min(h), t.tile.min(w), "this adapter is too small for this autoencoder: use --backend cpu")?;
+            if let Some(c) = cap.filter(|c| largest(batch, h, w) > c.bytes) {
+                eprintln!(
+                    "{what}: the untiled largest tensor ({}) is over {device}'s largest tensor ({}): tiled for the largest tensor",
+                    crate::model::limits::human(largest(batch, h, w)),
+                    crate::model::limits::human(c.bytes)
+                );
+            }
             t.validate(f).context("--tile-stride")?;
             let per_tile = estimate(t.tile.min(h), t.tile.min(w));
-            eprintln!(
-                "{what}: {} px tiles, stride {} px, {} tile(s): estimated peak {} untiled > budget {} = {source} (about {} per tile)",
-                t.tile,
-                t.stride,
-                tiles_of(&t),
-                gib(untiled),
-                gib(*budget),
-                gib(per_tile)
-            );
+            let why = if untiled > *budget {
+                format!("estimated peak {} untiled > budget {} = {source}", gib(untiled), gib(*budget))
+            } else {
+                format!("within the budget {} = {source}, but over the largest tensor", gib(*budget))
+            };
+            eprintln!("{what}: {} px tiles, stride {} px, {} tile(s): {why} (about {} per tile)", t.tile, t.stride, tiles_of(&t), gib(per_tile));
             t
         }
     };

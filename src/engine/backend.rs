@@ -9,6 +9,8 @@ use std::fmt;
 
 use burn::tensor::backend::Backend;
 
+pub use crate::model::limits::DeviceLimits;
+
 /// burn's `flex` CPU backend, with our own GEMM-based kernels for the convolutions, Linear layers
 /// and RMSNorm that dominate the models' time (`model::cpu_kernels`).
 pub type Cpu = burn::backend::Flex;
@@ -53,6 +55,40 @@ impl BackendChoice {
     }
 }
 
+/// Where one component of a pipeline runs (the text encoder today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Placement {
+    /// Where it fits best: the GPU for a text encoder the backend computes in bf16 (CUDA), else
+    /// the CPU (wgpu would widen Gemma-2 to 10.5 GB of f32 on the device).
+    #[default]
+    Auto,
+    /// The backend's device.
+    Gpu,
+    /// The CPU backend, whatever the backend.
+    Cpu,
+}
+
+impl Placement {
+    /// `Some(on_cpu)` when chosen, `None` for the pipeline's own default.
+    pub fn on_cpu(self) -> Option<bool> {
+        match self {
+            Placement::Auto => None,
+            Placement::Gpu => Some(false),
+            Placement::Cpu => Some(true),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Placement::Auto => "auto",
+            Placement::Gpu => "GPU",
+            Placement::Cpu => "CPU",
+        })
+    }
+}
+
 /// What runs, for the status bar and the CLI's report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendInfo {
@@ -64,17 +100,24 @@ pub struct BackendInfo {
     /// "cuda: libcuda.so.1 not found (no NVIDIA driver)"; empty when the backend was asked for
     /// by name or the first choice ran.
     pub skipped: Vec<String>,
+    /// What the device holds: largest tensor and buffer, memory (GPU backends; the CPU's have
+    /// none unless `DCAE_GPU_MAX_BINDING` emulates a cap).
+    pub limits: DeviceLimits,
 }
 
 impl BackendInfo {
     fn new(kind: &'static str, name: String) -> Self {
-        Self { kind, name, skipped: Vec::new() }
+        Self { kind, name, skipped: Vec::new(), limits: DeviceLimits::default() }
     }
 }
 
 impl fmt::Display for BackendInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} — {}", self.kind, self.name)
+        write!(f, "{} — {}", self.kind, self.name)?;
+        if self.kind != "cpu" || self.limits.max_tensor.is_some() {
+            write!(f, " [{}]", self.limits.describe())?;
+        }
+        Ok(())
     }
 }
 
@@ -123,7 +166,11 @@ enum Resolved {
 
 fn cpu_info() -> BackendInfo {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    BackendInfo::new("cpu", format!("CPU (burn flex, {threads} threads)"))
+    let mut info = BackendInfo::new("cpu", format!("CPU (burn flex, {threads} threads)"));
+    info.limits.max_tensor = crate::model::limits::cap_from_env().ok().flatten();
+    info.limits.memory_total = crate::engine::memory::mem_total();
+    info.limits.memory_free = crate::engine::memory::mem_available();
+    info
 }
 
 impl Resolved {
@@ -273,14 +320,63 @@ fn cuda() -> Result<Resolved, BackendError> {
         t.into_data().to_vec::<f32>().map(|v| v[0]).unwrap_or(0.0)
     });
     match probe {
-        Ok(v) if v == 2.0 => Ok(Resolved::Cuda(device, BackendInfo::new("cuda", "CUDA device 0".into()))),
+        Ok(v) if v == 2.0 => {
+            let mut info = BackendInfo::new("cuda", "CUDA device 0".into());
+            info.limits.max_tensor = crate::model::limits::max_tensor_bytes::<Cuda>(&device);
+            if let Some((total, free)) = cuda_memory() {
+                info.limits.memory_total = Some(total);
+                info.limits.memory_free = Some(free);
+            }
+            Ok(Resolved::Cuda(device, info))
+        }
         Ok(_) => Err(BackendError::NoCuda("device 0 computed a wrong value in the start-up check".into())),
         Err(p) => Err(BackendError::NoCuda(format!("device 0 did not start: {}", panic_text(p.as_ref())))),
     }
 }
 
-/// A panic's message, for the reason a backend did not start.
+/// (total, free) bytes of CUDA device 0, from the driver (`cuMemGetInfo` in the device's
+/// primary context, the one cubecl uses, so nothing new is created on the device).
 #[cfg(feature = "cuda")]
+fn cuda_memory() -> Option<(u64, u64)> {
+    let (driver, _) = cuda_library_names();
+    let lib = driver.iter().find_map(|n| load_kept(n))?;
+    type DeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type Retain = unsafe extern "C" fn(*mut *mut std::ffi::c_void, i32) -> i32;
+    type Release = unsafe extern "C" fn(i32) -> i32;
+    type Push = unsafe extern "C" fn(*mut std::ffi::c_void) -> i32;
+    type Pop = unsafe extern "C" fn(*mut *mut std::ffi::c_void) -> i32;
+    type MemInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: the CUDA driver API's C signatures (CUdevice is int, CUcontext a pointer, sizes
+    // size_t); every out-parameter is a local, and the context pushed is popped and released.
+    unsafe {
+        let device_get = lib.get::<DeviceGet>(b"cuDeviceGet\0").ok()?;
+        let retain = lib.get::<Retain>(b"cuDevicePrimaryCtxRetain\0").ok()?;
+        let release = lib.get::<Release>(b"cuDevicePrimaryCtxRelease_v2\0").ok()?;
+        let push = lib.get::<Push>(b"cuCtxPushCurrent_v2\0").ok()?;
+        let pop = lib.get::<Pop>(b"cuCtxPopCurrent_v2\0").ok()?;
+        let mem_info = lib.get::<MemInfo>(b"cuMemGetInfo_v2\0").ok()?;
+        let mut dev = 0i32;
+        if device_get(&mut dev, 0) != 0 {
+            return None;
+        }
+        let mut ctx = std::ptr::null_mut();
+        if retain(&mut ctx, dev) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        let ok = push(ctx) == 0 && {
+            let r = mem_info(&mut free, &mut total) == 0;
+            let mut popped = std::ptr::null_mut();
+            pop(&mut popped);
+            r
+        };
+        release(dev);
+        ok.then_some((total as u64, free as u64))
+    }
+}
+
+/// A panic's message, for the reason a backend did not start.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     let s = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("a panic");
     // cudarc's messages list every library name it tried; the first line says enough.
@@ -313,23 +409,68 @@ pub fn gpu_memory<B: Backend>(device: &B::Device) -> Option<(u64, u64)> {
     None
 }
 
-/// The adapters wgpu can see, best first: discrete, integrated, virtual, then software.
+/// The graphics API that cubecl opens its device on: Metal on macOS, Vulkan everywhere else
+/// (Windows included: burn's wgpu runtime never uses DX12 or GL here). Only adapters of this
+/// API are ranked, so the adapter named is the one that runs.
 #[cfg(feature = "wgpu")]
-pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let mut infos: Vec<_> = pollster_block(instance.enumerate_adapters(wgpu::Backends::all()))
-        .into_iter()
-        .map(|a| a.get_info())
-        .collect();
-    let rank = |t: wgpu::DeviceType| match t {
+pub fn cubecl_graphics_api() -> wgpu::Backends {
+    if cfg!(target_os = "macos") {
+        wgpu::Backends::METAL
+    } else {
+        wgpu::Backends::VULKAN
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = cubecl_graphics_api();
+    wgpu::Instance::new(desc)
+}
+
+#[cfg(feature = "wgpu")]
+fn adapter_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,
         wgpu::DeviceType::VirtualGpu => 2,
         wgpu::DeviceType::Other => 3,
         wgpu::DeviceType::Cpu => 4,
-    };
-    infos.sort_by_key(|i| rank(i.device_type));
-    infos
+    }
+}
+
+/// The memory a GPU `device` can give a run, where its driver tells it: CUDA's free memory
+/// (`cuMemGetInfo`), a software wgpu adapter's available system memory, a Vulkan adapter's
+/// device-local heaps; `None` on the CPU backends and where nothing says (Metal).
+pub fn device_memory_available<B: Backend>(device: &B::Device) -> Option<u64> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "cuda")]
+    if any.downcast_ref::<burn::backend::cuda::CudaDevice>().is_some() {
+        return cuda_memory().map(|(_, free)| free);
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        let opened = WGPU_OPENED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = opened.as_ref().filter(|o| &o.device == d) {
+            return if o.software { crate::engine::memory::mem_available() } else { o.info.limits.memory_total };
+        }
+    }
+    let _ = any;
+    None
+}
+
+/// The adapters of cubecl's graphics API ([`cubecl_graphics_api`]), best first: discrete,
+/// integrated, virtual, then software.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapters() -> Vec<wgpu::AdapterInfo> {
+    ranked_adapters(&wgpu_instance()).into_iter().map(|a| a.get_info()).collect()
+}
+
+#[cfg(feature = "wgpu")]
+fn ranked_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster_block(instance.enumerate_adapters(cubecl_graphics_api()));
+    adapters.sort_by_key(|a| adapter_rank(a.get_info().device_type));
+    adapters
 }
 
 /// Runs a wgpu future to completion on this thread. wgpu's native futures (adapter and device
@@ -349,33 +490,138 @@ pub fn pollster_block<F: std::future::Future>(f: F) -> F::Output {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_device_for(info: &wgpu::AdapterInfo) -> burn::backend::wgpu::WgpuDevice {
-    use burn::backend::wgpu::WgpuDevice;
-    match info.device_type {
-        wgpu::DeviceType::DiscreteGpu => WgpuDevice::DiscreteGpu(0),
-        wgpu::DeviceType::IntegratedGpu => WgpuDevice::IntegratedGpu(0),
-        wgpu::DeviceType::VirtualGpu => WgpuDevice::VirtualGpu(0),
-        wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => WgpuDevice::Cpu,
+fn wgpu_info(info: &wgpu::AdapterInfo) -> BackendInfo {
+    BackendInfo::new("wgpu", format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type))
+}
+
+/// The wgpu device this process opened, kept for later engines (a restart or a second
+/// `run_on`): cubecl registers a device for the life of the process, and a driver gives each
+/// adapter one device at a time.
+#[cfg(feature = "wgpu")]
+static WGPU_OPENED: std::sync::Mutex<Option<OpenedWgpu>> = std::sync::Mutex::new(None);
+
+#[cfg(feature = "wgpu")]
+struct OpenedWgpu {
+    device: burn::backend::wgpu::WgpuDevice,
+    info: BackendInfo,
+    software: bool,
+}
+
+/// Opens `adapter` for burn as cubecl would (its features, its memory hints), but with the
+/// binding limit lowered to `DCAE_GPU_MAX_BINDING` when that is smaller, so cubecl's pages
+/// and our own splits follow the emulated adapter; then runs one small operation, so a driver
+/// that cannot run is found here and not in the user's first job.
+#[cfg(feature = "wgpu")]
+fn open_wgpu(instance: wgpu::Instance, adapter: wgpu::Adapter, cap: Option<u64>) -> Result<(burn::backend::wgpu::WgpuDevice, BackendInfo), String> {
+    use burn::backend::wgpu::{init_device, RuntimeOptions, WgpuSetup};
+    let adapter_info = adapter.get_info();
+    let mut info = wgpu_info(&adapter_info);
+    let mut limits = adapter.limits();
+    info.limits.adapter_max_binding = Some(limits.max_storage_buffer_binding_size);
+    if let Some(cap) = cap {
+        // wgpu accepts any limit below the adapter's; a binding never exceeds the buffer.
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap & !3).max(4);
+    }
+    info.limits.max_buffer = Some(limits.max_buffer_size);
+    if adapter_info.device_type == wgpu::DeviceType::Cpu {
+        // A software adapter's memory is the system's.
+        info.limits.memory_total = crate::engine::memory::mem_total();
+        info.limits.memory_free = crate::engine::memory::mem_available();
+    } else {
+        info.limits.memory_total = vulkan_device_memory(&adapter);
+    }
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("dcae-studio"),
+        required_features: adapter.features().difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+        required_limits: limits,
+        memory_hints: wgpu::MemoryHints::MemoryUsage,
+        trace: wgpu::Trace::Off,
+        // SAFETY: what cubecl's own device request enables (its kernels may use passthrough
+        // shaders); nothing else here uses them.
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+    };
+    let (device, queue) = pollster_block(adapter.request_device(&desc)).map_err(|e| format!("{} refused a device: {e}", adapter_info.name))?;
+    let backend = adapter_info.backend;
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let dev = init_device(WgpuSetup { instance, adapter, device, queue, backend }, RuntimeOptions::default());
+        let t = burn::tensor::Tensor::<Gpu, 1>::ones([4], &dev).add_scalar(1.0).sum();
+        let v = t.into_data().to_vec::<f32>().map(|v| v[0]).unwrap_or(0.0);
+        (dev, v)
+    }));
+    match opened {
+        Ok((dev, v)) if v == 8.0 => {
+            info.limits.max_tensor = crate::model::limits::max_tensor_bytes::<Gpu>(&dev);
+            Ok((dev, info))
+        }
+        Ok(_) => Err(format!("{} computed a wrong value in the start-up check (a driver fault)", adapter_info.name)),
+        Err(p) => Err(format!("{} did not run the start-up check: {}", adapter_info.name, panic_text(p.as_ref()))),
     }
 }
 
+/// The best adapter of cubecl's API, opened and checked ([`open_wgpu`]); `software` admits
+/// CPU-type adapters (lavapipe, WARP), which `auto` skips. The error is the reason, for the
+/// skipped line or the error.
 #[cfg(feature = "wgpu")]
-fn wgpu_info(info: &wgpu::AdapterInfo) -> BackendInfo {
-    BackendInfo::new("wgpu", format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type))
+fn wgpu_open_best(software: bool) -> Result<Resolved, String> {
+    let mut opened = WGPU_OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(o) = opened.as_ref().filter(|o| software || !o.software) {
+        return Ok(Resolved::Wgpu(o.device.clone(), o.info.clone()));
+    }
+    let instance = wgpu_instance();
+    let adapters = ranked_adapters(&instance);
+    let api = if cfg!(target_os = "macos") { "Metal" } else { "Vulkan" };
+    let Some(best) = adapters.into_iter().next() else {
+        return Err(format!("no {api} adapter found (no {api} driver, or its loader finds none)"));
+    };
+    let best_info = best.get_info();
+    if !software && matches!(best_info.device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::Other) {
+        return Err(format!("only a software adapter ({}), slower than the CPU backend", best_info.name));
+    }
+    let is_software = matches!(best_info.device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::Other);
+    let (dev, info) = open_wgpu(instance, best, crate::model::limits::cap_from_env()?)?;
+    *opened = Some(OpenedWgpu { device: dev.clone(), info: info.clone(), software: is_software });
+    Ok(Resolved::Wgpu(dev, info))
+}
+
+/// A Vulkan adapter's device-local memory (the sum of its `DEVICE_LOCAL` heaps), read from
+/// Vulkan itself: wgpu does not report memory. `None` elsewhere.
+#[cfg(all(feature = "wgpu", any(target_os = "linux", target_os = "windows")))]
+fn vulkan_device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    if adapter.get_info().backend != wgpu::Backend::Vulkan {
+        return None;
+    }
+    // SAFETY: only reads the physical device's memory properties through the instance wgpu
+    // holds for it; nothing is created, and the handles outlive the call.
+    unsafe {
+        let hal = adapter.as_hal::<wgpu::hal::api::Vulkan>()?;
+        let props = hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device());
+        let n = (props.memory_heap_count as usize).min(props.memory_heaps.len());
+        // VK_MEMORY_HEAP_DEVICE_LOCAL_BIT = 1.
+        let total: u64 = props.memory_heaps[..n].iter().filter(|h| h.flags.as_raw() & 1 != 0).map(|h| h.size).sum();
+        (total > 0).then_some(total)
+    }
+}
+
+#[cfg(all(feature = "wgpu", not(any(target_os = "linux", target_os = "windows"))))]
+fn vulkan_device_memory(_adapter: &wgpu::Adapter) -> Option<u64> {
+    None
+}
+
+/// A new device on the best adapter of cubecl's API (software ones included) whose largest
+/// tensor is `cap` (or the adapter's own), for tests that emulate a smaller adapter in one
+/// process: each call opens its own device, apart from the one `run_on` uses.
+#[cfg(feature = "wgpu")]
+pub fn open_wgpu_with_cap(cap: Option<u64>) -> Result<(burn::backend::wgpu::WgpuDevice, BackendInfo), String> {
+    let instance = wgpu_instance();
+    let best = ranked_adapters(&instance).into_iter().next().ok_or("no adapter found")?;
+    open_wgpu(instance, best, cap)
 }
 
 /// A hardware adapter only: a software rasteriser (lavapipe, llvmpipe, WARP) is far slower than
 /// the CPU backend, so `auto` never picks one. The error is the reason for the skipped line.
 #[cfg(feature = "wgpu")]
 fn wgpu_hardware() -> Result<Resolved, String> {
-    let infos = wgpu_adapters();
-    match infos.first() {
-        None => Err("no adapter found (no Vulkan/Metal/DX12 driver)".into()),
-        Some(i) if matches!(i.device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::Other) => {
-            Err(format!("only a software adapter ({}), slower than the CPU backend", i.name))
-        }
-        Some(best) => Ok(Resolved::Wgpu(wgpu_device_for(best), wgpu_info(best))),
-    }
+    wgpu_open_best(false)
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -386,9 +632,7 @@ fn wgpu_hardware() -> Result<Resolved, String> {
 /// Any adapter, software ones included (asked for explicitly, e.g. to test the wgpu path in CI).
 #[cfg(feature = "wgpu")]
 fn wgpu_any() -> Result<Resolved, BackendError> {
-    let infos = wgpu_adapters();
-    let best = infos.first().ok_or_else(|| BackendError::NoWgpu("no adapter found (is a Vulkan/Metal/DX12 driver installed?)".into()))?;
-    Ok(Resolved::Wgpu(wgpu_device_for(best), wgpu_info(best)))
+    wgpu_open_best(true).map_err(BackendError::NoWgpu)
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -22,6 +22,24 @@ pub struct ModelFootprint {
     pub decode_per_pixel: f64,
     /// The text encoder is released before the transformer loads (memory is tight).
     pub low_memory: bool,
+    /// The text encoder runs on the CPU backend whatever the backend (wgpu's default: see
+    /// `SanaPipeline::set_text_on_cpu`), so its weights are in system memory.
+    pub text_on_cpu: bool,
+}
+
+impl ModelFootprint {
+    /// Where each component runs and what its weights take, for the line under the estimate:
+    /// "text encoder CPU 5.2 GB · denoiser GPU 1.2 GB · autoencoder GPU 0.6 GB".
+    pub fn placement(&self, backend: &str) -> String {
+        let dev = |on_cpu: bool| if on_cpu || backend == "cpu" { "CPU" } else { "GPU" };
+        let mut parts = Vec::new();
+        if self.text_encoder > 0 {
+            parts.push(format!("text encoder {} {}", dev(self.text_on_cpu), human(self.text_encoder)));
+        }
+        parts.push(format!("denoiser {} {}", dev(false), human(self.denoiser)));
+        parts.push(format!("autoencoder {} {}", dev(false), human(self.autoencoder)));
+        parts.join(" · ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +97,7 @@ pub const BUDGET_ENV: &str = "DCAE_MEMORY_BUDGET_MB";
 /// where the figure came from. GPU adapters' own memory is not queried yet.
 pub fn autoencoder_budget(backend: &str) -> Result<(crate::model::tiling::Budget, String), String> {
     let weight_copies = if backend == "cpu" { 2 } else { 1 };
-    let budget = |bytes: u64| crate::model::tiling::Budget { bytes, weight_copies };
+    let budget = |bytes: u64| crate::model::tiling::Budget { bytes, weight_copies, max_tensor: None };
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
     if let Ok(v) = std::env::var(BUDGET_ENV) {
         let mb: f64 = v.trim().parse().map_err(|_| format!("{BUDGET_ENV}={v} is not a number of MiB"))?;
@@ -92,10 +110,26 @@ pub fn autoencoder_budget(backend: &str) -> Result<(crate::model::tiling::Budget
     })
 }
 
-/// [`autoencoder_budget`] for the backend `B`; `None` when `DCAE_MEMORY_BUDGET_MB` is malformed.
-pub fn autoencoder_budget_on<B: burn::tensor::backend::Backend>() -> Option<crate::model::tiling::Budget> {
+/// [`autoencoder_budget`] for the backend `B` on `device`, with the device's largest tensor and,
+/// on a GPU whose free memory the driver tells (CUDA), half of that instead of the system's;
+/// `None` when `DCAE_MEMORY_BUDGET_MB` is malformed.
+pub fn autoencoder_budget_on<B: burn::tensor::backend::Backend>(device: &B::Device) -> Option<crate::model::tiling::Budget> {
     let cpu = std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::engine::backend::Cpu>();
-    autoencoder_budget(if cpu { "cpu" } else { "gpu" }).ok().map(|(b, _)| b)
+    let (mut b, source) = autoencoder_budget(if cpu { "cpu" } else { "gpu" }).ok()?;
+    if !cpu && source != BUDGET_ENV {
+        if let Some(free) = crate::engine::backend::device_memory_available::<B>(device) {
+            b.bytes = free / 2;
+        }
+    }
+    b.max_tensor = crate::model::limits::max_tensor_bytes::<B>(device);
+    Some(b)
+}
+
+/// The system's memory in all (Linux: `MemTotal`); `None` elsewhere.
+pub fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Memory the system can give now (Linux: `MemAvailable`); `None` elsewhere.
@@ -131,7 +165,15 @@ mod tests {
             per_token: 98_000.0,
             decode_per_pixel: 1024.0,
             low_memory: true,
+            text_on_cpu: false,
         }
+    }
+
+    #[test]
+    fn placement_names_each_component_where_it_runs() {
+        let f = ModelFootprint { text_on_cpu: true, ..sana_600m() };
+        assert_eq!(f.placement("wgpu"), "text encoder CPU 9.7 GB · denoiser GPU 2.2 GB · autoencoder GPU 1.2 GB");
+        assert_eq!(f.placement("cpu"), "text encoder CPU 9.7 GB · denoiser CPU 2.2 GB · autoencoder CPU 1.2 GB");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod downloads;
 pub mod memory;
+pub mod restart;
 pub mod worker;
 
 pub use backend::{run_on, BackendChoice, BackendError, BackendInfo, BackendTask};

@@ -16,7 +16,9 @@
 //! A panic while handling a job is caught, reported as an [`Event::Error`], and the engine is
 //! restarted: the backend is set up again and the generation model that was loaded is loaded
 //! again. Nothing the user made is lost, because results live in the App, not here.
-//! If the requested backend cannot start, the engine says why and falls back to the CPU.
+//! If the requested backend cannot start, the engine says why and falls back to the CPU; a GPU
+//! backend that panics before any of its jobs succeeded, or with the same failure twice, is
+//! left for the CPU too ([`crate::engine::restart`] decides, [`Event::BackendFallback`] says why).
 
 pub mod api;
 pub mod projection;
@@ -39,6 +41,7 @@ use self::api::{GenerateFailure, GenerateOutput, Generator, GeneratorInfo};
 use self::projection::{Fitter, Projection};
 use self::text::{TextEvent, TextGenerator, TextOutput, TextRequest};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
+use crate::engine::restart::{Decision, RestartPolicy};
 use crate::model::precision::{Precision, PrecisionChoice};
 use crate::model::tiling;
 use crate::model::{Dcae, DcaeConfig};
@@ -236,11 +239,13 @@ pub struct WorkerConfig {
     pub cache_dir: Option<PathBuf>,
     /// Side of the sample crops used to fit a projection is `fit_latent_side × factor`.
     pub fit_latent_side: usize,
+    /// Where the text models' text encoder runs (Settings; the CLI's `--text-encoder-device`).
+    pub text_encoder: crate::engine::backend::Placement,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { backend: BackendChoice::Auto, cache_dir: default_cache_dir(), fit_latent_side: 8 }
+        Self { backend: BackendChoice::Auto, cache_dir: default_cache_dir(), fit_latent_side: 8, text_encoder: Default::default() }
     }
 }
 
@@ -336,8 +341,8 @@ impl Drop for Worker {
 enum Exit {
     /// The job channel closed: the app is gone.
     Disconnected,
-    /// A job panicked; start over.
-    Panicked(String),
+    /// A job panicked; start over. `on_cpu`: the engine that panicked ran on the CPU.
+    Panicked { reason: String, on_cpu: bool },
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -354,20 +359,35 @@ fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
     let mut choice = config.backend;
     // The generator to reload after a restart.
     let loaded: Arc<Mutex<Option<GeneratorSource>>> = Arc::new(Mutex::new(None));
-    let mut restarts = 0usize;
+    let mut policy = RestartPolicy::new(choice == BackendChoice::Cpu);
     let mut replay: Option<Job> = None;
     loop {
-        let task = EngineTask { jobs: &jobs, sink: sink.clone(), config: &config, loaded: loaded.clone(), replay: replay.take() };
+        let succeeded = Arc::new(AtomicBool::new(false));
+        let task = EngineTask { jobs: &jobs, sink: sink.clone(), config: &config, loaded: loaded.clone(), replay: replay.take(), succeeded: succeeded.clone() };
         let outcome = catch_unwind(AssertUnwindSafe(|| run_on(choice, task)));
+        if succeeded.load(Ordering::Relaxed) {
+            policy.succeeded();
+        }
         match outcome {
             Ok(Ok(Exit::Disconnected)) => return,
-            Ok(Ok(Exit::Panicked(reason))) => {
-                restarts += 1;
-                if restarts > 20 {
-                    sink.send(Event::Error { job: None, message: format!("the engine keeps failing ({reason}); giving up until the app restarts") });
-                    return;
+            Ok(Ok(Exit::Panicked { reason, on_cpu })) => {
+                // `auto` may have resolved to the CPU: the policy follows what really ran.
+                if on_cpu && choice != BackendChoice::Cpu {
+                    choice = BackendChoice::Cpu;
+                    policy.moved_to_cpu();
                 }
-                sink.send(Event::Restarted { reason });
+                match policy.panicked(&reason) {
+                    Decision::Restart => sink.send(Event::Restarted { reason }),
+                    Decision::FallBackToCpu(why) => {
+                        sink.send(Event::BackendFallback { requested: choice, reason: why });
+                        choice = BackendChoice::Cpu;
+                        policy.moved_to_cpu();
+                    }
+                    Decision::GiveUp(why) => {
+                        sink.send(Event::Error { job: None, message: why });
+                        return;
+                    }
+                }
                 replay = loaded.lock().ok().and_then(|g| g.clone()).map(Job::LoadGenerator);
             }
             Ok(Err(e)) => {
@@ -377,6 +397,7 @@ fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
                 }
                 sink.send(Event::BackendFallback { requested: choice, reason: e.to_string() });
                 choice = BackendChoice::Cpu;
+                policy.moved_to_cpu();
             }
             Err(p) => {
                 // A panic outside any job: while setting up the backend.
@@ -387,6 +408,7 @@ fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
                 }
                 sink.send(Event::BackendFallback { requested: choice, reason: format!("it crashed while starting: {reason}") });
                 choice = BackendChoice::Cpu;
+                policy.moved_to_cpu();
             }
         }
     }
@@ -398,6 +420,8 @@ struct EngineTask<'a> {
     config: &'a WorkerConfig,
     loaded: Arc<Mutex<Option<GeneratorSource>>>,
     replay: Option<Job>,
+    /// Set once a job that uses the device finishes without a panic ([`RestartPolicy`]).
+    succeeded: Arc<AtomicBool>,
 }
 
 impl BackendTask for EngineTask<'_> {
@@ -437,8 +461,13 @@ impl BackendTask for EngineTask<'_> {
             };
             let what = job_name(&job);
             let id = job_id(&job);
+            let uses_device = matches!(job, Job::LoadGenerator(_) | Job::Generate(_) | Job::Reconstruct(_));
             match catch_unwind(AssertUnwindSafe(|| engine.handle(job))) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if uses_device {
+                        self.succeeded.store(true, Ordering::Relaxed);
+                    }
+                }
                 Err(p) => {
                     let reason = panic_message(p.as_ref());
                     self.sink.send(Event::Status(String::new()));
@@ -448,7 +477,7 @@ impl BackendTask for EngineTask<'_> {
                             "internal error while {what}: {reason}. The engine is restarting; your images and history are kept."
                         ),
                     });
-                    return Exit::Panicked(format!("{what}: {reason}"));
+                    return Exit::Panicked { reason: format!("{what}: {reason}"), on_cpu: backend_kind == "cpu" };
                 }
             }
         }
@@ -544,7 +573,7 @@ fn decode_images<B: Backend>(model: &Generator<B>, latent: Tensor<B, 4>) -> Resu
     let batch = latent.dims()[0];
     let mut images = Vec::with_capacity(batch);
     for i in 0..batch {
-        let img = model.decode(latent.clone().narrow(0, i, 1));
+        let img = model.decode(latent.clone().narrow(0, i, 1))?;
         let shape: [usize; 4] = img.dims();
         images.extend(tensor_to_vec(img).and_then(|d| images_from_nchw(&d, shape))?);
     }
@@ -601,7 +630,7 @@ impl<B: Backend> Engine<B> {
         let t0 = Instant::now();
         let loaded = match &files {
             GeneratorSource::Class(f) => Generator::<B>::load(&f.name, &f.config, &f.weights, &self.device).map(GenModel::Class),
-            GeneratorSource::Text { name, root } => TextGenerator::<B>::load(name, root, &self.device).map(|t| GenModel::Text(Box::new(t))),
+            GeneratorSource::Text { name, root } => TextGenerator::<B>::load(name, root, &self.device, self.config.text_encoder).map(|t| GenModel::Text(Box::new(t))),
         };
         match loaded {
             Ok(model) => {
@@ -773,10 +802,13 @@ impl<B: Backend> Engine<B> {
                 self.sink.send(Event::Phase { job: id, label: "Encoding the source image…".into(), done: 0, total: 1 });
                 let side = model.info().image_size();
                 match image_tensor::<B>(&src.image, side, side, &self.device) {
-                    Ok(x) => {
-                        let z = model.encode(x);
-                        Some((Tensor::cat(vec![z; job.labels.len()], 0), src.strength))
-                    }
+                    Ok(x) => match model.encode(x) {
+                        Ok(z) => Some((Tensor::cat(vec![z; job.labels.len()], 0), src.strength)),
+                        Err(e) => {
+                            self.error(Some(id), format!("the source image cannot be encoded: {e}"));
+                            return;
+                        }
+                    },
                     Err(e) => {
                         self.error(Some(id), format!("the source image cannot be used: {e}"));
                         return;
@@ -884,9 +916,9 @@ impl<B: Backend> Engine<B> {
                         Err(e) => callback_err = Some(e),
                     }
                 }
-                if let Some((ae, _)) = preview_ae.as_ref().filter(|_| job.decode_every > 0 && step % job.decode_every == 0 && step < total) {
+                if let Some((ae, pcfg)) = preview_ae.as_ref().filter(|_| job.decode_every > 0 && step % job.decode_every == 0 && step < total) {
                     let t = Instant::now();
-                    match TextGenerator::decode_preview(ae, scaling, x0) {
+                    match TextGenerator::decode_preview(ae, pcfg, scaling, x0) {
                         Ok(images) => sink.send(Event::PreviewDecoded { job: id, step, images, secs: t.elapsed().as_secs_f64() }),
                         Err(e) => callback_err = Some(e),
                     }
@@ -984,7 +1016,7 @@ impl<B: Backend> Engine<B> {
             self.status(format!("Reconstructing with {}…", m.name));
             // A full-size photo goes through in tiles when an untiled run would not fit; the
             // status line counts them, and Cancel stops between two.
-            let budget = crate::engine::memory::autoencoder_budget_on::<B>();
+            let budget = crate::engine::memory::autoencoder_budget_on::<B>(&self.device);
             let sink = &self.sink;
             let cancel = &job.cancel;
             let name = &m.name;
@@ -996,9 +1028,12 @@ impl<B: Backend> Engine<B> {
             };
             let reruns_before = ae.f32_reruns();
             let t0 = Instant::now();
-            let encode_fit = budget.map(|b| tiling::fit(cfg, b.weight_bytes(ae), tiling::Stage::Encode, b.bytes, [1, shape[2], shape[3]]));
+            let encode_fit = budget.map(|b| tiling::fit_checked(cfg, b.weight_bytes(ae), tiling::Stage::Encode, b.bytes, b.cap(ae), [1, shape[2], shape[3]], "this device"));
             let z = match encode_fit {
-                Some(tiling::Fit::Tiled(t)) => tiling::tiled_encode(ae, cfg.factor(), x.clone(), &t, &mut |d, n| report("encoding", d, n)),
+                // Refused before any work: even the smallest tile would be over the device's
+                // largest tensor.
+                Some(Err(e)) => Err(tiling::TileConfigError::TooLarge(e)),
+                Some(Ok(tiling::Fit::Tiled(t))) => tiling::tiled_encode(ae, cfg.factor(), x.clone(), &t, &mut |d, n| report("encoding", d, n)),
                 _ => Ok(Some(ae.encode(x.clone()))),
             };
             let z = match z {

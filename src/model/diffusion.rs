@@ -388,4 +388,17 @@ impl<B: Backend> DiffusionModel<B> {
     pub fn decode_latent(&self, latent: Tensor<B, 4>) -> Tensor<B, 4> {
         self.autoencoder.decode(latent.div_scalar(self.config.scaling_factor as f64))
     }
+
+    /// [`Self::decode_latent`] batched, per image or tiled as `budget` allows
+    /// ([`crate::model::tiling::decode_within`]; `None`: image by image).
+    pub fn decode_latent_within(&self, latent: Tensor<B, 4>, budget: Option<crate::model::tiling::Budget>) -> Result<Tensor<B, 4>, crate::model::tiling::TileConfigError> {
+        let z = latent.div_scalar(self.config.scaling_factor as f64);
+        let y = crate::model::tiling::decode_within(&self.autoencoder, &self.config.autoencoder, z, budget, &mut |_, _| true)?;
+        // Never stopped: the progress callback always goes on, so a missing result is an empty batch.
+        Ok(y.unwrap_or_else(|| Tensor::zeros([0, 3, 0, 0], &self.autoencoder_device())))
+    }
+
+    fn autoencoder_device(&self) -> B::Device {
+        burn::module::Module::devices(&self.autoencoder).into_iter().next().unwrap_or_default()
+    }
 }

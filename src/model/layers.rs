@@ -17,10 +17,24 @@ use crate::weights::WeightSource;
 
 /// A "same"-padded convolution. Dense stride-1 ones take the fast CPU path of
 /// [`super::cpu_kernels`] on the CPU backend; everything else is burn's `Conv2d`.
+///
+/// A weight larger than the device's largest tensor ([`super::limits`]) is held as several
+/// convolutions over consecutive output channels, run one after the other and concatenated:
+/// each output channel only reads its own weights, so the result is exactly the whole one's.
 #[derive(Module, Debug)]
 pub struct Conv<B: Backend> {
     inner: Conv2d<B>,
     /// The fast path's rearranged copies of the weights, made on first use.
+    #[module(skip)]
+    cpu_weights: ConvWeights,
+    /// The output channels after `inner`'s, when the weight was split (else empty).
+    rest: Vec<ConvPart<B>>,
+}
+
+/// One block of output channels of a split [`Conv`].
+#[derive(Module, Debug)]
+pub struct ConvPart<B: Backend> {
+    inner: Conv2d<B>,
     #[module(skip)]
     cpu_weights: ConvWeights,
 }
@@ -35,37 +49,59 @@ impl<B: Backend> Conv<B> {
         self.inner.weight.val().dtype()
     }
 
+    /// How many parts the weight is held in (1 unless it was larger than the device's cap).
+    pub fn parts(&self) -> usize {
+        1 + self.rest.len()
+    }
+
     /// The convolution followed by `y · scale[c] + shift[c]`, as one convolution.
     pub fn then_affine(self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> Self {
-        let c = self.inner;
-        let [c_out, ..] = c.weight.dims();
-        let weight = c.weight.val() * scale.clone().reshape([c_out, 1, 1, 1]);
-        let bias = match &c.bias {
-            Some(b) => b.val() * scale + shift,
-            None => shift,
+        let mut start = 0;
+        let mut part = |c: Conv2d<B>| {
+            let [c_out, ..] = c.weight.dims();
+            let (scale, shift) = (scale.clone().narrow(0, start, c_out), shift.clone().narrow(0, start, c_out));
+            start += c_out;
+            let weight = c.weight.val() * scale.clone().reshape([c_out, 1, 1, 1]);
+            let bias = match &c.bias {
+                Some(b) => b.val() * scale + shift,
+                None => shift,
+            };
+            Conv2d { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)), ..c }
         };
-        let inner = Conv2d { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)), ..c };
-        Self { inner, cpu_weights: ConvWeights::default() }
+        let inner = part(self.inner);
+        let rest = self.rest.into_iter().map(|p| ConvPart { inner: part(p.inner), cpu_weights: ConvWeights::default() }).collect();
+        Self { inner, cpu_weights: ConvWeights::default(), rest }
     }
 
     /// `act(conv(x))`; the fast path applies `act` while the tile is still in cache.
     pub fn forward_act(&self, x: Tensor<B, 4>, act: Option<Act>) -> Tensor<B, 4> {
-        let c = &self.inner;
-        if c.groups == 1 && c.stride == [1, 1] {
-            let bias = c.bias.as_ref().map(|b| b.val());
-            if let Some(y) = super::cpu_kernels::conv2d_same(&x, &c.weight.val(), bias.as_ref(), act, &self.cpu_weights) {
-                return y;
-            }
+        let first = conv_part(&self.inner, &self.cpu_weights, x.clone(), act);
+        if self.rest.is_empty() {
+            return first;
         }
-        match act {
-            Some(a) => a.apply(c.forward(x)),
-            None => c.forward(x),
+        let mut outs = vec![first];
+        outs.extend(self.rest.iter().map(|p| conv_part(&p.inner, &p.cpu_weights, x.clone(), act)));
+        Tensor::cat(outs, 1)
+    }
+}
+
+fn conv_part<B: Backend>(c: &Conv2d<B>, cpu_weights: &ConvWeights, x: Tensor<B, 4>, act: Option<Act>) -> Tensor<B, 4> {
+    if c.groups == 1 && c.stride == [1, 1] {
+        let bias = c.bias.as_ref().map(|b| b.val());
+        if let Some(y) = super::cpu_kernels::conv2d_same(&x, &c.weight.val(), bias.as_ref(), act, cpu_weights) {
+            return y;
         }
+    }
+    match act {
+        Some(a) => a.apply(c.forward(x)),
+        None => c.forward(x),
     }
 }
 
 /// A stride-`stride` "same"-padded convolution, `[out, in/groups, k, k]` weight, read from `key.weight`
-/// (and `key.bias` when `bias`).
+/// (and `key.bias` when `bias`); in parts by output channel when the weight (as f32, which is
+/// how it is uploaded) is larger than the device's largest tensor. A grouped convolution is
+/// never split (no grouped weight in these models comes near a cap).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d<B: Backend, W: WeightSource<B>>(
     w: &mut W,
@@ -77,19 +113,43 @@ pub fn conv2d<B: Backend, W: WeightSource<B>>(
     groups: usize,
     bias: bool,
 ) -> Conv<B> {
-    let weight = w.tensor(&format!("{key}.weight"), [c_out, c_in / groups, kernel, kernel]);
-    let bias = bias.then(|| Param::from_tensor(w.tensor(&format!("{key}.bias"), [c_out])));
+    let shape = [c_out, c_in / groups, kernel, kernel];
+    let row_bytes = 4 * (c_in / groups * kernel * kernel) as u64;
+    let cap = super::limits::max_tensor_bytes::<B>(&w.device());
+    // A single output channel over the cap cannot be split further: loaded whole, it fails in
+    // the backend with the size named (no published model comes within 4 orders of that).
+    let parts = if groups == 1 { super::limits::parts_for(c_out, row_bytes, cap).unwrap_or(1) } else { 1 };
+    let weights = w.tensor_rows(&format!("{key}.weight"), shape, parts);
+    let biases: Vec<Option<Tensor<B, 1>>> = if bias {
+        let b = w.tensor(&format!("{key}.bias"), [c_out]);
+        let mut start = 0;
+        weights
+            .iter()
+            .map(|wt| {
+                let n = wt.dims()[0];
+                // A placeholder (key checks only) has 1 row whatever the shape.
+                let part = if b.dims()[0] >= start + n { b.clone().narrow(0, start, n) } else { b.clone() };
+                start += n;
+                Some(part)
+            })
+            .collect()
+    } else {
+        vec![None; weights.len()]
+    };
     let pad = kernel / 2;
-    let inner = Conv2d {
+    let make = |weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>| Conv2d {
         weight: Param::from_tensor(weight),
-        bias,
+        bias: bias.map(Param::from_tensor),
         stride: [stride, stride],
         kernel_size: [kernel, kernel],
         dilation: [1, 1],
         groups,
         padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
     };
-    Conv { inner, cpu_weights: ConvWeights::default() }
+    let mut convs = weights.into_iter().zip(biases).map(|(wt, b)| make(wt, b));
+    let inner = convs.next().expect("tensor_rows gives at least one part");
+    let rest = convs.map(|inner| ConvPart { inner, cpu_weights: ConvWeights::default() }).collect();
+    Conv { inner, cpu_weights: ConvWeights::default(), rest }
 }
 
 /// A Linear layer from a PyTorch `[out, in]` weight (transposed to burn's `[in, out]`).

@@ -8,6 +8,7 @@ pub mod dcae;
 pub mod diffusion;
 pub mod host;
 pub mod layers;
+pub mod limits;
 pub mod load;
 pub mod precision;
 pub mod registry;

@@ -22,8 +22,9 @@
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use super::config::{BlockType, DcaeConfig};
+use super::config::{BlockType, DcaeConfig, Downsample, Upsample};
 use super::dcae::Dcae;
+use super::precision::Precision;
 
 /// Tile size and stride in image pixels (the latent's are these divided by the factor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub enum TileConfigError {
     Zero { tile: usize, stride: usize },
     #[error("the tile stride ({stride} px) is larger than the tile ({tile} px): parts of the image would never be seen; use a stride at most the tile size")]
     StrideLargerThanTile { tile: usize, stride: usize },
+    /// Even the smallest tile (or the image itself) would be a tensor over the device's largest.
+    #[error("{0}")]
+    TooLarge(super::limits::TooLarge),
     #[error("tile size {tile} px and stride {stride} px must both be multiples of the model's compression factor {factor} (e.g. tile {} px, stride {} px)", tile.div_ceil((*factor).max(1)).max(2) * factor, (stride / (*factor).max(1)).clamp(1, tile.div_ceil((*factor).max(1)).max(2) - 1) * factor)]
     NotMultipleOfFactor { tile: usize, stride: usize, factor: usize },
 }
@@ -335,28 +339,152 @@ pub enum Fit {
     Tiled(TileConfig),
 }
 
+/// The largest single tensor of one untiled `stage`, in bytes per image pixel (one image), at
+/// `precision`: what must stay under the device's largest tensor ([`super::limits`]).
+///
+/// From the architecture, stage by stage (stage `s` is at 1/2^s of the image, so a tensor of
+/// `c` channels there holds `c / 4^s` values per image pixel): a ResBlock's convs give `c`; an
+/// EfficientViT block's GLUMBConv expansion `8c`, its LiteMLA `3c` per branch concatenated
+/// (`3c·(1 + scales)`); a pixel-shuffle upsample `4c_s` at the stage below (`c_s` per pixel of
+/// stage `s`), a nearest ×2 upsample (sana) the *input's* `c_{s+1}` channels already at stage
+/// `s`'s resolution; the heads the first / last widths. In f16 the norms and LiteMLA are f32
+/// islands, so the figure is the larger of 2 bytes × the largest tensor and 4 bytes × the
+/// largest island. SANA's decoder gives 256 values (1024 B f32) per pixel, the in / mix
+/// decoders 64 (`../shared/docs/gpu-limits.md` §3.2).
+pub fn largest_tensor_per_pixel(cfg: &DcaeConfig, stage: Stage, precision: Precision) -> f64 {
+    let (widths, depths, blocks) = match stage {
+        Stage::Encode => (&cfg.encoder.width_list, &cfg.encoder.depth_list, &cfg.encoder.block_type),
+        Stage::Decode => (&cfg.decoder.width_list, &cfg.decoder.depth_list, &cfg.decoder.block_type),
+    };
+    let n = widths.len();
+    let at = |c: usize, s: usize| c as f64 / 4f64.powi(s as i32);
+    // (largest tensor, largest f32 island) in values per image pixel.
+    let mut any: f64 = 3.0;
+    let mut island: f64 = 0.0;
+    for s in 0..n {
+        let c = widths[s];
+        if depths[s] > 0 {
+            match &blocks[s] {
+                BlockType::ResBlock => {
+                    any = any.max(at(c, s));
+                    island = island.max(at(c, s));
+                }
+                BlockType::EfficientVit { scales } => {
+                    let mla = 3.0 * (1 + scales.len()) as f64;
+                    any = any.max(at(c, s) * 8.0f64.max(mla));
+                    island = island.max(at(c, s) * mla);
+                }
+            }
+        }
+        // The resampling between stage s and s + 1 (only where stage s has blocks: in / mix
+        // models skip an empty stage 0 and resample in their heads instead).
+        if s + 1 < n && depths[s] > 0 {
+            let next = widths[s + 1];
+            let v = match stage {
+                Stage::Encode => match cfg.encoder.downsample {
+                    Downsample::ConvPixelUnshuffle => at(next / 4, s).max(at(c, s)),
+                    Downsample::StridedConv => at(next, s + 1).max(at(4 * c, s + 1)),
+                },
+                Stage::Decode => match cfg.decoder.upsample {
+                    Upsample::ConvPixelShuffle => at(c, s).max(at(next, s + 1)),
+                    Upsample::InterpolateConv => at(next, s).max(at(c, s)),
+                },
+            };
+            any = any.max(v);
+        }
+    }
+    // Heads: in / mix (empty stage 0) run a full-resolution conv of width c_1 / 4 and their
+    // norm on c_1 at ½ resolution; sana runs both at full resolution with c_0.
+    let head = if depths.first() == Some(&0) { at(widths.get(1).copied().unwrap_or(0), 1) } else { at(widths.first().copied().unwrap_or(0), 0) };
+    any = any.max(head);
+    island = island.max(head);
+    match precision {
+        Precision::F32 => 4.0 * any,
+        Precision::F16 | Precision::Bf16 => (2.0 * any).max(4.0 * island),
+    }
+}
+
+/// A device's largest single tensor, for the autoencoder's activations at its precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorCap {
+    pub bytes: u64,
+    pub precision: Precision,
+}
+
+/// Whether one untiled `stage` of `batch × h × w` stays within `budget` bytes in all and, with
+/// `cap`, under the largest tensor.
+pub fn fits(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: Option<TensorCap>, [batch, h, w]: [usize; 3]) -> bool {
+    stage_bytes(cfg, weight_bytes, stage, batch, h, w) <= budget
+        && cap.is_none_or(|c| largest_tensor_per_pixel(cfg, stage, c.precision) * (batch * h * w) as f64 <= c.bytes as f64)
+}
+
 /// Our default tile ([`TileConfig::for_model`]) halved while one tile's estimate is still over
-/// `budget` (down to 4 latent pixels, below which tiles are mostly seam); `stride` overrides the
+/// `budget` or its largest tensor over `cap` (down to 4 latent pixels, below which tiles are
+/// mostly seam: [`fit_checked`] says when even that does not fit); `stride` overrides the
 /// default overlap.
-pub fn tiles_within(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, [batch, h, w]: [usize; 3], stride: Option<usize>) -> TileConfig {
+pub fn tiles_within(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: Option<TensorCap>, [batch, h, w]: [usize; 3], stride: Option<usize>) -> TileConfig {
     let f = cfg.factor();
     let with_stride = |t: TileConfig| TileConfig { stride: stride.unwrap_or(t.stride), ..t };
     let mut t = with_stride(TileConfig::for_model(f));
-    while stage_bytes(cfg, weight_bytes, stage, batch, t.tile.min(h), t.tile.min(w)) > budget && t.tile / 2 >= 4 * f {
+    while !fits(cfg, weight_bytes, stage, budget, cap, [batch, t.tile.min(h), t.tile.min(w)]) && t.tile / 2 >= 4 * f {
         t = with_stride(TileConfig::with_tile((t.tile / 2 / f) * f, f));
     }
     t
 }
 
-/// The cheapest way to run `stage` on `batch` images of `h × w` within `budget` bytes: the
-/// batch at once, else image by image, else tiled.
-pub fn fit(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, [batch, h, w]: [usize; 3]) -> Fit {
-    if stage_bytes(cfg, weight_bytes, stage, batch, h, w) <= budget {
+/// The cheapest way to run `stage` on `batch` images of `h × w` within `budget` bytes and under
+/// `cap`: the batch at once, else image by image, else tiled.
+pub fn fit(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: Option<TensorCap>, [batch, h, w]: [usize; 3]) -> Fit {
+    if fits(cfg, weight_bytes, stage, budget, cap, [batch, h, w]) {
         Fit::Batch
-    } else if stage_bytes(cfg, weight_bytes, stage, 1, h, w) <= budget {
+    } else if fits(cfg, weight_bytes, stage, budget, cap, [1, h, w]) {
         Fit::PerImage
     } else {
-        Fit::Tiled(tiles_within(cfg, weight_bytes, stage, budget, [1, h, w], None))
+        Fit::Tiled(tiles_within(cfg, weight_bytes, stage, budget, cap, [1, h, w], None))
+    }
+}
+
+/// [`fit`], or the reason no way fits under the largest tensor (the smallest tile's tensor is
+/// still over `cap`), named for the user. The total budget is an estimate and never refuses a
+/// run; the cap is the device's hard limit and does.
+pub fn fit_checked(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: Option<TensorCap>, dims: [usize; 3], device: &str) -> Result<Fit, super::limits::TooLarge> {
+    let how = fit(cfg, weight_bytes, stage, budget, cap, dims);
+    let [batch, h, w] = dims;
+    // The whole image stays on the device while its tiles run (f32, 3 channels): no tile size
+    // helps when it alone is over the cap.
+    if let Some(c) = cap.filter(|c| (12 * batch * h * w) as u64 > c.bytes) {
+        return Err(super::limits::TooLarge {
+            device: device.to_string(),
+            limit: c.bytes,
+            what: format!("the {batch} × {h}×{w} image itself"),
+            bytes: (12 * batch * h * w) as u64,
+            advice: "use a smaller image, or run the autoencoder on the CPU".into(),
+        });
+    }
+    let (th, tw) = match how {
+        Fit::Batch => return Ok(how),
+        Fit::PerImage => return Ok(how),
+        Fit::Tiled(t) => (t.tile.min(h), t.tile.min(w)),
+    };
+    match cap {
+        Some(c) => {
+            let bytes = (largest_tensor_per_pixel(cfg, stage, c.precision) * (th * tw) as f64) as u64;
+            if bytes <= c.bytes {
+                return Ok(how);
+            }
+            let what = match stage {
+                Stage::Encode => format!("encoding a {th}×{tw} tile with {}", cfg.name),
+                Stage::Decode => format!("decoding a {th}×{tw} tile with {}", cfg.name),
+            };
+            Err(super::limits::TooLarge {
+                device: device.to_string(),
+                limit: c.bytes,
+                what,
+                bytes,
+                advice: "this adapter is too small for this autoencoder: run it on the CPU (Settings → autoencoder device, or --backend cpu)".into(),
+            })
+        }
+        None => Ok(how),
     }
 }
 
@@ -367,6 +495,8 @@ pub struct Budget {
     /// Copies of the weights the backend holds: 2 on the CPU, whose kernels keep a rearranged
     /// copy of every convolution's weights beside burn's.
     pub weight_copies: u64,
+    /// The device's largest single tensor ([`super::limits::max_tensor_bytes`]), if it has one.
+    pub max_tensor: Option<u64>,
 }
 
 impl Budget {
@@ -376,6 +506,32 @@ impl Budget {
     pub fn weight_bytes<B: Backend>(&self, ae: &Dcae<B>) -> u64 {
         ae.precision().bytes() * burn::module::Module::num_params(ae) as u64 * self.weight_copies
     }
+
+    /// The largest-tensor cap for `ae`'s activations.
+    pub fn cap<B: Backend>(&self, ae: &Dcae<B>) -> Option<TensorCap> {
+        self.max_tensor.map(|bytes| TensorCap { bytes, precision: ae.precision() })
+    }
+}
+
+/// `ae.encode(x)` for a `[B, 3, H, W]` image run as [`fit`] decides within `budget` (`None`:
+/// the batch at once, untiled): the image-to-image sources and the preview fitting go through
+/// the same limits as the final decode. `progress(done, total)` counts images or tiles and
+/// stops the encode by returning false (`Ok(None)`).
+pub fn encode_within<B: Backend>(
+    ae: &Dcae<B>,
+    cfg: &DcaeConfig,
+    x: Tensor<B, 4>,
+    budget: Option<Budget>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Option<Tensor<B, 4>>, TileConfigError> {
+    let [b, _, h, w] = x.dims();
+    let how = match budget {
+        Some(budget) => fit_checked(cfg, budget.weight_bytes(ae), Stage::Encode, budget.bytes, budget.cap(ae), [b, h, w], "this device").map_err(TileConfigError::TooLarge)?,
+        None => Fit::Batch,
+    };
+    let tiles = |t: &TileConfig| t.encode_tiles(h, w);
+    let mut tiled = |x: Tensor<B, 4>, t: &TileConfig, p: &mut dyn FnMut(usize, usize) -> bool| tiled_encode(ae, cfg.factor(), x, t, p);
+    run_within(how, x, &|x| ae.encode(x), &tiles, &mut tiled, progress)
 }
 
 /// `ae.decode(z)` for a `[B, c, h, w]` latent run as [`fit`] decides within `budget` (`None`:
@@ -391,45 +547,60 @@ pub fn decode_within<B: Backend>(
     let [b, _, h, w] = z.dims();
     let f = cfg.factor();
     let how = match budget {
-        Some(budget) => fit(cfg, budget.weight_bytes(ae), Stage::Decode, budget.bytes, [b, h * f, w * f]),
+        Some(budget) => fit_checked(cfg, budget.weight_bytes(ae), Stage::Decode, budget.bytes, budget.cap(ae), [b, h * f, w * f], "this device").map_err(TileConfigError::TooLarge)?,
         None => Fit::PerImage,
     };
+    let tiles = |t: &TileConfig| t.decode_tiles(h, w, f);
+    let mut tiled = |z: Tensor<B, 4>, t: &TileConfig, p: &mut dyn FnMut(usize, usize) -> bool| tiled_decode(ae, f, z, t, p);
+    run_within(how, z, &|z| ae.decode(z), &tiles, &mut tiled, progress)
+}
+
+/// A tiled encode or decode of one image.
+type TiledRun<'a, B> = dyn FnMut(Tensor<B, 4>, &TileConfig, &mut dyn FnMut(usize, usize) -> bool) -> Result<Option<Tensor<B, 4>>, TileConfigError> + 'a;
+
+/// One stage run as `how` says: `whole` on the batch, or on each image, or `tiled` on each
+/// image (`tiles` of them per image); `progress` counts calls or tiles and stops by returning
+/// false (`Ok(None)`).
+fn run_within<B: Backend>(
+    how: Fit,
+    x: Tensor<B, 4>,
+    whole: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>,
+    tiles: &dyn Fn(&TileConfig) -> usize,
+    tiled: &mut TiledRun<'_, B>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Option<Tensor<B, 4>>, TileConfigError> {
+    let b = x.dims()[0];
+    let mut out = Vec::with_capacity(b);
     match how {
         Fit::Batch if b > 0 => {
             if !progress(0, 1) {
                 return Ok(None);
             }
-            let y = ae.decode(z);
-            Ok(progress(1, 1).then_some(y))
+            let y = whole(x);
+            return Ok(progress(1, 1).then_some(y));
         }
         Fit::Batch | Fit::PerImage => {
-            let mut out = Vec::with_capacity(b);
             for i in 0..b {
                 if !progress(i, b) {
                     return Ok(None);
                 }
-                out.push(ae.decode(z.clone().narrow(0, i, 1)));
+                out.push(whole(x.clone().narrow(0, i, 1)));
             }
-            if !progress(b, b) || out.is_empty() {
+            if !progress(b, b) {
                 return Ok(None);
             }
-            Ok(Some(Tensor::cat(out, 0)))
         }
         Fit::Tiled(t) => {
-            let per_image = t.decode_tiles(h, w, f);
+            let per_image = tiles(&t);
             let total = per_image * b;
-            let mut out = Vec::with_capacity(b);
             for i in 0..b {
                 let mut inner = |d: usize, _n: usize| progress(i * per_image + d, total);
-                match tiled_decode(ae, f, z.clone().narrow(0, i, 1), &t, &mut inner)? {
+                match tiled(x.clone().narrow(0, i, 1), &t, &mut inner)? {
                     Some(y) => out.push(y),
                     None => return Ok(None),
                 }
             }
-            if out.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(Tensor::cat(out, 0)))
         }
     }
+    Ok((!out.is_empty()).then(|| Tensor::cat(out, 0)))
 }

@@ -913,6 +913,8 @@ impl GeneratePanel {
             Some(a) => format!("Estimated peak memory: {} of {} available ({}){gpu}", widgets::bytes(e.peak), widgets::bytes(a), e.phase),
             None => format!("Estimated peak memory: {} ({})", widgets::bytes(e.peak), e.phase),
         };
+        ui.label(RichText::new(info.footprint.placement(backend)).small().weak())
+            .on_hover_text("Where each part runs and what its weights take there");
         match &e.advice {
             Some(advice) => {
                 ui.label(RichText::new(text).small().color(ui.visuals().warn_fg_color));

@@ -338,6 +338,8 @@ pub struct StudioApp {
     pub models: models::ModelsPanel,
     pub settings: settings::SettingsWindow,
     ctx: egui::Context,
+    /// Errors the display's GPU reported (see [`Self::new`]), shown as notices.
+    display_errors: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl StudioApp {
@@ -347,7 +349,25 @@ impl StudioApp {
         let preview = preview::PreviewRenderer::new(cc.wgpu_render_state.as_ref());
         #[cfg(not(feature = "wgpu"))]
         let preview = preview::PreviewRenderer::new();
-        Self::with_context(&cc.egui_ctx, options, preview)
+        #[allow(unused_mut)]
+        let mut app = Self::with_context(&cc.egui_ctx, options, preview);
+        // wgpu's default handler panics on any error it was not asked to capture (a driver
+        // fault, a texture over the adapter's limits): the app would close and lose the
+        // session. Errors become notices instead.
+        #[cfg(feature = "wgpu")]
+        if let Some(rs) = cc.wgpu_render_state.as_ref() {
+            let errors = app.display_errors.clone();
+            let ctx = cc.egui_ctx.clone();
+            rs.device.on_uncaptured_error(std::sync::Arc::new(move |e: eframe::wgpu::Error| {
+                if let Ok(mut v) = errors.lock() {
+                    if v.len() < 8 {
+                        v.push(e.to_string().lines().next().unwrap_or("unknown").to_string());
+                    }
+                }
+                ctx.request_repaint();
+            }));
+        }
+        app
     }
 
     /// The app on a bare egui context (CPU previews).
@@ -369,6 +389,7 @@ impl StudioApp {
             backend: options.backend,
             cache_dir: options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
             fit_latent_side: options.fit_latent_side,
+            text_encoder: saved.text_encoder.unwrap_or_default(),
         };
         let repaint = ctx.clone();
         let worker = Worker::spawn(config, Arc::new(move || repaint.request_repaint()));
@@ -429,8 +450,10 @@ impl StudioApp {
             models: models::ModelsPanel::default(),
             settings: settings::SettingsWindow::default(),
             ctx: ctx.clone(),
+            display_errors: Default::default(),
         };
         app.settings.backend = app.shared.options.backend;
+        app.settings.text_encoder = app.shared.worker.config.text_encoder;
         app.generate.restore_settings(&saved);
         app.last_saved = Some(app.settings_snapshot());
         app.shared.rescan_then(AfterScan::Startup);
@@ -452,6 +475,7 @@ impl StudioApp {
             offline: Some(s.hub.offline),
             output_dir: self.generate.output_dir.clone(),
             generate: self.generate.settings(),
+            text_encoder: Some(s.worker.config.text_encoder),
         }
     }
 
@@ -511,6 +535,7 @@ impl StudioApp {
             backend,
             cache_dir: self.shared.options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
             fit_latent_side: self.shared.options.fit_latent_side,
+            text_encoder: self.settings.text_encoder,
         };
         // Cancelled first, so the old engine ends its job at the next step; the new engine waits
         // for it to end (and free its models) before it loads anything.
@@ -700,6 +725,8 @@ impl StudioApp {
                     let mut hover = String::from(
                         "The backend running the models (chosen at start: CUDA, else a hardware GPU via wgpu, else the CPU). Change it in ⚙ Settings or with --backend.",
                     );
+                    hover.push_str("\n\nDevice: ");
+                    hover.push_str(&info.limits.describe());
                     if !info.skipped.is_empty() {
                         hover.push_str("\n\nSkipped:");
                         for reason in &info.skipped {
@@ -866,6 +893,10 @@ impl eframe::App for StudioApp {
         }
         if let Some(backend) = self.settings.ui(&ctx, &mut self.shared) {
             self.restart_engine(backend);
+        }
+        let errors: Vec<String> = self.display_errors.lock().map(|mut v| v.drain(..).collect()).unwrap_or_default();
+        for e in errors {
+            self.shared.notices.error(format!("The display's GPU reported an error ({e}); the app goes on, but a picture may not show."));
         }
         self.notices_overlay(&ctx);
         self.drop_overlay(&ctx);

@@ -33,6 +33,8 @@ pub struct Settings {
     /// Where Quick save writes.
     pub output_dir: Option<PathBuf>,
     pub generate: GenerateSettings,
+    /// Where the text encoder runs (Settings).
+    pub text_encoder: Option<crate::engine::backend::Placement>,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             offline: None,
             output_dir: None,
             generate: GenerateSettings::default(),
+            text_encoder: None,
         }
     }
 }

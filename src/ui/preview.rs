@@ -375,8 +375,19 @@ mod gpu {
             if !features.allowed_usages.contains(wgpu::TextureUsages::STORAGE_BINDING) {
                 return Err("the adapter cannot write rgba8unorm storage textures".into());
             }
+            // A GL-only driver (the fallback wgpu takes when Vulkan is missing) may lack compute
+            // shaders; creating the pipeline there is a validation error, which wgpu's default
+            // handler turns into a panic on the UI thread. Ask first, and catch what is left.
+            if !rs.adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+                return Err(format!("the display adapter ({:?}) has no compute shaders", rs.adapter.get_info().backend));
+            }
+            let scope = rs.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let gpu = LatentRgbGpu::new(&rs.device, &rs.queue);
+            if let Some(e) = crate::engine::backend::pollster_block(scope.pop()) {
+                return Err(format!("the preview shader does not run on this adapter: {e}"));
+            }
             Ok(Self {
-                gpu: LatentRgbGpu::new(&rs.device, &rs.queue),
+                gpu,
                 renderer: rs.renderer.clone(),
                 slots: Vec::new(),
                 ids: Vec::new(),

@@ -4,13 +4,15 @@
 use eframe::egui::{self, RichText};
 
 use super::Shared;
-use crate::engine::backend::BackendChoice;
+use crate::engine::backend::{BackendChoice, Placement};
 use crate::engine::worker::Job;
 
 #[derive(Default)]
 pub struct SettingsWindow {
     pub open: bool,
     pub backend: BackendChoice,
+    /// Where the text encoder runs; applied with the backend (the engine restarts).
+    pub text_encoder: Placement,
 }
 
 impl SettingsWindow {
@@ -39,7 +41,18 @@ impl SettingsWindow {
             if let Some(note) = &shared.backend_note {
                 ui.label(RichText::new(note).color(ui.visuals().warn_fg_color));
             }
-            let changed = self.backend != shared.options.backend;
+            ui.label(RichText::new("Text encoder (Gemma-2, text-to-image)").strong());
+            ui.horizontal(|ui| {
+                for choice in [Placement::Auto, Placement::Gpu, Placement::Cpu] {
+                    ui.radio_value(&mut self.text_encoder, choice, choice.to_string());
+                }
+            });
+            ui.label(
+                RichText::new("auto: on the GPU where the backend computes in bf16 (CUDA), else on the CPU in bf16 as stored (5.2 GB of RAM instead of 10.5 GB of GPU memory). Also --text-encoder-device.")
+                    .small()
+                    .weak(),
+            );
+            let changed = self.backend != shared.options.backend || self.text_encoder != shared.worker.config.text_encoder;
             if ui
                 .add_enabled(changed, egui::Button::new("Apply and restart the engine"))
                 .on_hover_text("Loaded models are loaded again on the new backend; your history is kept")

@@ -32,7 +32,7 @@ struct Entry {
 pub struct Checkpoint {
     /// The file given to [`Checkpoint::open`], or the index of a sharded checkpoint.
     path: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, std::sync::Arc<Mmap>)>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -73,6 +73,10 @@ pub enum LoadError {
     Layout { path: PathBuf, reason: String },
     #[error("{shard} is missing: the shard index {index} names it; download the model again (an interrupted download leaves shards out)")]
     MissingShard { index: PathBuf, shard: PathBuf },
+    /// A weight the model holds whole is larger than the device's largest tensor (found by the
+    /// key check, before any weight is read).
+    #[error("{0}")]
+    TooLarge(crate::model::limits::TooLarge),
 }
 
 fn mismatch_message(path: &Path, model: &str, problems: &[Problem]) -> String {
@@ -199,7 +203,7 @@ impl Checkpoint {
             }
             self.entries.insert(name.clone(), Entry { file: n, dtype: info.dtype, shape: info.shape.clone(), start, end });
         }
-        self.files.push((path.to_path_buf(), map));
+        self.files.push((path.to_path_buf(), std::sync::Arc::new(map)));
         Ok(())
     }
 
@@ -249,6 +253,21 @@ impl Checkpoint {
         };
         release_pages(&self.files[e.file].1, e.start, e.end);
         Some(values)
+    }
+
+    /// The tensor as a [`super::HostTable`] over the mapped file (f32, f16 or bf16, as stored);
+    /// `None` if absent, of another type or not 2-D.
+    pub fn host_table(&self, key: &str) -> Option<super::HostTable> {
+        use super::host_table::Stored as S;
+        let e = self.entries.get(key)?;
+        let stored = match e.dtype {
+            Dtype::F32 => S::F32,
+            Dtype::F16 => S::F16,
+            Dtype::BF16 => S::Bf16,
+            _ => return None,
+        };
+        let [rows, cols] = e.shape[..] else { return None };
+        super::HostTable::mapped(self.files[e.file].1.clone(), e.start, stored, rows, cols)
     }
 
     /// The naming under `prefix`, told apart by keys only the one naming has.
@@ -324,6 +343,10 @@ pub struct CheckpointLoader<'a, B: Backend> {
     /// Only check keys, shapes and dtypes; every tensor handed out is a one-element placeholder
     /// (as [`super::KeyRecorder`]'s), so the model built is good for nothing but the report.
     check_only: bool,
+    /// The device's largest tensor ([`crate::model::limits::max_tensor_bytes`]).
+    cap: Option<u64>,
+    /// The largest weight asked for whole that is over `cap`.
+    too_large: Option<crate::model::limits::TooLarge>,
 }
 
 impl<'a, B: Backend> CheckpointLoader<'a, B> {
@@ -336,7 +359,26 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
             used: HashSet::new(),
             problems: Vec::new(),
             check_only: false,
+            cap: crate::model::limits::max_tensor_bytes::<B>(device),
+            too_large: None,
         }
+    }
+
+    /// Records `key` when `elems` values of `bytes_per` bytes, held as one tensor, are over the
+    /// device's largest tensor (the largest such weight is reported).
+    fn check_size(&mut self, key: &str, elems: usize, bytes_per: u64) {
+        let bytes = elems as u64 * bytes_per;
+        let Some(cap) = self.cap.filter(|c| bytes > *c) else { return };
+        if self.too_large.as_ref().is_some_and(|t| t.bytes >= bytes) {
+            return;
+        }
+        self.too_large = Some(crate::model::limits::TooLarge {
+            device: "this device".into(),
+            limit: cap,
+            what: format!("the weight `{}{key}`", self.prefix),
+            bytes,
+            advice: "run this model on the CPU (--backend cpu, or the backend in Settings), or on a GPU whose driver allows larger buffers".into(),
+        });
     }
 
     /// A loader that reads nothing: building a model over it and calling [`Self::finish`] says
@@ -354,10 +396,12 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
                 self.problems.push(Problem::Unexpected { key: key.to_string(), shape });
             }
         }
-        if self.problems.is_empty() {
-            Ok(())
-        } else {
-            Err(LoadError::Mismatch { path: self.ckpt.path().to_path_buf(), model: model.to_string(), problems: self.problems })
+        if !self.problems.is_empty() {
+            return Err(LoadError::Mismatch { path: self.ckpt.path().to_path_buf(), model: model.to_string(), problems: self.problems });
+        }
+        match self.too_large {
+            Some(t) => Err(LoadError::TooLarge(t)),
+            None => Ok(()),
         }
     }
 
@@ -401,6 +445,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
             && self.layout == Layout::Original
             && self.ckpt.shape(&full) == Some(&shape[..]);
         if half_ok && (!transpose || D == 2) {
+            self.check_size(key, shape.iter().product(), 2);
             if let Some(values) = self.ckpt.read_half(&full) {
                 self.used.insert(full);
                 let mut dims = shape;
@@ -450,6 +495,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
 
 impl<B: Backend> WeightSource<B> for CheckpointLoader<'_, B> {
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        self.check_size(key, shape.iter().product(), 4);
         match self.values(key, &shape) {
             Some(v) => Tensor::from_data(TensorData::new(v, shape), &self.device),
             None if self.check_only => Tensor::zeros([1; D], &self.device),
@@ -465,6 +511,47 @@ impl<B: Backend> WeightSource<B> for CheckpointLoader<'_, B> {
 
     fn linear_weight_stored(&mut self, key: &str, d_out: usize, d_in: usize) -> Tensor<B, 2> {
         self.stored(key, [d_out, d_in], true)
+    }
+
+    fn host_table(&mut self, key: &str, rows: usize, cols: usize) -> super::HostTable {
+        let full = format!("{}{key}", self.prefix);
+        let usable = self.layout == Layout::Original && !self.check_only && self.problems.is_empty() && self.ckpt.shape(&full) == Some(&[rows, cols][..]);
+        if usable {
+            if let Some(t) = self.ckpt.host_table(&full) {
+                self.used.insert(full);
+                return t;
+            }
+        }
+        // Checks, a failed load, another naming or dtype: through the ordinary read, which
+        // records any problem.
+        match self.values(key, &[rows, cols]) {
+            Some(v) => super::HostTable::from_values(v, cols),
+            None => super::HostTable::empty(cols),
+        }
+    }
+
+    fn tensor_rows<const D: usize>(&mut self, key: &str, shape: [usize; D], parts: usize) -> Vec<Tensor<B, D>> {
+        if parts <= 1 || D == 0 {
+            return vec![self.tensor(key, shape)];
+        }
+        let largest_part = crate::model::limits::row_blocks(shape[0], parts).first().map_or(0, |b| b.1);
+        self.check_size(key, largest_part * shape[1..].iter().product::<usize>(), 4);
+        match self.values(key, &shape) {
+            // Cut on the host: the whole never reaches the device.
+            Some(v) => {
+                let row: usize = shape[1..].iter().product();
+                crate::model::limits::row_blocks(shape[0], parts)
+                    .into_iter()
+                    .map(|(start, len)| {
+                        let mut s = shape;
+                        s[0] = len;
+                        Tensor::from_data(TensorData::new(v[start * row..(start + len) * row].to_vec(), s), &self.device)
+                    })
+                    .collect()
+            }
+            None if self.check_only => vec![Tensor::zeros([1; D], &self.device)],
+            None => vec![Tensor::<B, D>::zeros([1; D], &self.device).expand(shape)],
+        }
     }
 
     fn ignored(&mut self, key: &str) {

@@ -7,13 +7,15 @@
 
 pub mod checkpoint;
 pub mod half;
+pub mod host_table;
 pub mod hub;
 pub mod keys;
 pub mod pipeline;
 pub mod tensor_file;
 
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
+pub use host_table::HostTable;
 pub use checkpoint::{load_strict, Checkpoint, CheckpointLoader, Layout, LoadError, Problem};
 
 /// Hands out a model's parameters, key by key.
@@ -33,6 +35,27 @@ pub trait WeightSource<B: Backend> {
         let t = self.tensor(key, [d_out, d_in]).transpose();
         let device = t.device();
         Tensor::from_data(t.into_data(), &device)
+    }
+
+    /// [`Self::tensor`] cut along its first dimension into `parts` consecutive blocks
+    /// ([`crate::model::limits::row_blocks`]), for a weight larger than the device's largest
+    /// tensor: a source that can should never hold it whole on the device. Never empty; one
+    /// block (the whole tensor) when `parts` ≤ 1.
+    fn tensor_rows<const D: usize>(&mut self, key: &str, shape: [usize; D], parts: usize) -> Vec<Tensor<B, D>> {
+        let t = self.tensor(key, shape);
+        if parts <= 1 || D == 0 {
+            return vec![t];
+        }
+        // Placeholders (key checks) have one row whatever the shape: nothing to cut.
+        let rows = t.dims()[0];
+        crate::model::limits::row_blocks(rows, parts).into_iter().map(|(start, len)| t.clone().narrow(0, start, len)).collect()
+    }
+
+    /// A table of rows kept in host memory (Gemma-2's token embeddings), of which a model
+    /// uploads only the rows it looks up: see [`HostTable`].
+    fn host_table(&mut self, key: &str, rows: usize, cols: usize) -> HostTable {
+        let t = self.tensor(key, [rows, cols]);
+        HostTable::from_tensor(t)
     }
 
     /// A normalization layer's scale (γ), as stored (Gemma's is an offset from 1). Its own
@@ -86,6 +109,33 @@ impl<B: Backend> RandomWeights<B> {
     }
 }
 
+/// The std of a random weight of `shape` under `key`: 1/√fan_in, where fan_in is everything
+/// but the output dimension (conv `[O, I, kh, kw]`, linear `[O, I]`); 0.5 for embeddings.
+fn random_std(key: &str, shape: &[usize]) -> f64 {
+    let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+    if key.contains("pos_embed") || key.contains("embedding") {
+        0.5
+    } else {
+        (1.0 / fan_in as f64).sqrt()
+    }
+}
+
+/// Rows `rows` of a random N(0, std²) tensor of `shape` under `key`, made on the host from a
+/// seed per (key, row): the same values on every backend and whether the tensor is made whole
+/// or in parts ([`WeightSource::tensor_rows`]), so a GPU run can be compared with the CPU's.
+fn random_rows(key: &str, shape: &[usize], rows: std::ops::Range<usize>, std: f64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    // FNV-1a: a hash that is the same in every build (std's hasher is not promised to be).
+    let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let row: usize = shape.iter().skip(1).product::<usize>().max(1);
+    let mut out = Vec::with_capacity(rows.len() * row);
+    for r in rows {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        out.extend((0..row).map(|_| (rng.sample::<f32, _>(rand_distr::StandardNormal) as f64 * std) as f32));
+    }
+    out
+}
+
 impl<B: Backend> WeightSource<B> for RandomWeights<B> {
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
         // A norm's γ comes through `norm_scale`; its BatchNorm variance is the other 1.
@@ -95,10 +145,8 @@ impl<B: Backend> WeightSource<B> for RandomWeights<B> {
         if D == 1 {
             return Tensor::zeros(shape, &self.device);
         }
-        // fan_in = everything but the output dimension (conv [O, I, kh, kw], linear [O, I]).
-        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let std = if key.contains("pos_embed") || key.contains("embedding") { 0.5 } else { (1.0 / fan_in as f64).sqrt() };
-        Tensor::random(shape, Distribution::Normal(0.0, std), &self.device)
+        let values = random_rows(key, &shape, 0..shape[0], random_std(key, &shape));
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
     }
 
     fn tensor_stored<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
@@ -114,6 +162,28 @@ impl<B: Backend> WeightSource<B> for RandomWeights<B> {
 
     fn norm_scale(&mut self, _key: &str, c: usize) -> Tensor<B, 1> {
         Tensor::ones([c], &self.device)
+    }
+
+    fn tensor_rows<const D: usize>(&mut self, key: &str, shape: [usize; D], parts: usize) -> Vec<Tensor<B, D>> {
+        if parts <= 1 || D < 2 {
+            return vec![self.tensor(key, shape)];
+        }
+        // Each block made on its own, with the same values as the whole would have.
+        let std = random_std(key, &shape);
+        crate::model::limits::row_blocks(shape[0], parts)
+            .into_iter()
+            .map(|(start, len)| {
+                let mut s = shape;
+                s[0] = len;
+                Tensor::from_data(TensorData::new(random_rows(key, &shape, start..start + len, std), s), &self.device)
+            })
+            .collect()
+    }
+
+    fn host_table(&mut self, key: &str, rows: usize, cols: usize) -> HostTable {
+        // Drawn on the host (a device copy of a real-size table is what this avoids).
+        let std = if key.contains("embed") { 0.5 } else { (1.0 / cols.max(1) as f64).sqrt() };
+        HostTable::random(rows, cols, std as f32, 0x5eed)
     }
 
     fn ignored(&mut self, _key: &str) {}
@@ -147,6 +217,11 @@ impl<B: Backend> WeightSource<B> for KeyRecorder<B> {
 
     fn ignored(&mut self, key: &str) {
         self.keys.push((key.to_string(), None));
+    }
+
+    fn host_table(&mut self, key: &str, rows: usize, cols: usize) -> HostTable {
+        self.keys.push((key.to_string(), Some(vec![rows, cols])));
+        HostTable::empty(cols)
     }
 
     fn device(&self) -> B::Device {

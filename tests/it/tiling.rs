@@ -66,7 +66,7 @@ fn decode_within_a_budget_batches_splits_or_tiles() {
     let one = tensor4(EXPECTED, "latent");
     let [_, c, h, w] = one.dims();
     let z = Tensor::cat(vec![one.clone(), one.clone().mul_scalar(0.5)], 0); // two images
-    let weights = Budget { bytes: 0, weight_copies: 2 }.weight_bytes(&model);
+    let weights = Budget { bytes: 0, weight_copies: 2, max_tensor: None }.weight_bytes(&model);
     let need = |batch: usize, hh: usize, ww: usize| dcae::model::tiling::decode_bytes(&cfg, weights, batch, hh, ww);
     let (ih, iw) = (h * f, w * f);
     let untiled = values(model.decode(z.clone()));
@@ -74,12 +74,12 @@ fn decode_within_a_budget_batches_splits_or_tiles() {
     let mut calls = Vec::new();
     let run = |bytes: u64, calls: &mut Vec<(usize, usize)>| {
         calls.clear();
-        let budget = Budget { bytes, weight_copies: 2 };
+        let budget = Budget { bytes, weight_copies: 2, max_tensor: None };
         let y = decode_within(&model, &cfg, z.clone(), Some(budget), &mut |d, n| {
             calls.push((d, n));
             true
         });
-        (fit(&cfg, weights, Stage::Decode, bytes, [2, ih, iw]), values(y.unwrap().unwrap()))
+        (fit(&cfg, weights, Stage::Decode, bytes, None, [2, ih, iw]), values(y.unwrap().unwrap()))
     };
     let (how, y) = run(need(2, ih, iw), &mut calls);
     assert_eq!(how, Fit::Batch);
@@ -101,7 +101,7 @@ fn decode_within_a_budget_batches_splits_or_tiles() {
 
     // Stopping in the middle cancels.
     let mut seen = 0;
-    let stopped = decode_within(&model, &cfg, z.clone(), Some(Budget { bytes: need(1, ih, iw), weight_copies: 2 }), &mut |_, _| {
+    let stopped = decode_within(&model, &cfg, z.clone(), Some(Budget { bytes: need(1, ih, iw), weight_copies: 2, max_tensor: None }), &mut |_, _| {
         seen += 1;
         seen < 2
     });

@@ -268,7 +268,7 @@ fn ui_preview_cost() {
         let latent = g.generate(&[1], 6.0, nfe, 0, None, &mut cb, &never).ok().expect("sampling failed").latent;
         let total = t.elapsed().as_secs_f64() - readback;
         let x0 = last_x0.unwrap_or(latent);
-        let decode = time(2, || g.decode(x0.clone()).into_data());
+        let decode = time(2, || g.decode(x0.clone()).unwrap().into_data());
         (total / solver_steps.max(1) as f64, decode, readback / solver_steps.max(1) as f64)
     }
 
@@ -652,7 +652,7 @@ fn ui_download_survives_a_backend_switch() {
 fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
     use dcae::engine::worker::{Event, Job, ModelFilesRef, Worker, WorkerConfig};
     let tmp = tempfile::tempdir().unwrap();
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8 };
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default() };
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
     let dir = fixtures().join("uvit-tiny");
     let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };

@@ -174,6 +174,7 @@ impl<B: Backend> Generator<B> {
                 per_token: 4.0 * 10.0 * c.uvit.hidden_size as f64,
                 decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.autoencoder).1,
                 low_memory: false,
+                text_on_cpu: false,
             },
         };
         Self { info, model }
@@ -209,14 +210,29 @@ impl<B: Backend> Generator<B> {
 
     /// An image (`[B, 3, H, W]` in [−1, 1]) → its latent times the scaling factor, as the
     /// sampler's latents are (the start of an image-to-image run).
-    pub fn encode(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.model.autoencoder.encode(x).mul_scalar(self.info.scaling_factor as f64)
+    /// Runs within the device's limits ([`crate::model::tiling::encode_within`]).
+    pub fn encode(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, String> {
+        let ae = &self.model.autoencoder;
+        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&x.device());
+        match crate::model::tiling::encode_within(ae, &self.model.config.autoencoder, x, budget, &mut |_, _| true) {
+            Ok(Some(z)) => Ok(z.mul_scalar(self.info.scaling_factor as f64)),
+            Ok(None) => Err("the encode stopped".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
-    /// Sampled (scaled) latent → image in about [-1, 1].
-    pub fn decode(&self, latent: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// Sampled (scaled) latent → image in about [-1, 1], within the device's limits
+    /// ([`crate::model::tiling::decode_within`]).
+    pub fn decode(&self, latent: Tensor<B, 4>) -> Result<Tensor<B, 4>, String> {
         PEAK_DECODE_BATCH.fetch_max(latent.dims()[0], std::sync::atomic::Ordering::Relaxed);
-        self.model.decode_latent(latent)
+        let ae = &self.model.autoencoder;
+        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&latent.device());
+        let z = latent.div_scalar(self.model.config.scaling_factor as f64);
+        match crate::model::tiling::decode_within(ae, &self.model.config.autoencoder, z, budget, &mut |_, _| true) {
+            Ok(Some(y)) => Ok(y),
+            Ok(None) => Err("the decode stopped".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

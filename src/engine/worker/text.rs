@@ -81,9 +81,12 @@ pub struct TextGenerator<B: Backend> {
 impl<B: Backend> TextGenerator<B> {
     /// Opens the pipeline folder `root`: every config read and every component's keys and
     /// shapes checked; weights load when the first generation needs them.
-    pub fn load(name: &str, root: &Path, device: &B::Device) -> Result<Self, LoadFailure> {
+    pub fn load(name: &str, root: &Path, device: &B::Device, text_encoder: crate::engine::backend::Placement) -> Result<Self, LoadFailure> {
         let files = resolve_pipeline_dir(root, None)?;
         let mut pipeline = SanaPipeline::<B>::open(&files, name, device)?;
+        if let Some(on_cpu) = text_encoder.on_cpu() {
+            pipeline.set_text_on_cpu(on_cpu);
+        }
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
         // The published text encoders are bf16, and stay so on the CPU and on a GPU with bf16
@@ -121,6 +124,7 @@ impl<B: Backend> TextGenerator<B> {
                 per_token: 4.0 * ((c.transformer.hidden() / 32).max(1) as f64 * 300.0 + 12.0 * c.transformer.hidden() as f64),
                 decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.vae).1,
                 low_memory: pipeline.low_memory,
+                text_on_cpu: pipeline.text_on_cpu(),
             },
         };
         Ok(Self { pipeline, info })
@@ -142,12 +146,19 @@ impl<B: Backend> TextGenerator<B> {
         Ok((ae, cfg))
     }
 
-    /// The x0 of a step as images (scaled latent → decoder → RGB), for the full-decode preview.
-    pub fn decode_preview(ae: &Dcae<B>, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
+    /// The x0 of a step as images (scaled latent → decoder → RGB), for the full-decode preview;
+    /// each image within the device's limits (tiled where one would need a larger tensor).
+    pub fn decode_preview(ae: &Dcae<B>, cfg: &DcaeConfig, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
         let b = x0.dims()[0];
         let mut images = Vec::with_capacity(b);
+        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&x0.device());
         for i in 0..b {
-            let img = ae.decode(x0.clone().narrow(0, i, 1).div_scalar(scaling_factor as f64));
+            let z = x0.clone().narrow(0, i, 1).div_scalar(scaling_factor as f64);
+            let img = match crate::model::tiling::decode_within(ae, cfg, z, budget, &mut |_, _| true) {
+                Ok(Some(y)) => y,
+                Ok(None) => return Err("the preview decode stopped".into()),
+                Err(e) => return Err(e.to_string()),
+            };
             let [_, _, h, w] = img.dims();
             let values = crate::model::host::read_back(img)?;
             images.push(postprocess(&values, h, w, h, w).map_err(|e| e.to_string())?);
@@ -176,13 +187,19 @@ impl<B: Backend> TextGenerator<B> {
             let sf = self.info.scaling_factor as f64;
             let device = self.pipeline.device().clone();
             let x = super::image_tensor::<B>(img, req.width, req.height, &device).map_err(GenerateFailure::Failed)?;
+            let vae_cfg = self.pipeline.config.vae.clone();
+            let budget = crate::engine::memory::autoencoder_budget_on::<B>(&device);
             let ae = self.pipeline.load_vae().map_err(|e| GenerateFailure::Failed(e.to_string()))?;
-            let z = ae.encode(x).mul_scalar(sf);
+            let z = match crate::model::tiling::encode_within(ae, &vae_cfg, x, budget, &mut |_, _| !cancel.load(std::sync::atomic::Ordering::Relaxed)) {
+                Ok(Some(z)) => z.mul_scalar(sf),
+                Ok(None) => return Err(GenerateFailure::Cancelled),
+                Err(e) => return Err(GenerateFailure::Failed(e.to_string())),
+            };
             // The source sets the size: no binning, the image comes out as asked.
             r.init = Some((Tensor::cat(vec![z; b], 0), strength));
         }
         r.negative_prompt = req.negative_prompt.clone();
-        r.memory_budget = crate::engine::memory::autoencoder_budget_on::<B>();
+        r.memory_budget = crate::engine::memory::autoencoder_budget_on::<B>(self.pipeline.device());
         r.steps = Some(steps);
         r.guidance = Some(cfg_scale);
         r.solver = req.solver;

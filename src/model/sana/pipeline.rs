@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use image::RgbImage;
 use rand::rngs::StdRng;
@@ -173,8 +174,14 @@ pub struct SanaPipeline<B: Backend> {
     pub files: PipelineFiles,
     transformer: Option<SanaTransformer<B>>,
     vae: Option<Dcae<B>>,
-    /// `None` until needed, and again once released.
-    text: Option<TextEncoder<B>>,
+    /// `None` until needed, and again once released; on this backend's device or on the CPU
+    /// ([`Self::text_on_cpu`]).
+    text: Option<TextSlot<B>>,
+    /// Run the text encoder on the CPU backend (its bf16 weights kept as stored, the fast
+    /// kernels) whatever `B` is: the default on wgpu, where Gemma-2 would take 10.5 GB of device
+    /// memory in f32. Its embeddings (a few MB) are moved to the device. Set before the encoder
+    /// loads (a change releases a loaded one).
+    text_on_cpu: bool,
     /// (prompt, instruction on, negative) → embeddings.
     cache: HashMap<(String, bool, bool), Embedded<B>>,
     /// Release the text encoder after encoding, before the transformer is loaded.
@@ -184,6 +191,12 @@ pub struct SanaPipeline<B: Backend> {
     /// its checkpoint was trained in: [`Self::transformer_precision`]).
     pub precision: PrecisionChoice,
     device: B::Device,
+}
+
+/// Where the loaded text encoder runs.
+enum TextSlot<B: Backend> {
+    Here(TextEncoder<B>),
+    Cpu(TextEncoder<Flex>),
 }
 
 /// Every phase's progress, and each sampler step's x₀ for previews.
@@ -290,6 +303,9 @@ pub enum T2iError {
     Prompt(#[from] super::prompt::PromptError),
     #[error("reading a result back from the device failed: {0}")]
     ReadBack(String),
+    /// A tensor of the run would be over the device's largest (found before any work).
+    #[error("{0}")]
+    TooLarge(crate::model::limits::TooLarge),
 }
 
 /// Far more than any laptop can hold, and the most a bin table names.
@@ -315,7 +331,21 @@ impl<B: Backend> SanaPipeline<B> {
         check::<B>(&files.text_encoder.weights, prefix, "Gemma-2 text encoder", device, |w| {
             Gemma2::load(w, &config.text_encoder);
         })?;
-        Ok(Self { config, files: files.clone(), transformer: None, vae: None, text: None, cache: HashMap::new(), low_memory: false, precision: PrecisionChoice::Auto, device: device.clone() })
+        // A GPU backend without bf16 arithmetic (wgpu) would widen Gemma-2 to 10.5 GB of f32 on
+        // the device: its text encoder runs on the CPU unless the caller says otherwise.
+        let text_on_cpu = std::any::TypeId::of::<B>() != std::any::TypeId::of::<Flex>() && !crate::model::precision::bf16_available::<B>(device);
+        Ok(Self {
+            config,
+            files: files.clone(),
+            transformer: None,
+            vae: None,
+            text: None,
+            text_on_cpu,
+            cache: HashMap::new(),
+            low_memory: false,
+            precision: PrecisionChoice::Auto,
+            device: device.clone(),
+        })
     }
 
     /// [`Self::open`], then every component loaded.
@@ -329,10 +359,32 @@ impl<B: Backend> SanaPipeline<B> {
 
     pub fn load_text_encoder(&mut self) -> Result<(), ModelError> {
         if self.text.is_none() {
-            let precision = self.text_precision();
-            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device, precision)?);
+            self.text = Some(self.load_text_slot()?);
         }
         Ok(())
+    }
+
+    fn load_text_slot(&self) -> Result<TextSlot<B>, ModelError> {
+        let precision = self.text_precision();
+        Ok(if self.text_on_cpu {
+            TextSlot::Cpu(load_text_encoder::<Flex>(&self.files, &self.config.text_encoder, &Default::default(), precision)?)
+        } else {
+            TextSlot::Here(load_text_encoder(&self.files, &self.config.text_encoder, &self.device, precision)?)
+        })
+    }
+
+    /// Puts the text encoder on the CPU (`true`) or this backend's device; a loaded one on the
+    /// other side is released (it loads again where asked on the next prompt).
+    pub fn set_text_on_cpu(&mut self, on_cpu: bool) {
+        if on_cpu != self.text_on_cpu {
+            self.text = None;
+        }
+        self.text_on_cpu = on_cpu;
+    }
+
+    /// Whether the text encoder runs on the CPU backend ([`Self::set_text_on_cpu`]).
+    pub fn text_on_cpu(&self) -> bool {
+        self.text_on_cpu
     }
 
     pub fn load_transformer(&mut self) -> Result<&SanaTransformer<B>, ModelError> {
@@ -360,8 +412,12 @@ impl<B: Backend> SanaPipeline<B> {
         &self.device
     }
 
-    /// What the text encoder computes in: bf16 on a GPU backend with bf16 arithmetic, else f32.
+    /// What the text encoder computes in: bf16 on a GPU backend with bf16 arithmetic, else f32
+    /// (on the CPU: f32 from the bf16 weights as stored).
     pub fn text_precision(&self) -> Precision {
+        if self.text_on_cpu {
+            return self.precision.resolve_bf16_trained::<Flex>(&Default::default());
+        }
         self.precision.resolve_bf16_trained::<B>(&self.device)
     }
 
@@ -399,21 +455,34 @@ impl<B: Backend> SanaPipeline<B> {
         }
         if self.text.is_none() {
             on_event(T2iEvent::LoadingTextEncoder);
-            let precision = self.text_precision();
-            self.text = Some(load_text_encoder(&self.files, &self.config.text_encoder, &self.device, precision)?);
+            self.text = Some(self.load_text_slot()?);
         }
-        let Some(encoder) = &self.text else { return Err(T2iError::Cancelled) };
+        let Some(slot) = &self.text else { return Err(T2iError::Cancelled) };
         let mut progress = |done: usize, total: usize| {
             on_event(T2iEvent::TextEncoder { prompt: which.0, prompts: which.1, done, total });
             !cancel.load(Ordering::Relaxed)
         };
         let chi = default_instruction();
-        let result = if negative {
-            encoder.encode_negative(prompt, MAX_SEQUENCE_LENGTH, &mut progress)
-        } else {
-            encoder.encode_prompts(&[prompt], instruction.then_some(chi.as_str()), MAX_SEQUENCE_LENGTH, &mut progress)
+        fn run<E: Backend>(encoder: &TextEncoder<E>, prompt: &str, negative: bool, chi: Option<&str>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Option<PromptEmbeds<E>>, T2iError> {
+            Ok(if negative {
+                encoder.encode_negative(prompt, MAX_SEQUENCE_LENGTH, progress)?
+            } else {
+                encoder.encode_prompts(&[prompt], chi, MAX_SEQUENCE_LENGTH, progress)?
+            })
+        }
+        let chi = instruction.then_some(chi.as_str());
+        let PromptEmbeds { embeds, mask, dropped_tokens } = match slot {
+            TextSlot::Here(encoder) => run(encoder, prompt, negative, chi, &mut progress)?.ok_or(T2iError::Cancelled)?,
+            // The embeddings and mask cross to the device through host memory (a few MB).
+            TextSlot::Cpu(encoder) => {
+                let e = run(encoder, prompt, negative, chi, &mut progress)?.ok_or(T2iError::Cancelled)?;
+                PromptEmbeds {
+                    embeds: Tensor::from_data(e.embeds.into_data(), &self.device),
+                    mask: Tensor::from_data(e.mask.into_data(), &self.device),
+                    dropped_tokens: e.dropped_tokens,
+                }
+            }
         };
-        let PromptEmbeds { embeds, mask, dropped_tokens } = result?.ok_or(T2iError::Cancelled)?;
         let dropped = dropped_tokens.first().copied().unwrap_or(0);
         self.cache.insert(key, Embedded { embeds: embeds.clone(), mask: mask.clone(), dropped });
         Ok((embeds, mask, dropped))
@@ -439,6 +508,28 @@ impl<B: Backend> SanaPipeline<B> {
             None => None,
         };
         Ok(Conditioning { prompt_embeds: Tensor::cat(embeds, 0), prompt_mask: Tensor::cat(masks, 0), negative, dropped_tokens: dropped })
+    }
+
+    /// Refuses a run whose transformer would make a tensor larger than the device holds, before
+    /// the text encoder runs: `rows` latents (CFG included) of `lh × lw`. The decoder's
+    /// activations are tiled under the same limit instead ([`tiling::decode_within`]).
+    fn preflight(&self, rows: usize, lh: usize, lw: usize) -> Result<(), T2iError> {
+        let Some(cap) = crate::model::limits::max_tensor_bytes::<B>(&self.device) else { return Ok(()) };
+        let t = &self.config.transformer;
+        let p = t.patch_size.max(1);
+        let tokens = (lh / p) * (lw / p);
+        let bytes = t.largest_activation_bytes(rows, tokens, super::prompt::DEFAULT_MAX_SEQUENCE_LENGTH, self.transformer_precision());
+        if bytes <= cap {
+            return Ok(());
+        }
+        let f = self.config.vae_factor();
+        Err(T2iError::TooLarge(crate::model::limits::TooLarge {
+            device: "this device".into(),
+            limit: cap,
+            what: format!("the transformer's largest activation for {rows} row(s) at {}×{}", lw * f, lh * f),
+            bytes,
+            advice: if rows > 1 { "lower the batch, the size, or turn guidance off (CFG doubles the rows)".into() } else { "choose a smaller size, or run on the CPU (--backend cpu)".into() },
+        }))
     }
 
     /// Runs one request. `cancel` is checked before every network call (and between the text
@@ -491,6 +582,7 @@ impl<B: Backend> SanaPipeline<B> {
         };
         let sprint = cfg.kind == PipelineKind::Sprint;
         let use_cfg = !sprint && guidance > 1.0;
+        self.preflight(b * if use_cfg { 2 } else { 1 }, lh, lw)?;
 
         let cond = self.encode(&req.prompts, use_cfg.then_some(req.negative_prompt.as_str()), req.instruction, on_event, cancel)?;
         if self.low_memory {

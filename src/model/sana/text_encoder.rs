@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::model::cpu_kernels::gemma as kernels;
 use crate::model::layers::{lin, linear_stored};
 use crate::model::precision::{as_f32, cast_params, in_f32, Precision};
-use crate::weights::WeightSource;
+use crate::weights::{HostTable, WeightSource};
 
 /// Which attention mask a layer uses (transformers' `layer_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -574,8 +574,11 @@ fn causal_bias<B: Backend>(len: usize, window: Option<usize>, device: &B::Device
 /// transformers' `Gemma2Model`: token embeddings × √hidden, the decoder layers, the final norm.
 #[derive(Module, Debug)]
 pub struct Gemma2<B: Backend> {
-    /// `[vocab, hidden]`.
-    pub embed_tokens: Param<Tensor<B, 2>>,
+    /// `[vocab, hidden]`, in host memory as stored: only the looked-up rows reach the device
+    /// (the f32 table is one 2.36 GB tensor, over every Vulkan adapter's largest; see
+    /// [`crate::weights::host_table`]).
+    #[module(skip)]
+    pub embed_tokens: HostTable,
     pub layers: Vec<Gemma2Layer<B>>,
     pub norm: GemmaRmsNorm<B>,
     #[module(skip)]
@@ -589,8 +592,7 @@ impl<B: Backend> Gemma2<B> {
     /// Builds the network, asking `w` for every parameter by its key. `cfg` should have passed
     /// [`Gemma2Config::validate`].
     pub fn load<W: WeightSource<B>>(w: &mut W, cfg: &Gemma2Config) -> Self {
-        // The biggest single tensor (256000 × 2304): kept 16-bit where stored so (read by rows).
-        let embed_tokens = Param::from_tensor(w.tensor_stored("embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size]));
+        let embed_tokens = w.host_table("embed_tokens.weight", cfg.vocab_size, cfg.hidden_size);
         let layers = (0..cfg.num_hidden_layers).map(|i| Gemma2Layer::load(w, &format!("layers.{i}"), cfg)).collect();
         let norm = GemmaRmsNorm::load(w, "norm", cfg.hidden_size, cfg.rms_norm_eps);
         Self { embed_tokens, layers, norm, config: cfg.clone(), precision: Precision::F32 }
@@ -605,7 +607,6 @@ impl<B: Backend> Gemma2<B> {
         let precision = if precision == Precision::F16 { Precision::Bf16 } else { precision };
         if precision == Precision::Bf16 {
             let dt = precision.dtype();
-            self.embed_tokens = self.embed_tokens.map(|t| t.cast(dt));
             self.layers = self
                 .layers
                 .into_iter()
@@ -629,7 +630,7 @@ impl<B: Backend> Gemma2<B> {
     }
 
     pub fn device(&self) -> B::Device {
-        self.embed_tokens.val().device()
+        self.norm.scale.val().device()
     }
 
     /// ids [B, L], mask [B, L] (1 = real token, 0 = pad) -> last_hidden_state [B, L, hidden]
@@ -650,9 +651,13 @@ impl<B: Backend> Gemma2<B> {
         let d = cfg.hidden_size;
         let device = self.device();
 
-        let ids = ids.clamp(0, cfg.vocab_size.saturating_sub(1) as i64).reshape([b * l]);
+        let ids: Vec<usize> = match ids.reshape([b * l]).into_data().convert::<i64>().to_vec::<i64>() {
+            Ok(v) => v.into_iter().map(|i| i.clamp(0, cfg.vocab_size.saturating_sub(1) as i64) as usize).collect(),
+            Err(_) => vec![0; b * l],
+        };
         let normalizer = (d as f64).sqrt() as f32; // rounded to the weight dtype first, as transformers does
-        let rows = self.embed_tokens.val().select(0, ids);
+        // f32 rows, exactly the stored 16-bit values; cast below as the table itself would be.
+        let rows = self.embed_tokens.lookup::<B>(&ids, &device);
         let dt = self.precision.dtype();
         let rows = if rows.dtype() == DType::from(dt) { rows } else { rows.cast(dt) };
         let mut x = rows.reshape([b, l, d]).mul_scalar(normalizer); // [B, L, D]

@@ -140,6 +140,18 @@ impl SanaTransformerConfig {
         self.num_cross_attention_heads * self.cross_attention_head_dim
     }
 
+    /// The largest single activation of one forward over `rows` latents (CFG rows included) of
+    /// `tokens` positions with a caption of `caption_len` tokens, in bytes: the GLUMBConv
+    /// expansion `[rows, N, 2·ffn_hidden]` at the activations' precision, or the
+    /// cross-attention scores `[rows, heads, N, caption_len]`, an f32 island. What must stay under
+    /// the device's largest tensor ([`crate::model::limits`]).
+    pub fn largest_activation_bytes(&self, rows: usize, tokens: usize, caption_len: usize, precision: crate::model::precision::Precision) -> u64 {
+        let ffn = (rows * tokens * 2 * self.ffn_hidden()) as u64 * precision.bytes();
+        let scores = (rows * self.num_cross_attention_heads * tokens * caption_len) as u64 * 4;
+        let qkv = (rows * tokens * 3 * self.hidden()) as u64 * precision.bytes();
+        ffn.max(scores).max(qkv)
+    }
+
     /// GLUMBConv's hidden width `int(mlp_ratio · D)` (2880 / 5600).
     pub fn ffn_hidden(&self) -> usize {
         (self.mlp_ratio * self.hidden() as f64) as usize
