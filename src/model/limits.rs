@@ -3,7 +3,7 @@
 //! Why: on the GPU backends every tensor is one buffer binding. cubecl sizes its memory pages
 //! by the device's `max_storage_buffer_binding_size` (wgpu) or a quarter of the VRAM (CUDA) and
 //! refuses a larger tensor with a panic on its device thread, which the caller only sees later
-//! as "server unhealthy" (`../shared/docs/gpu-limits.md` §1). wgpu caps the binding at 2 GiB − 4
+//! as "server unhealthy" (the project's study of the wgpu / cubecl limits). wgpu caps the binding at 2 GiB − 4
 //! on Vulkan / DX12, 4 GiB − 4 on Metal, Intel's Windows driver at 1 GiB − 4 and lavapipe at
 //! 128 MiB. So the models ask [`max_tensor_bytes`] before they make a big tensor:
 //! - weights above it are held in parts and computed part by part ([`crate::model::layers::Conv`]),

@@ -350,7 +350,7 @@ pub enum Fit {
 /// `s`'s resolution; the heads the first / last widths. In f16 the norms and LiteMLA are f32
 /// islands, so the figure is the larger of 2 bytes × the largest tensor and 4 bytes × the
 /// largest island. SANA's decoder gives 256 values (1024 B f32) per pixel, the in / mix
-/// decoders 64 (`../shared/docs/gpu-limits.md` §3.2).
+/// decoders 64 (the figures read off the code in the project's GPU-limits study).
 pub fn largest_tensor_per_pixel(cfg: &DcaeConfig, stage: Stage, precision: Precision) -> f64 {
     let (widths, depths, blocks) = match stage {
         Stage::Encode => (&cfg.encoder.width_list, &cfg.encoder.depth_list, &cfg.encoder.block_type),

@@ -73,7 +73,7 @@ fn weights_over_the_cap_are_split_and_give_the_same_result() {
 }
 
 /// The largest tensor per pixel, from the architecture, against the figures read off the code
-/// (`../shared/docs/gpu-limits.md` §3.2): SANA's decoder 256 values a pixel (its nearest ×2 of
+/// (the GPU-limits study's figures): SANA's decoder 256 values a pixel (its nearest ×2 of
 /// 256 channels at full resolution), the in / mix decoders 64.
 #[test]
 fn largest_tensor_per_pixel_of_the_published_autoencoders() {
