@@ -9,8 +9,11 @@
 #   scripts/real-size-check.sh --backend cuda --dcae ./dcae
 #   ROWS="f32c32-sana:decode:512:32MiB" scripts/real-size-check.sh   # one row, a 32 MiB cap
 #
-# A row is model:task:res[:cap]; cap sets DCAE_GPU_MAX_BINDING for the GPU run (the CPU
-# reference runs without one). Output: a Markdown table on stdout, raw JSON and logs in --out.
+# A row is model:task:res[:cap[:steps]]; cap sets DCAE_GPU_MAX_BINDING for the GPU run (the CPU
+# reference runs without one). A generate row is a guided UViT run of `steps` (default STEPS,
+# 2) from the seeded noise, a t2i row a SANA / Sprint run (Gemma-2 included); each decoded
+# where the placement puts the autoencoder (VAE_DEVICE: auto, gpu, cpu). Output: a Markdown
+# table on stdout, raw JSON and logs in --out.
 set -uo pipefail
 
 BACKEND=wgpu
@@ -32,33 +35,44 @@ DEFAULT_ROWS="dc-ae-f32c32-in-1.0:encode:256 dc-ae-f32c32-in-1.0:decode:256
 dc-ae-f64c128-in-1.0:encode:256 dc-ae-f64c128-in-1.0:decode:256
 dc-ae-f128c512-in-1.0:encode:256 dc-ae-f128c512-in-1.0:decode:256
 dc-ae-f32c32-sana-1.0:encode:256 dc-ae-f32c32-sana-1.0:decode:256
-dc-ae-f32c32-sana-1.0:decode:512:32MiB"
+dc-ae-f32c32-sana-1.0:decode:512:32MiB
+dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k:generate:512
+Sana_600M_512px_diffusers:t2i:512::2
+Sana_Sprint_0.6B_1024px_diffusers:t2i:512::1"
 ROWS="${ROWS:-$DEFAULT_ROWS}"
 mkdir -p "$OUT"
+STEPS="${STEPS:-2}"
+# Timed runs on the GPU after the compared one (RUNS=0: that first call only; t2i and
+# generate rows are one run whatever RUNS says).
+RUNS="${RUNS:-0}"
+VAE_DEVICE="${VAE_DEVICE:-auto}"
 field() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9][0-9.eE+-]*\).*/\1/p" <<< "$1" | head -n1; }
 
-echo "| model | task | res | cap | $BACKEND time (first call) | cpu time | max abs diff / max abs | $BACKEND peak RSS | device |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| model | task | res | cap | $BACKEND time (first call) | cpu time | max abs diff / max abs | $BACKEND peak RSS | placement | device |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for row in $ROWS; do
-  IFS=: read -r model task res cap <<< "$row"
+  IFS=: read -r model task res cap steps <<< "$row"
   tag="$model-$task-$res${cap:+-$cap}"
   ref="$OUT/$model-$task-$res.cpu.safetensors"
+  extra=""
+  case "$task" in generate|t2i) extra="--steps ${steps:-$STEPS} --vae-device $VAE_DEVICE" ;; esac
   if [ ! -f "$ref" ]; then
-    timeout "$LIMIT" "$DCAE" bench --backend cpu --model "$model" --task "$task" --res "$res" --runs 1 --json --output "$ref" \
+    timeout "$LIMIT" "$DCAE" bench --backend cpu --model "$model" --task "$task" --res "$res" --runs 1 --json --output "$ref" $extra \
       > "$OUT/$tag.cpu.json" 2> "$OUT/$tag.cpu.err"
   fi
   cpu=$(grep -m1 '^{' "$OUT/$tag.cpu.json" 2>/dev/null)
   env ${cap:+DCAE_GPU_MAX_BINDING=$cap} timeout "$LIMIT" "$DCAE" bench --backend "$BACKEND" --model "$model" --task "$task" --res "$res" \
-    --runs 1 --json --compare "$ref" > "$OUT/$tag.$BACKEND.json" 2> "$OUT/$tag.$BACKEND.err"
+    --runs "$RUNS" --json --compare "$ref" $extra > "$OUT/$tag.$BACKEND.json" 2> "$OUT/$tag.$BACKEND.err"
   rc=$?
   gpu=$(grep -m1 '^{' "$OUT/$tag.$BACKEND.json" 2>/dev/null)
   if [ "$rc" != 0 ] || [ -z "$gpu" ]; then
     why=$(grep -m1 -E 'error|panicked' "$OUT/$tag.$BACKEND.err" | cut -c1-120)
-    echo "| $model | $task | $res | ${cap:-device} | FAIL (rc $rc: $why) | | | | |"
+    echo "| $model | $task | $res | ${cap:-device} | FAIL (rc $rc: $why) | | | | | |"
     continue
   fi
-  printf '| %s | %s | %s | %s | %.1f s (%.1f s) | %.2f s | %.1e / %.2f | %s MiB | %s |\n' "$model" "$task" "$res" "${cap:-device}" \
+  where=$(sed -n 's/.*"placement":"\([^"]*\)".*/\1/p' <<< "$gpu")
+  printf '| %s | %s | %s | %s | %.1f s (%.1f s) | %.2f s | %.1e / %.2f | %s MiB | %s | %s |\n' "$model" "$task" "$res" "${cap:-device}" \
     "$(field "$gpu" median_s)" "$(field "$gpu" output_s)" "$(field "$cpu" median_s)" "$(field "$gpu" max_abs_diff)" "$(field "$gpu" max_abs_ref)" \
-    "$(field "$gpu" peak_rss_mib | cut -d. -f1)" "$(sed -n 's/^backend: //p' "$OUT/$tag.$BACKEND.err" | head -n1)"
+    "$(field "$gpu" peak_rss_mib | cut -d. -f1)" "${where:-everything on $BACKEND}" "$(sed -n 's/^backend: //p' "$OUT/$tag.$BACKEND.err" | head -n1)"
   grep -h "tiles\|split" "$OUT/$tag.$BACKEND.err" | sed 's/^/    /' >&2
 done

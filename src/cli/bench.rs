@@ -35,6 +35,8 @@ pub struct BenchArgs {
     /// Image resolution (square).
     #[arg(long, default_value_t = 256)]
     pub res: usize,
+    /// Timed runs after one warm-up; 0 with --output / --compare: only that run, timed as a
+    /// first call.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     #[arg(long, default_value_t = 1)]
@@ -62,15 +64,24 @@ pub struct BenchArgs {
     /// runs in f32.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     pub precision: PrecisionChoice,
-    /// encode / decode: write the output (latent or image, f32) to this safetensors file
-    /// (tensor `output`), to compare backends (`--compare`).
+    /// encode / decode / generate / t2i: write the output (latent or image, f32; generate,
+    /// t2i: the decoded images of one seeded run) to this safetensors file (tensor `output`), to compare
+    /// backends (`--compare`).
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
-    /// encode / decode: the largest difference from this file's `output` (written by
+    /// encode / decode / generate / t2i: the largest difference from this file's `output` (written by
     /// `--output`, e.g. on the CPU backend: the same random weights and input on every backend)
     /// goes into the report.
     #[arg(long, value_name = "FILE")]
     pub compare: Option<std::path::PathBuf>,
+    /// t2i: where the Gemma-2 text encoder runs (auto: as the app places it, the CPU on a GPU
+    /// backend without bf16).
+    #[arg(long, value_enum, default_value_t = crate::engine::backend::Placement::Auto)]
+    pub text_encoder_device: crate::engine::backend::Placement,
+    /// generate with --output / --compare, and t2i: where the autoencoder runs (auto: the GPU unless its
+    /// memory cannot hold the UViT and the autoencoder with a quarter to spare).
+    #[arg(long, value_enum, default_value_t = crate::engine::backend::Placement::Auto)]
+    pub vae_device: crate::engine::backend::Placement,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -123,6 +134,7 @@ impl BackendTask for Bench {
         // The untimed run whose output is written or compared: on a GPU, the first call (kernel
         // compilation and autotuning included).
         let mut output_s: Option<f64> = None;
+        let mut placement: Option<&str> = None;
         let timings = match a.task {
             BenchTask::Encode | BenchTask::Decode => {
                 let cfg = DcaeConfig::published(&a.model)?;
@@ -153,21 +165,42 @@ impl BackendTask for Bench {
                     let _ = B::sync(&device);
                     output_s = Some(t0.elapsed().as_secs_f64());
                     let dims = y.dims();
-                    let values = crate::model::host::read_back(y)?;
-                    if let Some(path) = &a.output {
-                        super::prepare_output(path)?;
-                        crate::weights::tensor_file::write_f32(path, &[("output", &values[..], &dims[..])], &[])?;
-                    }
-                    if let Some(path) = &a.compare {
-                        let (want, wshape) = crate::weights::tensor_file::read_f32(path, "output")?;
-                        if wshape != dims {
-                            bail!("{}: `output` has shape {wshape:?}, this run's is {dims:?}", path.display());
-                        }
-                        let diff = values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
-                        compared = Some((diff as f64, want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64));
-                    }
+                    compared = write_or_compare(&a, &crate::model::host::read_back(y)?, &dims)?;
                 }
-                time_runs_then(a.runs, || { let _ = run(x.clone()).map(sync); }, || gpu.sample::<B>(&device))
+                match output_s {
+                    // `--runs 0` with an output run: that run is the one timed (a first call).
+                    Some(secs) if a.runs == 0 => {
+                        gpu.sample::<B>(&device);
+                        Timings { first_s: Some(secs), ..Timings::from_samples(vec![secs]) }
+                    }
+                    _ => time_runs_then(a.runs, || { let _ = run(x.clone()).map(sync); }, || gpu.sample::<B>(&device)),
+                }
+            }
+            BenchTask::Generate if a.output.is_some() || a.compare.is_some() => {
+                // One run as the app makes it: sampling from the seeded host noise (the same on
+                // every backend), then the decode where the placement puts the autoencoder,
+                // within that side's limits. Timed whole, first call included.
+                let config = crate::model::diffusion::DiffusionConfig::registered_at(&a.model, Some(a.res))?;
+                let ae_on_cpu = a.vae_device.on_cpu().unwrap_or_else(|| {
+                    crate::engine::memory::autoencoder_on_cpu::<B>(&device, 4 * config.uvit.num_params() as u64, 4 * config.autoencoder.approx_params())
+                });
+                let classes = config.uvit.num_classes;
+                let model = crate::model::diffusion::DiffusionModel::<B>::load_random_placed(config, &device, ae_on_cpu)?;
+                placement = Some(if model.autoencoder.on_cpu() || info.kind == "cpu" { "autoencoder on the CPU" } else { "autoencoder on the GPU" });
+                eprintln!("placement: UViT on the {} · {}", if info.kind == "cpu" { "CPU" } else { "GPU" }, placement.unwrap_or_default());
+                let labels: Vec<usize> = (0..a.batch).map(|i| (i * 97) % classes).collect();
+                let req = crate::model::diffusion::GenerateRequest::<B> { labels, cfg_scale: a.cfg.unwrap_or(6.0), steps: a.steps, seed: 0, noise: None, init: None };
+                let t0 = std::time::Instant::now();
+                let out = model.generate(&req, &mut |_| {}, &std::sync::atomic::AtomicBool::new(false))?;
+                let budget = crate::engine::memory::autoencoder_budget_for(&model.autoencoder, &device);
+                let y = model.decode_latent_within(out.latent, budget)?;
+                let dims = y.dims();
+                let values = crate::model::host::read_back(y)?;
+                let secs = t0.elapsed().as_secs_f64();
+                output_s = Some(secs);
+                compared = write_or_compare(&a, &values, &dims)?;
+                gpu.sample::<B>(&device);
+                Timings { first_s: Some(secs), ..Timings::from_samples(vec![secs]) }
             }
             BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
             BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
@@ -189,6 +222,7 @@ impl BackendTask for Bench {
             "steps": (a.task == BenchTask::Generate).then_some(a.steps),
             "max_abs_diff": compared.map(|c| c.0), "max_abs_ref": compared.map(|c| c.1), "output_s": output_s,
             "max_tensor_bytes": info.limits.max_tensor,
+            "placement": placement,
         });
         if a.json {
             println!("{out}");
@@ -205,6 +239,22 @@ impl BackendTask for Bench {
     }
 }
 
+/// Writes `values` (`--output`) and measures the largest difference from `--compare`'s:
+/// (max |diff|, max |reference|).
+fn write_or_compare(a: &BenchArgs, values: &[f32], dims: &[usize]) -> anyhow::Result<Option<(f64, f64)>> {
+    if let Some(path) = &a.output {
+        super::prepare_output(path)?;
+        crate::weights::tensor_file::write_f32(path, &[("output", values, dims)], &[])?;
+    }
+    let Some(path) = &a.compare else { return Ok(None) };
+    let (want, wshape) = crate::weights::tensor_file::read_f32(path, "output")?;
+    if wshape != dims {
+        bail!("{}: `output` has shape {wshape:?}, this run's is {dims:?}", path.display());
+    }
+    let diff = values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+    Ok(Some((diff as f64, want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64)))
+}
+
 /// The SANA tasks (see [`super::bench_sana`]), printed like the others plus the phases of t2i.
 fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> anyhow::Result<()> {
     use super::bench_sana::{SanaBench, SanaBenchArgs};
@@ -218,8 +268,15 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
     } else {
         a.model.clone()
     };
-    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published, precision: a.precision };
+    let args = SanaBenchArgs { model, task, res: a.res, batch: a.batch, steps: (a.task == BenchTask::T2i && a.steps != 30).then_some(a.steps), cfg: a.cfg.unwrap_or(4.5), runs: a.runs, tokens: a.tokens, bf16_text_encoder: a.weights == WeightsDtype::Published, precision: a.precision, text_encoder: a.text_encoder_device, autoencoder: a.vae_device, keep_output: a.output.is_some() || a.compare.is_some() };
     let r = super::bench_sana::run::<B>(&args, device)?;
+    if let Some(p) = &r.placement {
+        eprintln!("placement: {p}");
+    }
+    let compared = match &r.output {
+        Some((values, dims)) => write_or_compare(a, values, dims)?,
+        None => None,
+    };
     let mut gpu = GpuPeak::default();
     gpu.sample::<B>(device);
     let t = &r.timings;
@@ -230,7 +287,9 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
         "median_s": t.median_s, "min_s": t.min_s, "mean_s": t.mean_s, "all_s": t.all_s, "build_s": r.build_s,
         "phases_s": r.phases, "peak_rss_mib": r.peak_rss_mib, "weights": a.weights,
         "gpu_in_use_mib": gpu.in_use_mib(), "gpu_reserved_mib": gpu.reserved_mib(),
-        "dtype": r.dtype, "skipped": info.skipped,
+        "dtype": r.dtype, "skipped": info.skipped, "placement": r.placement,
+        "max_abs_diff": compared.map(|c| c.0), "max_abs_ref": compared.map(|c| c.1),
+        "max_tensor_bytes": info.limits.max_tensor,
     });
     if a.json {
         println!("{out}");

@@ -14,6 +14,8 @@ use crate::model::sana::registry::{registered_sana, RegisteredSana};
 use crate::model::sana::text_encoder::{Gemma2, Gemma2Config};
 use crate::model::layers::lin;
 use crate::model::sana::transformer::{add_gated, norm_modulate, SanaTransformer, MAX_SEQUENCE_LENGTH};
+use burn::backend::Flex;
+use crate::model::placed::PlacedAe;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
 use crate::weights::pipeline::PipelineKind;
@@ -42,6 +44,11 @@ pub struct SanaBenchArgs {
     pub bf16_text_encoder: bool,
     /// The text encoder's and the autoencoder's precision (see [`crate::model::precision`]).
     pub precision: PrecisionChoice,
+    /// t2i: where the text encoder and the autoencoder run (`Auto`: as the app places them).
+    pub text_encoder: crate::engine::backend::Placement,
+    pub autoencoder: crate::engine::backend::Placement,
+    /// t2i: keep the last run's decoded images (`[B, 3, H, W]`, f32) to compare backends.
+    pub keep_output: bool,
 }
 
 pub struct SanaBenchResult {
@@ -53,6 +60,10 @@ pub struct SanaBenchResult {
     /// What the networks computed in (`text-encode`: the text encoder's; `forward`: the
     /// transformer's; `t2i`: text encoder / transformer / autoencoder).
     pub dtype: String,
+    /// t2i: where the text encoder and the autoencoder ran.
+    pub placement: Option<String>,
+    /// t2i with `keep_output`: the last run's images and their shape.
+    pub output: Option<(Vec<f32>, [usize; 4])>,
 }
 
 pub fn model(name: &str) -> anyhow::Result<&'static RegisteredSana> {
@@ -87,7 +98,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                     let _ = h.slice([0..1, 0..1, 0..1]).into_data();
                 }
             });
-            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: gemma.precision().name().into() })
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: gemma.precision().name().into(), placement: None, output: None })
         }
         SanaBench::Forward => {
             let model = SanaTransformer::<B>::load(&mut w, &tcfg).with_precision(transformer_precision);
@@ -104,7 +115,7 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                 let v = model.forward(x.clone(), t.clone(), text.clone(), mask.clone(), g.clone());
                 let _ = v.slice([0..1, 0..1, 0..1, 0..1]).into_data();
             });
-            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: transformer_precision.name().into() })
+            Ok(SanaBenchResult { timings, phases: None, build_s, peak_rss_mib: peak_rss_mib(), dtype: transformer_precision.name().into(), placement: None, output: None })
         }
         SanaBench::T2i => {
             // As `dcae generate` runs it: the text encoder first, released after encoding, then
@@ -122,41 +133,56 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
             let use_cfg = !sprint && a.cfg > 1.0;
             let b = a.batch;
             let vae_cfg = DcaeConfig::published("dc-ae-f32c32-sana-1.1")?;
-            let vae_precision = a.precision.resolve::<B>(device).map_err(anyhow::Error::msg)?;
+            // Placed as the app places them (see `TextGenerator::load`).
+            let cpu_backend = std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>();
+            let text_on_cpu = !cpu_backend && a.text_encoder.on_cpu().unwrap_or(!crate::model::precision::bf16_available::<B>(device));
+            let vae_on_cpu = !cpu_backend
+                && a.autoencoder.on_cpu().unwrap_or_else(|| {
+                    crate::engine::memory::autoencoder_on_cpu::<B>(device, transformer_precision.bytes() * tcfg.num_params() as u64, 4 * vae_cfg.approx_params())
+                });
+            let vae_precision = if vae_on_cpu {
+                a.precision.resolve::<Flex>(&Default::default()).unwrap_or(crate::model::precision::Precision::F32)
+            } else {
+                a.precision.resolve::<B>(device).map_err(anyhow::Error::msg)?
+            };
             let (mut totals, mut phases, mut build_s) = (Vec::new(), [0.0; 3], 0.0);
+            let mut output = None;
             for _ in 0..a.runs.max(1) {
                 let t = Instant::now();
-                let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b()).with_precision(a.precision.resolve_bf16_trained::<B>(device));
-                build_s = t.elapsed().as_secs_f64();
-                // Text: the positive pass per prompt (instruction + prompt), the negative once.
-                let t = Instant::now();
-                let (pid, pmask) = ids::<B>(a.tokens, device);
-                let mut rows = Vec::new();
-                for _ in 0..b {
-                    if let Some(h) = gemma.forward(pid.clone(), pmask.clone(), &mut |_, _| true) {
-                        let [_, l, _] = h.dims();
-                        rows.push(h.narrow(1, l - MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH));
-                    }
-                }
-                if use_cfg {
-                    let (nid, nmask) = ids::<B>(MAX_SEQUENCE_LENGTH, device);
-                    if let Some(h) = gemma.forward(nid, nmask, &mut |_, _| true) {
-                        rows.splice(0..0, std::iter::repeat_n(h, b));
-                    }
-                }
+                // Text: the positive pass per prompt (instruction + prompt), the negative once;
+                // on the CPU where the placement puts Gemma-2 (its rows then cross to `device`).
+                let (rows, secs) = if text_on_cpu {
+                    let cpu = Default::default();
+                    let mut cw = if a.bf16_text_encoder { RandomWeights::<Flex>::stored_as_bf16(&cpu) } else { RandomWeights::<Flex>::new(&cpu) };
+                    let gemma = Gemma2::<Flex>::load(&mut cw, &Gemma2Config::gemma2_2b()).with_precision(a.precision.resolve_bf16_trained::<Flex>(&cpu));
+                    let secs = t.elapsed().as_secs_f64();
+                    let rows = text_rows(&gemma, a.tokens, b, use_cfg, &cpu);
+                    (rows.into_iter().map(|r| Tensor::<B, 3>::from_data(r.into_data(), device)).collect::<Vec<_>>(), secs)
+                } else {
+                    let gemma = Gemma2::<B>::load(&mut text_w, &Gemma2Config::gemma2_2b()).with_precision(a.precision.resolve_bf16_trained::<B>(device));
+                    let secs = t.elapsed().as_secs_f64();
+                    (text_rows(&gemma, a.tokens, b, use_cfg, device), secs)
+                };
+                build_s = secs;
                 let text = Tensor::cat(rows, 0);
                 let n_rows = text.dims()[0];
                 let mask = Tensor::<B, 2, Int>::ones([n_rows, MAX_SEQUENCE_LENGTH], device);
                 let _ = text.clone().slice([0..1, 0..1, 0..1]).into_data();
-                phases[0] = t.elapsed().as_secs_f64();
-                drop(gemma);
+                phases[0] = t.elapsed().as_secs_f64() - build_s;
 
                 let t = Instant::now();
                 let model = SanaTransformer::<B>::load(&mut w, &tcfg).with_precision(transformer_precision);
-                let vae = Dcae::<B>::load(&mut w, &vae_cfg).with_precision(vae_precision);
+                let vae = if vae_on_cpu {
+                    PlacedAe::Cpu(Dcae::<Flex>::load(&mut RandomWeights::<Flex>::new(&Default::default()), &vae_cfg).with_precision(vae_precision))
+                } else {
+                    PlacedAe::Here(Dcae::<B>::load(&mut w, &vae_cfg).with_precision(vae_precision))
+                };
                 build_s += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let x = Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+                // Seeded host draws: the same start and the same per-step noise on every backend.
+                let shape = [b, tcfg.in_channels, s, s];
+                let x = crate::model::diffusion::seeded_noise::<B>(shape, 0, device);
+                let mut draws = 0u64;
                 let g = sprint.then(|| Tensor::<B, 1>::from_data(TensorData::new(vec![0.45f32; b], [b]), device));
                 // As the pipeline: the caption's part once per generation.
                 let caption = model.caption(text.clone(), mask.clone());
@@ -172,7 +198,10 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                         v
                     })
                 };
-                let mut noise = |_| Tensor::<B, 4>::random([b, tcfg.in_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+                let mut noise = |_| {
+                    draws += 1;
+                    crate::model::diffusion::seeded_noise::<B>(shape, draws, device)
+                };
                 let latent = flow::sample(&schedule, x, &mut network, &mut noise, &mut |_| {});
                 if let Some(l) = &latent {
                     let _ = l.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
@@ -181,19 +210,51 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
 
                 let t = Instant::now();
                 if let Some(latent) = latent {
+                    // As the app decodes: image by image, tiled under the side's limits.
+                    let budget = crate::engine::memory::autoencoder_budget_for(&vae, device);
+                    let mut images = Vec::with_capacity(b);
                     for i in 0..b {
-                        let img = vae.decode(latent.clone().narrow(0, i, 1).div_scalar(vae_cfg.scaling_factor as f64));
-                        let _ = img.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                        let z = latent.clone().narrow(0, i, 1).div_scalar(vae_cfg.scaling_factor as f64);
+                        let img = vae.decode_within(&vae_cfg, z, budget, &mut |_, _| true)?.ok_or_else(|| anyhow!("the decode stopped"))?;
+                        let _ = img.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                        images.push(img);
+                    }
+                    if a.keep_output {
+                        let img = Tensor::cat(images, 0);
+                        let dims = img.dims();
+                        output = Some((crate::model::host::read_back(img)?, dims));
                     }
                 }
                 phases[2] = t.elapsed().as_secs_f64();
                 totals.push(phases.iter().sum());
             }
-            let text_precision = a.precision.resolve_bf16_trained::<B>(device);
+            let text_precision = if text_on_cpu { a.precision.resolve_bf16_trained::<Flex>(&Default::default()) } else { a.precision.resolve_bf16_trained::<B>(device) };
             let dtype = format!("{}/{}/{}", text_precision.name(), transformer_precision.name(), vae_precision.name());
-            Ok(SanaBenchResult { timings: Timings::from_samples(totals), phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib(), dtype })
+            let side = |cpu: bool| if cpu || cpu_backend { "CPU" } else { "GPU" };
+            let placement = Some(format!("text encoder on the {} · autoencoder on the {}", side(text_on_cpu), side(vae_on_cpu)));
+            Ok(SanaBenchResult { timings: Timings::from_samples(totals), phases: Some(phases), build_s, peak_rss_mib: peak_rss_mib(), dtype, placement, output })
         }
     }
+}
+
+/// The text rows of a t2i run: the positive pass (instruction + prompt, its last 300 rows) per
+/// image, with guidance the negative pass first, once per image.
+fn text_rows<E: Backend>(gemma: &Gemma2<E>, tokens: usize, b: usize, use_cfg: bool, device: &E::Device) -> Vec<Tensor<E, 3>> {
+    let (pid, pmask) = ids::<E>(tokens, device);
+    let mut rows = Vec::new();
+    for _ in 0..b {
+        if let Some(h) = gemma.forward(pid.clone(), pmask.clone(), &mut |_, _| true) {
+            let [_, l, _] = h.dims();
+            rows.push(h.narrow(1, l - MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH));
+        }
+    }
+    if use_cfg {
+        let (nid, nmask) = ids::<E>(MAX_SEQUENCE_LENGTH, device);
+        if let Some(h) = gemma.forward(nid, nmask, &mut |_, _| true) {
+            rows.splice(0..0, std::iter::repeat_n(h, b));
+        }
+    }
+    rows
 }
 
 /// Waits for the work behind `t` (the CPU backend is eager; GPU backends are not).

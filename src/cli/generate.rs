@@ -114,6 +114,20 @@ pub struct GenerateArgs {
     /// device; the CPU keeps its 5.2 GB of bf16 as stored); `gpu` / `cpu` force one.
     #[arg(long, value_enum, default_value_t = crate::engine::backend::Placement::Auto)]
     pub text_encoder_device: crate::engine::backend::Placement,
+    /// Where the autoencoder (decoder, and encoder for a source image) runs. `auto`: on the GPU
+    /// unless its memory cannot hold the denoiser and the autoencoder with a quarter to spare;
+    /// `cpu` decodes in system memory with the CPU kernels; `gpu` forces the GPU.
+    #[arg(long, value_enum, default_value_t = crate::engine::backend::Placement::Auto)]
+    pub vae_device: crate::engine::backend::Placement,
+}
+
+/// "the CPU" or "the GPU", for the placement lines.
+pub(crate) fn where_(on_cpu: bool) -> &'static str {
+    if on_cpu {
+        "the CPU"
+    } else {
+        "the GPU"
+    }
 }
 
 /// What a `--class` value asks for.
@@ -171,13 +185,15 @@ impl BackendTask for GenerateTask {
 
         let t0 = Instant::now();
         let ckpt = Checkpoint::open(&files.weights)?;
-        let model = DiffusionModel::<B>::load_checkpoint(&ckpt, config, &device)?;
+        let ae_on_cpu = crate::engine::worker::api::class_autoencoder_on_cpu::<B>(&ckpt, &device, args.vae_device);
+        let model = DiffusionModel::<B>::load_checkpoint_placed(&ckpt, config, &device, ae_on_cpu)?;
         drop(ckpt);
         eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
+        eprintln!("placement: UViT on {} · autoencoder on {}", where_(info.kind == "cpu"), where_(info.kind == "cpu" || model.autoencoder.on_cpu()));
 
         let cfg_scale = args.cfg.unwrap_or(6.0);
         let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise, init: None };
-        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&device);
+        let budget = crate::engine::memory::autoencoder_budget_for(&model.autoencoder, &device);
         let cancel = AtomicBool::new(false);
         let mut step_error: Option<anyhow::Error> = None;
         let t0 = Instant::now();

@@ -90,10 +90,18 @@ impl BackendTask for T2iTask {
         if let Some(on_cpu) = args.text_encoder_device.on_cpu() {
             pipeline.set_text_on_cpu(on_cpu);
         }
+        let ae_on_cpu = args.vae_device.on_cpu().unwrap_or_else(|| {
+            let c = &pipeline.config;
+            let denoiser = pipeline.transformer_precision().bytes() * c.transformer.num_params() as u64;
+            crate::engine::memory::autoencoder_on_cpu::<B>(&device, denoiser, pipeline.vae_precision().bytes() * c.vae.approx_params())
+        });
+        pipeline.set_vae_on_cpu(ae_on_cpu);
+        let cpu = info.kind == "cpu";
         eprintln!(
-            "placement: text encoder on {} · transformer and autoencoder on {}",
-            if pipeline.text_on_cpu() || info.kind == "cpu" { "the CPU" } else { "the GPU" },
-            if info.kind == "cpu" { "the CPU" } else { "the GPU" }
+            "placement: text encoder on {} · transformer on {} · autoencoder on {}",
+            super::generate::where_(pipeline.text_on_cpu() || cpu),
+            super::generate::where_(cpu),
+            super::generate::where_(pipeline.vae_on_cpu() || cpu)
         );
         if args.precision == crate::model::precision::PrecisionChoice::F16 {
             args.precision.resolve::<B>(&device).map_err(anyhow::Error::msg)?;
@@ -107,10 +115,16 @@ impl BackendTask for T2iTask {
         let size = |v: Option<usize>| v.unwrap_or(pipeline.config.transformer.sample_size * pipeline.config.vae_factor());
         let mut req = T2iRequest::<B>::new(args.prompts.clone(), size(args.width), size(args.height));
         req.negative_prompt = args.negative_prompt.clone().unwrap_or_default();
-        let budget = super::tiling::budget::<B>(&info, &device)?;
-        let cap = budget.max_tensor.map(|c| format!(", largest tensor {}", crate::model::limits::human(c))).unwrap_or_default();
-        eprintln!("decode budget: {:.2} GiB ({}{cap})", budget.bytes as f64 / (1u64 << 30) as f64, budget.source);
-        req.memory_budget = Some(crate::model::tiling::Budget { bytes: budget.bytes, weight_copies: budget.weight_copies, max_tensor: budget.max_tensor });
+        if pipeline.vae_on_cpu() {
+            req.memory_budget = crate::engine::memory::autoencoder_budget_placed::<B>(true, &device);
+            let bytes = req.memory_budget.map_or(0, |b| b.bytes);
+            eprintln!("decode budget: {:.2} GiB (on the CPU)", bytes as f64 / (1u64 << 30) as f64);
+        } else {
+            let budget = super::tiling::budget::<B>(&info, &device)?;
+            let cap = budget.max_tensor.map(|c| format!(", largest tensor {}", crate::model::limits::human(c))).unwrap_or_default();
+            eprintln!("decode budget: {:.2} GiB ({}{cap})", budget.bytes as f64 / (1u64 << 30) as f64, budget.source);
+            req.memory_budget = Some(crate::model::tiling::Budget { bytes: budget.bytes, weight_copies: budget.weight_copies, max_tensor: budget.max_tensor });
+        }
         req.steps = args.steps;
         req.guidance = args.cfg;
         req.solver = args.sampler;

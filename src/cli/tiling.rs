@@ -112,28 +112,7 @@ pub fn choose<B: Backend>(
     // largest tensor would be over it stops here, before any work, saying what to change.
     let largest = |n: usize, hh: usize, ww: usize| (tiling::largest_tensor_per_pixel(cfg, stage, model.precision()) * (n * hh * ww) as f64) as u64;
     let check = |n: usize, hh: usize, ww: usize, advice: &str| -> anyhow::Result<()> {
-        // The whole image stays on the device while its tiles run (f32, 3 channels).
-        if let Some(c) = cap.filter(|c| (12 * batch * h * w) as u64 > c.bytes) {
-            return Err(crate::model::limits::TooLarge {
-                device: budget.device.clone(),
-                limit: c.bytes,
-                what: format!("the {batch} × {h}×{w} image itself"),
-                bytes: (12 * batch * h * w) as u64,
-                advice: "use a smaller image (--size), or --backend cpu".into(),
-            }
-            .into());
-        }
-        match cap {
-            Some(c) if largest(n, hh, ww) > c.bytes => Err(crate::model::limits::TooLarge {
-                device: budget.device.clone(),
-                limit: c.bytes,
-                what: format!("the {what} of {n} × {hh}×{ww}"),
-                bytes: largest(n, hh, ww),
-                advice: advice.to_string(),
-            }
-            .into()),
-            _ => Ok(()),
-        }
+        Ok(tiling::check_cap(cfg, stage, cap, [batch, h, w], [n, hh, ww], &budget.device, advice)?)
     };
     let (source, device) = (&budget.source, &budget.device);
     let budget = &budget.bytes;

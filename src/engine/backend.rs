@@ -550,6 +550,9 @@ fn open_wgpu(instance: wgpu::Instance, adapter: wgpu::Adapter, cap: Option<u64>)
     }));
     match opened {
         Ok((dev, v)) if v == 8.0 => {
+            if adapter_info.device_type == wgpu::DeviceType::Cpu {
+                crate::model::gpu_kernels::mark_software(&dev);
+            }
             info.limits.max_tensor = crate::model::limits::max_tensor_bytes::<Gpu>(&dev);
             Ok((dev, info))
         }

@@ -25,6 +25,8 @@ pub struct ModelFootprint {
     /// The text encoder runs on the CPU backend whatever the backend (wgpu's default: see
     /// `SanaPipeline::set_text_on_cpu`), so its weights are in system memory.
     pub text_on_cpu: bool,
+    /// The autoencoder runs on the CPU backend ([`autoencoder_on_cpu`], or the user's choice).
+    pub ae_on_cpu: bool,
 }
 
 impl ModelFootprint {
@@ -37,7 +39,7 @@ impl ModelFootprint {
             parts.push(format!("text encoder {} {}", dev(self.text_on_cpu), human(self.text_encoder)));
         }
         parts.push(format!("denoiser {} {}", dev(false), human(self.denoiser)));
-        parts.push(format!("autoencoder {} {}", dev(false), human(self.autoencoder)));
+        parts.push(format!("autoencoder {} {}", dev(self.ae_on_cpu), human(self.autoencoder)));
         parts.join(" · ")
     }
 }
@@ -56,7 +58,8 @@ pub struct Estimate {
 /// The estimate for one run: `batch` images of `width × height` pixels with `tokens` latent
 /// positions each, guided (`cfg`) or not, on `backend` ("cpu", "wgpu", "cuda").
 pub fn estimate(f: &ModelFootprint, backend: &str, width: usize, height: usize, batch: usize, tokens: usize, cfg: bool, available: Option<u64>) -> Estimate {
-    let ae = if backend == "cpu" { 2 * f.autoencoder } else { f.autoencoder };
+    // The CPU kernels keep a rearranged copy of every convolution's weights.
+    let ae = if backend == "cpu" || f.ae_on_cpu { 2 * f.autoencoder } else { f.autoencoder };
     let rows = batch.max(1) * if cfg { 2 } else { 1 };
     let sampling_acts = (f.per_token * (rows * tokens) as f64) as u64;
     let decode_acts = (f.decode_per_pixel * (width * height) as f64) as u64;
@@ -125,6 +128,38 @@ pub fn autoencoder_budget_on<B: burn::tensor::backend::Backend>(device: &B::Devi
     Some(b)
 }
 
+/// [`autoencoder_budget_on`] for the side `ae` runs on (the CPU backend's when it was placed
+/// there).
+pub fn autoencoder_budget_for<B: burn::tensor::backend::Backend>(ae: &crate::model::placed::PlacedAe<B>, device: &B::Device) -> Option<crate::model::tiling::Budget> {
+    autoencoder_budget_placed::<B>(ae.on_cpu(), device)
+}
+
+/// [`autoencoder_budget_for`] before the autoencoder is loaded: on the CPU when `on_cpu`.
+pub fn autoencoder_budget_placed<B: burn::tensor::backend::Backend>(on_cpu: bool, device: &B::Device) -> Option<crate::model::tiling::Budget> {
+    if on_cpu {
+        autoencoder_budget_on::<crate::engine::backend::Cpu>(&Default::default())
+    } else {
+        autoencoder_budget_on::<B>(device)
+    }
+}
+
+/// Where `Placement::Auto` puts an autoencoder on backend `B`: on the CPU when the GPU's memory
+/// (as its driver reports it: CUDA's free memory, a Vulkan adapter's device-local heaps) cannot
+/// hold the denoiser's and the autoencoder's weights (`denoiser`, `autoencoder` bytes, as held
+/// there) with a quarter of it left for activations; on the GPU otherwise, and wherever the
+/// memory is not reported. Never on the CPU backend itself.
+pub fn autoencoder_on_cpu<B: burn::tensor::backend::Backend>(device: &B::Device, denoiser: u64, autoencoder: u64) -> bool {
+    if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::engine::backend::Cpu>() {
+        return false;
+    }
+    crate::engine::backend::device_memory_available::<B>(device).is_some_and(|free| weights_crowd(free, denoiser, autoencoder))
+}
+
+/// Whether `denoiser + autoencoder` bytes of weights leave less than a quarter of `free`.
+pub fn weights_crowd(free: u64, denoiser: u64, autoencoder: u64) -> bool {
+    (denoiser + autoencoder) as f64 > 0.75 * free as f64
+}
+
 /// The system's memory in all (Linux: `MemTotal`); `None` elsewhere.
 pub fn mem_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -166,6 +201,7 @@ mod tests {
             decode_per_pixel: 1024.0,
             low_memory: true,
             text_on_cpu: false,
+            ae_on_cpu: false,
         }
     }
 
@@ -174,6 +210,21 @@ mod tests {
         let f = ModelFootprint { text_on_cpu: true, ..sana_600m() };
         assert_eq!(f.placement("wgpu"), "text encoder CPU 9.7 GB · denoiser GPU 2.2 GB · autoencoder GPU 1.2 GB");
         assert_eq!(f.placement("cpu"), "text encoder CPU 9.7 GB · denoiser CPU 2.2 GB · autoencoder CPU 1.2 GB");
+        let f = ModelFootprint { ae_on_cpu: true, ..f };
+        assert_eq!(f.placement("wgpu"), "text encoder CPU 9.7 GB · denoiser GPU 2.2 GB · autoencoder CPU 1.2 GB");
+        // On the CPU its kernels' second copy of the weights counts (everything resident).
+        let f = ModelFootprint { low_memory: false, ..f };
+        let gpu = estimate(&ModelFootprint { ae_on_cpu: false, ..f }, "wgpu", 512, 512, 1, 256, false, None);
+        assert_eq!(estimate(&f, "wgpu", 512, 512, 1, 256, false, None).peak, gpu.peak + f.autoencoder);
+    }
+
+    #[test]
+    fn auto_moves_the_autoencoder_off_a_gpu_only_when_the_weights_crowd_it() {
+        // UViT-H (2.0 GB f32) + f64c128 (1.3 GB): a 4 GB GPU keeps a quarter free, a 3 GB one does not.
+        assert!(!weights_crowd(4_500_000_000, 2_000_000_000, 1_300_000_000));
+        assert!(weights_crowd(3_000_000_000, 2_000_000_000, 1_300_000_000));
+        // Where the driver reports nothing (Metal) or on the CPU backend, it stays with the run.
+        assert!(!autoencoder_on_cpu::<crate::engine::backend::Cpu>(&Default::default(), u64::MAX / 4, u64::MAX / 4));
     }
 
     #[test]

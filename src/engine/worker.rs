@@ -43,6 +43,7 @@ use self::text::{TextEvent, TextGenerator, TextOutput, TextRequest};
 use super::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::engine::restart::{Decision, RestartPolicy};
 use crate::model::precision::{Precision, PrecisionChoice};
+use crate::model::placed::PlacedAe;
 use crate::model::tiling;
 use crate::model::{Dcae, DcaeConfig};
 
@@ -241,11 +242,19 @@ pub struct WorkerConfig {
     pub fit_latent_side: usize,
     /// Where the text models' text encoder runs (Settings; the CLI's `--text-encoder-device`).
     pub text_encoder: crate::engine::backend::Placement,
+    /// Where the generation models' autoencoder runs (Settings; the CLI's `--vae-device`).
+    pub autoencoder: crate::engine::backend::Placement,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { backend: BackendChoice::Auto, cache_dir: default_cache_dir(), fit_latent_side: 8, text_encoder: Default::default() }
+        Self {
+            backend: BackendChoice::Auto,
+            cache_dir: default_cache_dir(),
+            fit_latent_side: 8,
+            text_encoder: Default::default(),
+            autoencoder: Default::default(),
+        }
     }
 }
 
@@ -629,8 +638,10 @@ impl<B: Backend> Engine<B> {
         self.projection = None;
         let t0 = Instant::now();
         let loaded = match &files {
-            GeneratorSource::Class(f) => Generator::<B>::load(&f.name, &f.config, &f.weights, &self.device).map(GenModel::Class),
-            GeneratorSource::Text { name, root } => TextGenerator::<B>::load(name, root, &self.device, self.config.text_encoder).map(|t| GenModel::Text(Box::new(t))),
+            GeneratorSource::Class(f) => Generator::<B>::load_placed(&f.name, &f.config, &f.weights, &self.device, self.config.autoencoder).map(GenModel::Class),
+            GeneratorSource::Text { name, root } => {
+                TextGenerator::<B>::load(name, root, &self.device, self.config.text_encoder, self.config.autoencoder).map(|t| GenModel::Text(Box::new(t)))
+            }
         };
         match loaded {
             Ok(model) => {
@@ -724,7 +735,12 @@ impl<B: Backend> Engine<B> {
             )));
             !cancel.load(Ordering::Relaxed)
         };
-        let p = fit_projection(&ae, &cfg, info.scaling_factor, self.config.fit_latent_side, mirrored, &mut on_crop, &self.device)?;
+        // Fitted where the autoencoder is: its projection is a small host-side matrix either way.
+        let side = self.config.fit_latent_side;
+        let p = match &ae {
+            PlacedAe::Here(ae) => fit_projection(ae, &cfg, info.scaling_factor, side, mirrored, &mut on_crop, &self.device)?,
+            PlacedAe::Cpu(ae) => fit_projection(ae, &cfg, info.scaling_factor, side, mirrored, &mut on_crop, &Default::default())?,
+        };
         let secs = t0.elapsed().as_secs_f64();
         if let Some(path) = self.projection_cache_path() {
             if let Err(e) = projection::store_cached(&path, &p) {

@@ -16,12 +16,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::uvit::{registered_uvit, Uvit, UvitConfig};
+use crate::model::placed::PlacedAe;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::{DpmSolver, SamplerConfig, SamplerError};
 use crate::model::load::{dcae_config_from_json, read_json, ModelError, AE_PREFIX};
 use crate::weights::{Checkpoint, CheckpointLoader, Layout, LoadError, Problem, RandomWeights};
 
 pub use crate::sampler::StepUpdate;
+
+/// Whether `B` is the CPU backend (where "the autoencoder on the CPU" changes nothing).
+fn is_cpu_backend<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
+}
 
 /// Prefix of the UViT inside the combined diffusion checkpoints.
 pub const UVIT_PREFIX: &str = "diffusion_model.";
@@ -300,8 +306,28 @@ pub fn sample_uvit<B: Backend>(
 #[derive(Debug)]
 pub struct DiffusionModel<B: Backend> {
     pub config: DiffusionConfig,
-    pub autoencoder: Dcae<B>,
+    /// On the UViT's device, or on the CPU ([`Self::load_checkpoint_placed`]).
+    pub autoencoder: PlacedAe<B>,
     pub uvit: Uvit<B>,
+}
+
+/// One part of a combined checkpoint built on `device` (checked only, or loaded), with the
+/// part's own verdict; the caller reports every part's problems together.
+fn load_part<E: Backend, T>(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    layout: Layout,
+    device: &E::Device,
+    check_only: bool,
+    name: &str,
+    build: impl FnOnce(&mut CheckpointLoader<'_, E>) -> T,
+) -> (T, Result<(), LoadError>) {
+    let mut loader = match check_only {
+        true => CheckpointLoader::<E>::check_only(ckpt, prefix, layout, device),
+        false => CheckpointLoader::<E>::new(ckpt, prefix, layout, device),
+    };
+    let built = build(&mut loader);
+    (built, loader.finish(name))
 }
 
 impl<B: Backend> DiffusionModel<B> {
@@ -322,21 +348,29 @@ impl<B: Backend> DiffusionModel<B> {
 
     /// Builds the model from an open combined checkpoint (see [`Self::load_files`]).
     pub fn load_checkpoint(ckpt: &Checkpoint, config: DiffusionConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_checkpoint_placed(ckpt, config, device, false)
+    }
+
+    /// [`Self::load_checkpoint`] with the autoencoder on the CPU backend when `ae_on_cpu` (and
+    /// `B` is not the CPU backend already): its weights never reach `device`.
+    pub fn load_checkpoint_placed(ckpt: &Checkpoint, config: DiffusionConfig, device: &B::Device, ae_on_cpu: bool) -> Result<Self, ModelError> {
         config.validate()?;
+        let ae_on_cpu = ae_on_cpu && !is_cpu_backend::<B>();
         let ae_layout = ckpt.layout(AE_PREFIX).unwrap_or(Layout::Original);
         // Both parts, and keys that belong to neither, reported together; checked before any
         // weight is read (see `load_strict`).
-        let build = |check_only: bool| -> Result<(Dcae<B>, Uvit<B>), ModelError> {
-            let loader = |prefix: &str, layout: Layout| match check_only {
-                true => CheckpointLoader::<B>::check_only(ckpt, prefix, layout, device),
-                false => CheckpointLoader::<B>::new(ckpt, prefix, layout, device),
+        let build = |check_only: bool| -> Result<(PlacedAe<B>, Uvit<B>), ModelError> {
+            let ae_name = &config.autoencoder.name;
+            let (autoencoder, ae_result) = if ae_on_cpu {
+                let (ae, r) = load_part::<burn::backend::Flex, _>(ckpt, AE_PREFIX, ae_layout, &Default::default(), check_only, ae_name, |w| Dcae::load(w, &config.autoencoder));
+                (PlacedAe::Cpu(ae), r)
+            } else {
+                let (ae, r) = load_part::<B, _>(ckpt, AE_PREFIX, ae_layout, device, check_only, ae_name, |w| Dcae::load(w, &config.autoencoder));
+                (PlacedAe::Here(ae), r)
             };
-            let mut ae_loader = loader(AE_PREFIX, ae_layout);
-            let autoencoder = Dcae::load(&mut ae_loader, &config.autoencoder);
-            let mut uvit_loader = loader(UVIT_PREFIX, Layout::Original);
-            let uvit = Uvit::load(&mut uvit_loader, &config.uvit);
+            let (uvit, uvit_result) = load_part::<B, _>(ckpt, UVIT_PREFIX, Layout::Original, device, check_only, "UViT", |w| Uvit::load(w, &config.uvit));
             let mut problems: Vec<Problem> = Vec::new();
-            for result in [ae_loader.finish(&config.autoencoder.name), uvit_loader.finish("UViT")] {
+            for result in [ae_result, uvit_result] {
                 match result {
                     Ok(()) => {}
                     Err(LoadError::Mismatch { problems: p, .. }) => problems.extend(p),
@@ -357,12 +391,21 @@ impl<B: Backend> DiffusionModel<B> {
         Ok(Self { config, autoencoder, uvit })
     }
 
-    /// Random weights of the right shapes, for benchmarks (no file needed).
+    /// Random weights of the right shapes, for benchmarks (no file needed); the autoencoder on
+    /// the CPU backend when `ae_on_cpu`. The values do not depend on where a weight is made
+    /// (see [`RandomWeights`]).
     pub fn load_random(config: DiffusionConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_random_placed(config, device, false)
+    }
+
+    pub fn load_random_placed(config: DiffusionConfig, device: &B::Device, ae_on_cpu: bool) -> Result<Self, ModelError> {
         config.validate()?;
-        let mut w = RandomWeights::<B>::new(device);
-        let autoencoder = Dcae::load(&mut w, &config.autoencoder);
-        let uvit = Uvit::load(&mut w, &config.uvit);
+        let autoencoder = if ae_on_cpu && !is_cpu_backend::<B>() {
+            PlacedAe::Cpu(Dcae::load(&mut RandomWeights::<burn::backend::Flex>::new(&Default::default()), &config.autoencoder))
+        } else {
+            PlacedAe::Here(Dcae::load(&mut RandomWeights::<B>::new(device), &config.autoencoder))
+        };
+        let uvit = Uvit::load(&mut RandomWeights::<B>::new(device), &config.uvit);
         Ok(Self { config, autoencoder, uvit })
     }
 
@@ -392,13 +435,10 @@ impl<B: Backend> DiffusionModel<B> {
     /// [`Self::decode_latent`] batched, per image or tiled as `budget` allows
     /// ([`crate::model::tiling::decode_within`]; `None`: image by image).
     pub fn decode_latent_within(&self, latent: Tensor<B, 4>, budget: Option<crate::model::tiling::Budget>) -> Result<Tensor<B, 4>, crate::model::tiling::TileConfigError> {
+        let device = latent.device();
         let z = latent.div_scalar(self.config.scaling_factor as f64);
-        let y = crate::model::tiling::decode_within(&self.autoencoder, &self.config.autoencoder, z, budget, &mut |_, _| true)?;
+        let y = self.autoencoder.decode_within(&self.config.autoencoder, z, budget, &mut |_, _| true)?;
         // Never stopped: the progress callback always goes on, so a missing result is an empty batch.
-        Ok(y.unwrap_or_else(|| Tensor::zeros([0, 3, 0, 0], &self.autoencoder_device())))
-    }
-
-    fn autoencoder_device(&self) -> B::Device {
-        burn::module::Module::devices(&self.autoencoder).into_iter().next().unwrap_or_default()
+        Ok(y.unwrap_or_else(|| Tensor::zeros([0, 3, 0, 0], &device)))
     }
 }

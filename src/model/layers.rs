@@ -92,9 +92,11 @@ fn conv_part<B: Backend>(c: &Conv2d<B>, cpu_weights: &ConvWeights, x: Tensor<B, 
             return y;
         }
     }
+    // A software GPU adapter runs the one kernel it can, untuned ([`super::gpu_kernels`]).
+    let y = super::gpu_kernels::conv2d(c, &x).unwrap_or_else(|| c.forward(x));
     match act {
-        Some(a) => a.apply(c.forward(x)),
-        None => c.forward(x),
+        Some(a) => a.apply(y),
+        None => y,
     }
 }
 
@@ -147,7 +149,9 @@ pub fn conv2d<B: Backend, W: WeightSource<B>>(
         padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
     };
     let mut convs = weights.into_iter().zip(biases).map(|(wt, b)| make(wt, b));
-    let inner = convs.next().expect("tensor_rows gives at least one part");
+    // `tensor_rows` always gives a part; were it ever to give none, the whole weight is asked
+    // for instead (a source's own error names the key).
+    let inner = convs.next().unwrap_or_else(|| make(w.tensor(&format!("{key}.weight"), shape), None));
     let rest = convs.map(|inner| ConvPart { inner, cpu_weights: ConvWeights::default() }).collect();
     Conv { inner, cpu_weights: ConvWeights::default(), rest }
 }

@@ -450,42 +450,42 @@ pub fn fit(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: 
 pub fn fit_checked(cfg: &DcaeConfig, weight_bytes: u64, stage: Stage, budget: u64, cap: Option<TensorCap>, dims: [usize; 3], device: &str) -> Result<Fit, super::limits::TooLarge> {
     let how = fit(cfg, weight_bytes, stage, budget, cap, dims);
     let [batch, h, w] = dims;
-    // The whole image stays on the device while its tiles run (f32, 3 channels): no tile size
-    // helps when it alone is over the cap.
-    if let Some(c) = cap.filter(|c| (12 * batch * h * w) as u64 > c.bytes) {
+    let run = match how {
+        Fit::Batch => dims,
+        Fit::PerImage => [1, h, w],
+        Fit::Tiled(t) => [1, t.tile.min(h), t.tile.min(w)],
+    };
+    let advice = "this adapter is too small for this autoencoder: run it on the CPU (Settings → autoencoder device, --vae-device cpu, or --backend cpu)";
+    check_cap(cfg, stage, cap, [batch, h, w], run, device, advice)?;
+    Ok(how)
+}
+
+/// Refuses, before any work, a run of `stage` on a `[batch, h, w]` image (image pixels) that
+/// computes `run` = `[n, hh, ww]` at once (the batch, one image or one tile) under the largest
+/// tensor `cap`: the whole image stays on the device while its tiles run (f32, 3 channels), so
+/// no tile size helps when it alone is over; else the run's largest tensor
+/// ([`largest_tensor_per_pixel`]). `advice` says what to change for the latter.
+pub fn check_cap(cfg: &DcaeConfig, stage: Stage, cap: Option<TensorCap>, [batch, h, w]: [usize; 3], [n, hh, ww]: [usize; 3], device: &str, advice: &str) -> Result<(), super::limits::TooLarge> {
+    let Some(c) = cap else { return Ok(()) };
+    let image = (12 * batch * h * w) as u64;
+    if image > c.bytes {
         return Err(super::limits::TooLarge {
             device: device.to_string(),
             limit: c.bytes,
             what: format!("the {batch} × {h}×{w} image itself"),
-            bytes: (12 * batch * h * w) as u64,
+            bytes: image,
             advice: "use a smaller image, or run the autoencoder on the CPU".into(),
         });
     }
-    let (th, tw) = match how {
-        Fit::Batch => return Ok(how),
-        Fit::PerImage => return Ok(how),
-        Fit::Tiled(t) => (t.tile.min(h), t.tile.min(w)),
-    };
-    match cap {
-        Some(c) => {
-            let bytes = (largest_tensor_per_pixel(cfg, stage, c.precision) * (th * tw) as f64) as u64;
-            if bytes <= c.bytes {
-                return Ok(how);
-            }
-            let what = match stage {
-                Stage::Encode => format!("encoding a {th}×{tw} tile with {}", cfg.name),
-                Stage::Decode => format!("decoding a {th}×{tw} tile with {}", cfg.name),
-            };
-            Err(super::limits::TooLarge {
-                device: device.to_string(),
-                limit: c.bytes,
-                what,
-                bytes,
-                advice: "this adapter is too small for this autoencoder: run it on the CPU (Settings → autoencoder device, or --backend cpu)".into(),
-            })
-        }
-        None => Ok(how),
+    let bytes = (largest_tensor_per_pixel(cfg, stage, c.precision) * (n * hh * ww) as f64) as u64;
+    if bytes <= c.bytes {
+        return Ok(());
     }
+    let what = match stage {
+        Stage::Encode => format!("encoding {n} × {hh}×{ww} with {}", cfg.name),
+        Stage::Decode => format!("decoding {n} × {hh}×{ww} with {}", cfg.name),
+    };
+    Err(super::limits::TooLarge { device: device.to_string(), limit: c.bytes, what, bytes, advice: advice.to_string() })
 }
 
 /// The memory a run may use.

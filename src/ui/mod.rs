@@ -390,6 +390,7 @@ impl StudioApp {
             cache_dir: options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
             fit_latent_side: options.fit_latent_side,
             text_encoder: saved.text_encoder.unwrap_or_default(),
+            autoencoder: saved.autoencoder.unwrap_or_default(),
         };
         let repaint = ctx.clone();
         let worker = Worker::spawn(config, Arc::new(move || repaint.request_repaint()));
@@ -454,6 +455,7 @@ impl StudioApp {
         };
         app.settings.backend = app.shared.options.backend;
         app.settings.text_encoder = app.shared.worker.config.text_encoder;
+        app.settings.autoencoder = app.shared.worker.config.autoencoder;
         app.generate.restore_settings(&saved);
         app.last_saved = Some(app.settings_snapshot());
         app.shared.rescan_then(AfterScan::Startup);
@@ -476,6 +478,7 @@ impl StudioApp {
             output_dir: self.generate.output_dir.clone(),
             generate: self.generate.settings(),
             text_encoder: Some(s.worker.config.text_encoder),
+            autoencoder: Some(s.worker.config.autoencoder),
         }
     }
 
@@ -536,6 +539,7 @@ impl StudioApp {
             cache_dir: self.shared.options.cache_dir.clone().or_else(crate::engine::worker::default_cache_dir),
             fit_latent_side: self.shared.options.fit_latent_side,
             text_encoder: self.settings.text_encoder,
+            autoencoder: self.settings.autoencoder,
         };
         // Cancelled first, so the old engine ends its job at the next step; the new engine waits
         // for it to end (and free its models) before it loads anything.

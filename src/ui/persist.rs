@@ -35,6 +35,9 @@ pub struct Settings {
     pub generate: GenerateSettings,
     /// Where the text encoder runs (Settings).
     pub text_encoder: Option<crate::engine::backend::Placement>,
+    /// The generation models' autoencoder placement (Settings).
+    #[serde(default)]
+    pub autoencoder: Option<crate::engine::backend::Placement>,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             output_dir: None,
             generate: GenerateSettings::default(),
             text_encoder: None,
+            autoencoder: None,
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct SettingsWindow {
     pub backend: BackendChoice,
     /// Where the text encoder runs; applied with the backend (the engine restarts).
     pub text_encoder: Placement,
+    /// Where the generation models' autoencoder runs; applied the same way.
+    pub autoencoder: Placement,
 }
 
 impl SettingsWindow {
@@ -41,18 +43,20 @@ impl SettingsWindow {
             if let Some(note) = &shared.backend_note {
                 ui.label(RichText::new(note).color(ui.visuals().warn_fg_color));
             }
-            ui.label(RichText::new("Text encoder (Gemma-2, text-to-image)").strong());
-            ui.horizontal(|ui| {
-                for choice in [Placement::Auto, Placement::Gpu, Placement::Cpu] {
-                    ui.radio_value(&mut self.text_encoder, choice, choice.to_string());
-                }
-            });
-            ui.label(
-                RichText::new("auto: on the GPU where the backend computes in bf16 (CUDA), else on the CPU in bf16 as stored (5.2 GB of RAM instead of 10.5 GB of GPU memory). Also --text-encoder-device.")
-                    .small()
-                    .weak(),
+            placement_choice(
+                ui,
+                "Text encoder (Gemma-2, text-to-image)",
+                &mut self.text_encoder,
+                "auto: on the GPU where the backend computes in bf16 (CUDA), else on the CPU in bf16 as stored (5.2 GB of RAM instead of 10.5 GB of GPU memory). Also --text-encoder-device.",
             );
-            let changed = self.backend != shared.options.backend || self.text_encoder != shared.worker.config.text_encoder;
+            placement_choice(
+                ui,
+                "Autoencoder (DC-AE decoder and encoder)",
+                &mut self.autoencoder,
+                "auto: on the GPU unless its memory cannot hold the denoiser and the autoencoder with a quarter to spare; the CPU decodes in system memory. Also --vae-device.",
+            );
+            let config = &shared.worker.config;
+            let changed = self.backend != shared.options.backend || self.text_encoder != config.text_encoder || self.autoencoder != config.autoencoder;
             if ui
                 .add_enabled(changed, egui::Button::new("Apply and restart the engine"))
                 .on_hover_text("Loaded models are loaded again on the new backend; your history is kept")
@@ -103,4 +107,15 @@ impl SettingsWindow {
         self.open = open;
         apply
     }
+}
+
+/// A component's device choice: a title, the three choices, what `auto` does.
+fn placement_choice(ui: &mut egui::Ui, title: &str, value: &mut Placement, note: &str) {
+    ui.label(RichText::new(title).strong());
+    ui.horizontal(|ui| {
+        for choice in [Placement::Auto, Placement::Gpu, Placement::Cpu] {
+            ui.radio_value(value, choice, choice.to_string());
+        }
+    });
+    ui.label(RichText::new(note).small().weak());
 }

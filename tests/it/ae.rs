@@ -534,3 +534,31 @@ fn ae_f16_on_wgpu_within_its_tolerance_and_overflow_reruns_in_f32() {
     eprintln!("overflowing input: rerun in f32, relative difference to the f32 model {rel:.2e}");
     assert!(rel < 1e-2, "{rel}");
 }
+
+/// Regression: `DcaeConfig::validate` refused an EfficientViT stage whose width is not a
+/// multiple of 32 even where the config's `attention_head_dim` divides it, as diffusers allows:
+/// a 48-wide attention stage with 16-wide heads (3 heads; widths 48 → 96 → 48, which the
+/// shortcuts can resample) loads and runs; a 40-wide one, which 16 does not divide, is still
+/// refused, naming the head width.
+#[test]
+fn efficientvit_width_divided_by_the_configs_head_dim_but_not_by_32_is_accepted() {
+    use dcae::model::load::dcae_config_from_json;
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("ae-wide/config.json")).unwrap()).unwrap();
+    let with = |width: usize| {
+        let mut v = base.clone();
+        v["attention_head_dim"] = 16.into();
+        for k in ["encoder_block_out_channels", "decoder_block_out_channels"] {
+            v[k] = serde_json::json!([48, 96, width]);
+        }
+        dcae_config_from_json(&v, "ae-wide-heads-of-16")
+    };
+    let cfg = with(48).unwrap_or_else(|e| panic!("a 48-wide stage of 16-wide heads was refused: {e}"));
+    assert_eq!(cfg.attention_head_dim, 16);
+    let m = Dcae::<B>::load(&mut dcae::weights::RandomWeights::<B>::new(&device()), &cfg);
+    let x = Tensor::<B, 4>::random([1, 3, 32, 32], Distribution::Uniform(-1.0, 1.0), &device());
+    let y = values(m.decode(m.encode(x)));
+    assert_eq!(y.len(), 3 * 32 * 32);
+    assert!(y.iter().all(|v| v.is_finite()));
+    let err = with(40).map(|_| ()).expect_err("a 40-wide stage cannot hold 16-wide heads");
+    assert!(err.to_string().contains("attention_head_dim 16"), "{err}");
+}

@@ -203,6 +203,66 @@ mod lavapipe {
         }
     }
 
+    /// On a software adapter the dense convolutions run as im2col matrix products, in bands of
+    /// rows under a quarter of the device's largest tensor (here 64 KiB: 3–4 bands of the
+    /// 13-row input), and the strided and grouped ones on the direct kernel, untuned: each
+    /// equal to the CPU backend's convolution with the same weights. Before, every one went to
+    /// cubecl's convolution tuner, which on lavapipe only finds a direct kernel at 0.25–0.5
+    /// GFLOP/s and runs it 13 times per new shape to time it.
+    #[test]
+    fn lavapipe_convolutions_run_as_products_or_direct_and_equal_the_cpu() {
+        use dcae::model::layers::conv2d;
+        use dcae::weights::RandomWeights;
+        let Some(dev) = device(SPLIT_CAP) else { return };
+        let input: Vec<f32> = (0..2 * 8 * 13 * 11).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        // (c_in, c_out, kernel, stride, groups, bias)
+        for (c_in, c_out, k, stride, groups, bias) in [(8, 12, 3, 1, 1, true), (8, 40, 1, 1, 1, false), (8, 12, 5, 1, 1, true), (8, 16, 3, 2, 1, true), (8, 8, 5, 1, 8, true)] {
+            let key = format!("conv_{c_in}_{c_out}_{k}_{stride}_{groups}");
+            let cpu = conv2d(&mut RandomWeights::<B>::new(&super::device()), &key, c_in, c_out, k, stride, groups, bias);
+            let gpu = conv2d(&mut RandomWeights::<Gpu>::new(&dev), &key, c_in, c_out, k, stride, groups, bias);
+            let before = dcae::model::gpu_kernels::im2col_calls();
+            let want = values(cpu.forward(Tensor::from_data(TensorData::new(input.clone(), [2, 8, 13, 11]), &super::device())));
+            let got = gpu_values(gpu.forward(Tensor::from_data(TensorData::new(input.clone(), [2, 8, 13, 11]), &dev)));
+            let bands = dcae::model::gpu_kernels::im2col_calls() - before;
+            let (abs, rel) = (max_abs_diff(&got, &want), rel_err(&got, &want));
+            eprintln!("{key}: {bands} im2col band(s), max abs {abs:.1e}, relative {rel:.1e}");
+            // f32 sums of at most 200 products in another order.
+            assert!(abs <= 1e-5 && rel <= 1e-5, "{key}: {abs:e} / {rel:e}");
+            let dense = stride == 1 && groups == 1;
+            assert_eq!(bands > 2, dense, "{key}: {bands} bands (dense ones in several bands per image, the others none)");
+        }
+    }
+
+    /// The autoencoder placed on the CPU while the UViT runs on the GPU: loaded there (the
+    /// footprint says so), and encodes and decodes as the GPU-placed one and as the original.
+    #[test]
+    fn lavapipe_class_model_with_its_autoencoder_on_the_cpu_decodes_as_on_the_gpu() {
+        use dcae::engine::backend::Placement;
+        use dcae::engine::worker::api::Generator;
+        let Some(dev) = device(64 << 20) else { return };
+        let dir = fixture("uvit-tiny");
+        let expected = "uvit-tiny/expected.safetensors";
+        let mut images = Vec::new();
+        for placement in [Placement::Gpu, Placement::Cpu] {
+            let g = Generator::<Gpu>::load_placed("uvit-tiny", &dir.join("config.json"), &dir.join("model.safetensors"), &dev, placement).unwrap_or_else(|e| panic!("{}", e.message));
+            assert_eq!(g.info().footprint.ae_on_cpu, placement == Placement::Cpu, "{placement}");
+            assert_eq!(g.autoencoder().0.on_cpu(), placement == Placement::Cpu, "{placement}");
+            // Image by image, as the app decodes (a batch would trip the decode-batch watch of
+            // `ui_batches_are_decoded_one_image_at_a_time`, which shares this process).
+            let latent = on::<4>(expected, "cfg6_latent", &dev);
+            let image: Vec<f32> = (0..2).flat_map(|i| gpu_values(g.decode(latent.clone().narrow(0, i, 1)).unwrap())).collect();
+            let (want, _) = read4(expected, "cfg6_image");
+            let err = max_abs_diff(&image, &want);
+            eprintln!("autoencoder on the {placement}: cfg6_image max |diff| {err:.2e}");
+            assert!(err < 1e-4, "{placement}: {err:e}");
+            let z = g.encode(on::<4>(expected, "cfg6_image", &dev)).unwrap();
+            assert_eq!(z.dims(), [2, 4, 4, 4]);
+            images.push((image, gpu_values(z)));
+        }
+        let (gpu, cpu) = (&images[0], &images[1]);
+        assert!(max_abs_diff(&gpu.0, &cpu.0) < 1e-4 && max_abs_diff(&gpu.1, &cpu.1) < 1e-4, "GPU and CPU placements differ");
+    }
+
     /// A GPU engine whose first job panics is not restarted on the same device: it moves to the
     /// CPU and says why, and the CPU engine then runs.
     #[cfg(feature = "gui")]
@@ -215,7 +275,7 @@ mod lavapipe {
             eprintln!("no wgpu adapter: nothing to check");
             return;
         }
-        let config = WorkerConfig { backend: BackendChoice::Wgpu, cache_dir: None, fit_latent_side: 8, text_encoder: Default::default() };
+        let config = WorkerConfig { backend: BackendChoice::Wgpu, cache_dir: None, fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
         let mut w = Worker::spawn(config, std::sync::Arc::new(|| {}));
         let mut seen = Vec::new();
         let start = Instant::now();

@@ -281,6 +281,7 @@ fn ui_preview_cost() {
             let dir = fixtures().join("uvit-tiny");
             let g = dcae::engine::worker::api::Generator::<B>::load("uvit-tiny", &dir.join("config.json"), &dir.join("model.safetensors"), &device).unwrap();
             let (ae, cfg) = g.autoencoder();
+            let dcae::model::placed::PlacedAe::Here(ae) = ae else { panic!("a tiny autoencoder is placed with the run") };
             let t = Instant::now();
             let p = fit_projection(ae, cfg, g.info().scaling_factor, 8, true, &mut |_, _| true, &device).unwrap();
             println!("uvit-tiny: projection fit {:.3} s, RMSE {:.3}", t.elapsed().as_secs_f64(), p.rmse);
@@ -652,7 +653,7 @@ fn ui_download_survives_a_backend_switch() {
 fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
     use dcae::engine::worker::{Event, Job, ModelFilesRef, Worker, WorkerConfig};
     let tmp = tempfile::tempdir().unwrap();
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default() };
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
     let dir = fixtures().join("uvit-tiny");
     let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };

@@ -331,7 +331,7 @@ fn damaged_pipeline_failures_say_which_file() {
     let weights = copy.join("transformer/diffusion_pytorch_model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: None, fit_latent_side: 8, text_encoder: Default::default() };
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: None, fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
     let w = Worker::spawn(config, std::sync::Arc::new(|| {}));
     let failure = |w: &Worker| loop {
         match w.recv_timeout(Duration::from_secs(60)) {

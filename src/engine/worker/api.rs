@@ -11,6 +11,7 @@ use image::RgbImage;
 
 use crate::model::diffusion::{DiffusionConfig, DiffusionModel, GenerateError, GenerateRequest};
 pub use crate::model::diffusion::GenerateOutput;
+use crate::model::placed::PlacedAe;
 use crate::model::{Dcae, DcaeConfig};
 use crate::sampler::StepUpdate;
 
@@ -121,6 +122,15 @@ pub enum GenerateFailure {
     Failed(String),
 }
 
+/// Where `placement` puts the autoencoder of the combined class-model checkpoint `ckpt` on
+/// `device` (`Auto`: [`crate::engine::memory::autoencoder_on_cpu`] from both parts' f32 sizes).
+pub fn class_autoencoder_on_cpu<B: Backend>(ckpt: &crate::weights::Checkpoint, device: &B::Device, placement: crate::engine::backend::Placement) -> bool {
+    placement.on_cpu().unwrap_or_else(|| {
+        let bytes = |prefix: &str| ckpt.keys().filter(|k| k.starts_with(prefix)).filter_map(|k| ckpt.shape(k)).map(|s| 4 * s.iter().product::<usize>() as u64).sum::<u64>();
+        crate::engine::memory::autoencoder_on_cpu::<B>(device, bytes(crate::model::diffusion::UVIT_PREFIX), bytes(crate::model::load::AE_PREFIX))
+    })
+}
+
 /// A loaded class-conditional diffusion model (UViT + its DC-AE).
 pub struct Generator<B: Backend> {
     info: GeneratorInfo,
@@ -129,13 +139,20 @@ pub struct Generator<B: Backend> {
 
 impl<B: Backend> Generator<B> {
     pub fn load(name: &str, config: &Path, weights: &Path, device: &B::Device) -> Result<Self, LoadFailure> {
+        Self::load_placed(name, config, weights, device, crate::engine::backend::Placement::Auto)
+    }
+
+    /// [`Self::load`] with the autoencoder where `autoencoder` says (`Auto`:
+    /// [`crate::engine::memory::autoencoder_on_cpu`]).
+    pub fn load_placed(name: &str, config: &Path, weights: &Path, device: &B::Device, autoencoder: crate::engine::backend::Placement) -> Result<Self, LoadFailure> {
         // Named by the caller (the catalog's name), not by the folder config.json sits in: for a
         // model from the hub that folder is a snapshot's commit hash.
         let load = || -> Result<DiffusionModel<B>, crate::model::load::ModelError> {
             let json = crate::model::load::read_json(config)?;
             let config = DiffusionConfig::from_json(&json, name)?;
             let ckpt = crate::weights::Checkpoint::open(weights)?;
-            DiffusionModel::<B>::load_checkpoint(&ckpt, config, device)
+            let on_cpu = class_autoencoder_on_cpu::<B>(&ckpt, device, autoencoder);
+            DiffusionModel::<B>::load_checkpoint_placed(&ckpt, config, device, on_cpu)
         };
         let model = load()?;
         Ok(Self::wrap(name, model))
@@ -169,19 +186,20 @@ impl<B: Backend> Generator<B> {
             footprint: crate::engine::memory::ModelFootprint {
                 denoiser: 4 * burn::module::Module::num_params(&model.uvit) as u64,
                 text_encoder: 0,
-                autoencoder: 4 * burn::module::Module::num_params(&model.autoencoder) as u64,
+                autoencoder: 4 * model.autoencoder.num_params() as u64,
                 // Attention, qkv and the 4× MLP of one block, per token (guided pairs run as two calls).
                 per_token: 4.0 * 10.0 * c.uvit.hidden_size as f64,
                 decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.autoencoder).1,
                 low_memory: false,
                 text_on_cpu: false,
+                ae_on_cpu: model.autoencoder.on_cpu(),
             },
         };
         Self { info, model }
     }
 
     /// The model's autoencoder and its config (the preview projection is fitted with it).
-    pub fn autoencoder(&self) -> (&Dcae<B>, &DcaeConfig) {
+    pub fn autoencoder(&self) -> (&PlacedAe<B>, &DcaeConfig) {
         (&self.model.autoencoder, &self.model.config.autoencoder)
     }
 
@@ -213,8 +231,8 @@ impl<B: Backend> Generator<B> {
     /// Runs within the device's limits ([`crate::model::tiling::encode_within`]).
     pub fn encode(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, String> {
         let ae = &self.model.autoencoder;
-        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&x.device());
-        match crate::model::tiling::encode_within(ae, &self.model.config.autoencoder, x, budget, &mut |_, _| true) {
+        let budget = crate::engine::memory::autoencoder_budget_for(ae, &x.device());
+        match ae.encode_within(&self.model.config.autoencoder, x, budget, &mut |_, _| true) {
             Ok(Some(z)) => Ok(z.mul_scalar(self.info.scaling_factor as f64)),
             Ok(None) => Err("the encode stopped".into()),
             Err(e) => Err(e.to_string()),
@@ -226,9 +244,9 @@ impl<B: Backend> Generator<B> {
     pub fn decode(&self, latent: Tensor<B, 4>) -> Result<Tensor<B, 4>, String> {
         PEAK_DECODE_BATCH.fetch_max(latent.dims()[0], std::sync::atomic::Ordering::Relaxed);
         let ae = &self.model.autoencoder;
-        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&latent.device());
+        let budget = crate::engine::memory::autoencoder_budget_for(ae, &latent.device());
         let z = latent.div_scalar(self.model.config.scaling_factor as f64);
-        match crate::model::tiling::decode_within(ae, &self.model.config.autoencoder, z, budget, &mut |_, _| true) {
+        match ae.decode_within(&self.model.config.autoencoder, z, budget, &mut |_, _| true) {
             Ok(Some(y)) => Ok(y),
             Ok(None) => Err("the decode stopped".into()),
             Err(e) => Err(e.to_string()),

@@ -11,7 +11,8 @@ use image::RgbImage;
 use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
 use crate::model::sana::pipeline::{postprocess, SanaPipeline, T2iError, T2iEvent, T2iRequest};
 use crate::model::precision::Precision;
-use crate::model::{Dcae, DcaeConfig};
+use crate::model::placed::PlacedAe;
+use crate::model::DcaeConfig;
 use crate::sampler::flow::FlowSolver;
 use crate::engine::memory::ModelFootprint;
 use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind, WeightFiles};
@@ -81,12 +82,23 @@ pub struct TextGenerator<B: Backend> {
 impl<B: Backend> TextGenerator<B> {
     /// Opens the pipeline folder `root`: every config read and every component's keys and
     /// shapes checked; weights load when the first generation needs them.
-    pub fn load(name: &str, root: &Path, device: &B::Device, text_encoder: crate::engine::backend::Placement) -> Result<Self, LoadFailure> {
+    /// `text_encoder` and `autoencoder` place those components (`Auto`: Gemma-2 on the CPU where
+    /// the GPU backend has no bf16, the autoencoder as [`crate::engine::memory::autoencoder_on_cpu`]).
+    pub fn load(name: &str, root: &Path, device: &B::Device, text_encoder: crate::engine::backend::Placement, autoencoder: crate::engine::backend::Placement) -> Result<Self, LoadFailure> {
         let files = resolve_pipeline_dir(root, None)?;
         let mut pipeline = SanaPipeline::<B>::open(&files, name, device)?;
         if let Some(on_cpu) = text_encoder.on_cpu() {
             pipeline.set_text_on_cpu(on_cpu);
         }
+        let ae_on_cpu = match autoencoder.on_cpu() {
+            Some(on_cpu) => on_cpu,
+            None => {
+                let c = &pipeline.config;
+                let denoiser = pipeline.transformer_precision().bytes() * c.transformer.num_params() as u64;
+                crate::engine::memory::autoencoder_on_cpu::<B>(device, denoiser, pipeline.vae_precision().bytes() * c.vae.approx_params())
+            }
+        };
+        pipeline.set_vae_on_cpu(ae_on_cpu);
         let c = &pipeline.config;
         let sprint = c.kind == PipelineKind::Sprint;
         // The published text encoders are bf16, and stay so on the CPU and on a GPU with bf16
@@ -125,6 +137,7 @@ impl<B: Backend> TextGenerator<B> {
                 decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.vae).1,
                 low_memory: pipeline.low_memory,
                 text_on_cpu: pipeline.text_on_cpu(),
+                ae_on_cpu: pipeline.vae_on_cpu(),
             },
         };
         Ok(Self { pipeline, info })
@@ -140,7 +153,7 @@ impl<B: Backend> TextGenerator<B> {
     }
 
     /// The pipeline's DC-AE (loaded now if need be) and its config, for the preview projection.
-    pub fn autoencoder(&mut self) -> Result<(Dcae<B>, DcaeConfig), String> {
+    pub fn autoencoder(&mut self) -> Result<(PlacedAe<B>, DcaeConfig), String> {
         let cfg = self.pipeline.config.vae.clone();
         let ae = self.pipeline.load_vae().map_err(|e| e.to_string())?.clone();
         Ok((ae, cfg))
@@ -148,13 +161,13 @@ impl<B: Backend> TextGenerator<B> {
 
     /// The x0 of a step as images (scaled latent → decoder → RGB), for the full-decode preview;
     /// each image within the device's limits (tiled where one would need a larger tensor).
-    pub fn decode_preview(ae: &Dcae<B>, cfg: &DcaeConfig, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
+    pub fn decode_preview(ae: &PlacedAe<B>, cfg: &DcaeConfig, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
         let b = x0.dims()[0];
         let mut images = Vec::with_capacity(b);
-        let budget = crate::engine::memory::autoencoder_budget_on::<B>(&x0.device());
+        let budget = crate::engine::memory::autoencoder_budget_for(ae, &x0.device());
         for i in 0..b {
             let z = x0.clone().narrow(0, i, 1).div_scalar(scaling_factor as f64);
-            let img = match crate::model::tiling::decode_within(ae, cfg, z, budget, &mut |_, _| true) {
+            let img = match ae.decode_within(cfg, z, budget, &mut |_, _| true) {
                 Ok(Some(y)) => y,
                 Ok(None) => return Err("the preview decode stopped".into()),
                 Err(e) => return Err(e.to_string()),
@@ -188,9 +201,9 @@ impl<B: Backend> TextGenerator<B> {
             let device = self.pipeline.device().clone();
             let x = super::image_tensor::<B>(img, req.width, req.height, &device).map_err(GenerateFailure::Failed)?;
             let vae_cfg = self.pipeline.config.vae.clone();
-            let budget = crate::engine::memory::autoencoder_budget_on::<B>(&device);
             let ae = self.pipeline.load_vae().map_err(|e| GenerateFailure::Failed(e.to_string()))?;
-            let z = match crate::model::tiling::encode_within(ae, &vae_cfg, x, budget, &mut |_, _| !cancel.load(std::sync::atomic::Ordering::Relaxed)) {
+            let budget = crate::engine::memory::autoencoder_budget_for(ae, &device);
+            let z = match ae.encode_within(&vae_cfg, x, budget, &mut |_, _| !cancel.load(std::sync::atomic::Ordering::Relaxed)) {
                 Ok(Some(z)) => z.mul_scalar(sf),
                 Ok(None) => return Err(GenerateFailure::Cancelled),
                 Err(e) => return Err(GenerateFailure::Failed(e.to_string())),
@@ -199,7 +212,7 @@ impl<B: Backend> TextGenerator<B> {
             r.init = Some((Tensor::cat(vec![z; b], 0), strength));
         }
         r.negative_prompt = req.negative_prompt.clone();
-        r.memory_budget = crate::engine::memory::autoencoder_budget_on::<B>(self.pipeline.device());
+        r.memory_budget = crate::engine::memory::autoencoder_budget_placed::<B>(self.pipeline.vae_on_cpu(), self.pipeline.device());
         r.steps = Some(steps);
         r.guidance = Some(cfg_scale);
         r.solver = req.solver;

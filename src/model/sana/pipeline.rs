@@ -23,7 +23,8 @@ use super::text_encoder::{Gemma2, Gemma2Config};
 use super::transformer::{SanaTransformer, SanaTransformerConfig, MAX_SEQUENCE_LENGTH};
 use crate::model::host::read_back;
 use crate::model::tiling;
-use crate::model::{Dcae, DcaeConfig};
+use crate::model::placed::PlacedAe;
+use crate::model::DcaeConfig;
 use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
 use crate::sampler::SamplerError;
 use crate::model::load::{dcae_config_from_json, load_dcae, read_json, ModelError};
@@ -173,7 +174,10 @@ pub struct SanaPipeline<B: Backend> {
     pub config: SanaConfig,
     pub files: PipelineFiles,
     transformer: Option<SanaTransformer<B>>,
-    vae: Option<Dcae<B>>,
+    /// On this backend's device or on the CPU ([`Self::vae_on_cpu`]).
+    vae: Option<PlacedAe<B>>,
+    /// Run the autoencoder on the CPU backend (set before it loads; a change releases it).
+    vae_on_cpu: bool,
     /// `None` until needed, and again once released; on this backend's device or on the CPU
     /// ([`Self::text_on_cpu`]).
     text: Option<TextSlot<B>>,
@@ -341,6 +345,7 @@ impl<B: Backend> SanaPipeline<B> {
             vae: None,
             text: None,
             text_on_cpu,
+            vae_on_cpu: false,
             cache: HashMap::new(),
             low_memory: false,
             precision: PrecisionChoice::Auto,
@@ -398,14 +403,33 @@ impl<B: Backend> SanaPipeline<B> {
         self.transformer.as_ref().ok_or_else(|| ModelError::Other("the transformer could not be loaded".into()))
     }
 
-    pub fn load_vae(&mut self) -> Result<&Dcae<B>, ModelError> {
+    pub fn load_vae(&mut self) -> Result<&PlacedAe<B>, ModelError> {
         if self.vae.is_none() {
             let ckpt = self.files.vae.weights.open()?;
             // f16 on a GPU that has it: the decode's activations are the run's peak.
             let precision = self.vae_precision();
-            self.vae = Some(load_dcae(&ckpt, &self.config.vae, &self.device)?.with_precision(precision));
+            self.vae = Some(if self.vae_on_cpu {
+                PlacedAe::Cpu(load_dcae::<Flex>(&ckpt, &self.config.vae, &Default::default())?.with_precision(precision))
+            } else {
+                PlacedAe::Here(load_dcae(&ckpt, &self.config.vae, &self.device)?.with_precision(precision))
+            });
         }
         self.vae.as_ref().ok_or_else(|| ModelError::Other("the autoencoder could not be loaded".into()))
+    }
+
+    /// Puts the autoencoder on the CPU backend (`true`, on a GPU backend) or this backend's
+    /// device; a loaded one on the other side is released.
+    pub fn set_vae_on_cpu(&mut self, on_cpu: bool) {
+        let on_cpu = on_cpu && std::any::TypeId::of::<B>() != std::any::TypeId::of::<Flex>();
+        if on_cpu != self.vae_on_cpu {
+            self.vae = None;
+        }
+        self.vae_on_cpu = on_cpu;
+    }
+
+    /// Whether the autoencoder runs on the CPU backend ([`Self::set_vae_on_cpu`]).
+    pub fn vae_on_cpu(&self) -> bool {
+        self.vae_on_cpu
     }
 
     pub fn device(&self) -> &B::Device {
@@ -433,8 +457,11 @@ impl<B: Backend> SanaPipeline<B> {
         self.transformer.as_ref().map_or(0, |t| t.f32_reruns()) + self.vae.as_ref().map_or(0, |v| v.f32_reruns())
     }
 
-    /// What the autoencoder computes in (f32 where the choice cannot run here).
+    /// What the autoencoder computes in (f32 where the choice cannot run where it is).
     pub fn vae_precision(&self) -> Precision {
+        if self.vae_on_cpu {
+            return self.precision.resolve::<Flex>(&Default::default()).unwrap_or(Precision::F32);
+        }
         self.precision.resolve::<B>(&self.device).unwrap_or(Precision::F32)
     }
 
@@ -664,7 +691,8 @@ impl<B: Backend> SanaPipeline<B> {
             on_event(T2iEvent::Decode { done, total });
             !cancel.load(Ordering::Relaxed)
         };
-        let decoded = tiling::decode_within(ae, &vae_cfg, latent.clone().div_scalar(sf), req.memory_budget, &mut on_decode)
+        let decoded = ae
+            .decode_within(&vae_cfg, latent.clone().div_scalar(sf), req.memory_budget, &mut on_decode)
             .map_err(|e| T2iError::Invalid(e.to_string()))?
             .ok_or(T2iError::Cancelled)?;
         let mut images = Vec::with_capacity(b);
