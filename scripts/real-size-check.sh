@@ -9,8 +9,8 @@
 #   scripts/real-size-check.sh --backend cuda --dcae ./dcae
 #   ROWS="f32c32-sana:decode:512:32MiB" scripts/real-size-check.sh   # one row, a 32 MiB cap
 #
-# A row is model:task:res[:cap[:steps]]; cap sets DCAE_GPU_MAX_BINDING for the GPU run (the CPU
-# reference runs without one). A generate row is a guided UViT run of `steps` (default STEPS,
+# A row is model:task:res[:cap[:steps]]; cap sets DCAE_GPU_MAX_BINDING for both runs (the CPU
+# backend follows it in its tiling, so both sides tile alike). A generate row is a guided UViT run of `steps` (default STEPS,
 # 2) from the seeded noise, a t2i row a SANA / Sprint run (Gemma-2 included); each decoded
 # where the placement puts the autoencoder (VAE_DEVICE: auto, gpu, cpu). Output: a Markdown
 # table on stdout, raw JSON and logs in --out.
@@ -53,11 +53,14 @@ echo "|---|---|---|---|---|---|---|---|---|---|"
 for row in $ROWS; do
   IFS=: read -r model task res cap steps <<< "$row"
   tag="$model-$task-$res${cap:+-$cap}"
-  ref="$OUT/$model-$task-$res.cpu.safetensors"
+  # A capped row's reference runs under the same cap (the CPU backend follows it in its own
+  # decisions), so both sides tile alike: a tiled decode differs from an untiled one by design
+  # (each tile's attention sees only that tile).
+  ref="$OUT/$model-$task-$res${cap:+-$cap}.cpu.safetensors"
   extra=""
   case "$task" in generate|t2i) extra="--steps ${steps:-$STEPS} --vae-device $VAE_DEVICE" ;; esac
   if [ ! -f "$ref" ]; then
-    timeout "$LIMIT" "$DCAE" bench --backend cpu --model "$model" --task "$task" --res "$res" --runs 1 --json --output "$ref" $extra \
+    env ${cap:+DCAE_GPU_MAX_BINDING=$cap} timeout "$LIMIT" "$DCAE" bench --backend cpu --model "$model" --task "$task" --res "$res" --runs 1 --json --output "$ref" $extra \
       > "$OUT/$tag.cpu.json" 2> "$OUT/$tag.cpu.err"
   fi
   cpu=$(grep -m1 '^{' "$OUT/$tag.cpu.json" 2>/dev/null)
