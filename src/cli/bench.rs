@@ -44,9 +44,13 @@ pub struct BenchArgs {
     /// Sampling steps (generate).
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
-    /// Guidance scale (generate: 6; t2i: 4.5).
+    /// Guidance scale (generate: the model's default, 6 for the UViTs; t2i: 4.5).
     #[arg(long)]
     pub cfg: Option<f32>,
+    /// generate: the class model's sampler (DiT: adm / ddim; USiT: dopri5 / heun2) [default:
+    /// the model's].
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// Tokens of the text encoder's positive pass (SANA's instruction + prompt).
     #[arg(long, default_value_t = 540)]
     pub tokens: usize,
@@ -135,6 +139,8 @@ impl BackendTask for Bench {
         // compilation and autotuning included).
         let mut output_s: Option<f64> = None;
         let mut placement: Option<&str> = None;
+        // (guided predictions, network passes) of a class-model generation.
+        let mut calls: Option<(usize, usize)> = None;
         let timings = match a.task {
             BenchTask::Encode | BenchTask::Decode => {
                 let cfg = DcaeConfig::published(&a.model)?;
@@ -182,16 +188,18 @@ impl BackendTask for Bench {
                 // within that side's limits. Timed whole, first call included.
                 let config = crate::model::diffusion::DiffusionConfig::registered_at(&a.model, Some(a.res))?;
                 let ae_on_cpu = a.vae_device.on_cpu().unwrap_or_else(|| {
-                    crate::engine::memory::autoencoder_on_cpu::<B>(&device, 4 * config.uvit.num_params() as u64, 4 * config.autoencoder.approx_params())
+                    crate::engine::memory::autoencoder_on_cpu::<B>(&device, 4 * config.denoiser_params() as u64, 4 * config.autoencoder.approx_params())
                 });
-                let classes = config.uvit.num_classes;
+                let classes = config.num_classes();
                 let model = crate::model::diffusion::DiffusionModel::<B>::load_random_placed(config, &device, ae_on_cpu)?;
                 placement = Some(if model.autoencoder.on_cpu() || info.kind == "cpu" { "autoencoder on the CPU" } else { "autoencoder on the GPU" });
-                eprintln!("placement: UViT on the {} · {}", if info.kind == "cpu" { "CPU" } else { "GPU" }, placement.unwrap_or_default());
+                eprintln!("placement: {} on the {} · {}", model.config.family(), if info.kind == "cpu" { "CPU" } else { "GPU" }, placement.unwrap_or_default());
                 let labels: Vec<usize> = (0..a.batch).map(|i| (i * 97) % classes).collect();
-                let req = crate::model::diffusion::GenerateRequest::<B> { labels, cfg_scale: a.cfg.unwrap_or(6.0), steps: a.steps, seed: 0, noise: None, init: None };
+                let mut req = crate::model::diffusion::GenerateRequest::<B>::new(labels, a.cfg.unwrap_or_else(|| class_guidance(&a.model)), a.steps, 0);
+                req.sampler = a.sampler.clone();
                 let t0 = std::time::Instant::now();
                 let out = model.generate(&req, &mut |_| {}, &std::sync::atomic::AtomicBool::new(false))?;
+                calls = Some((out.nfe, out.network_calls));
                 let budget = crate::engine::memory::autoencoder_budget_for(&model.autoencoder, &device);
                 let y = model.decode_latent_within(out.latent, budget)?;
                 let dims = y.dims();
@@ -205,7 +213,8 @@ impl BackendTask for Bench {
             BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
             BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
             BenchTask::Forward | BenchTask::Generate => {
-                let t = bench_diffusion::<B>(&a, &device)?;
+                let (t, c) = bench_diffusion::<B>(&a, &device)?;
+                calls = c;
                 gpu.sample::<B>(&device);
                 t
             }
@@ -223,6 +232,8 @@ impl BackendTask for Bench {
             "max_abs_diff": compared.map(|c| c.0), "max_abs_ref": compared.map(|c| c.1), "output_s": output_s,
             "max_tensor_bytes": info.limits.max_tensor,
             "placement": placement,
+            "sampler": (a.task == BenchTask::Generate).then(|| a.sampler.clone()).flatten(),
+            "nfe": calls.map(|c| c.0), "network_calls": calls.map(|c| c.1),
         });
         if a.json {
             println!("{out}");
@@ -299,14 +310,21 @@ fn sana<B: Backend>(a: &BenchArgs, device: &B::Device, info: &BackendInfo) -> an
     Ok(())
 }
 
-/// `forward`: one UViT pass; `generate`: a full guided sampling run (no decode). Random weights.
-fn bench_diffusion<B: Backend>(a: &BenchArgs, device: &B::Device) -> anyhow::Result<Timings> {
+/// The registry's guidance for a class model (6 where it has none).
+fn class_guidance(model: &str) -> f32 {
+    crate::model::registry::find(model).and_then(|p| p.defaults()).map_or(6.0, |d| d.guidance)
+}
+
+/// `forward`: one pass of the class model's network; `generate`: a full guided sampling run
+/// (no decode), with its (guided predictions, network passes). Random weights.
+fn bench_diffusion<B: Backend>(a: &BenchArgs, device: &B::Device) -> anyhow::Result<(Timings, Option<(usize, usize)>)> {
     use super::generate::{bench_generate_on, GenerateBenchOptions};
     let mut o = GenerateBenchOptions::new(&a.model, a.res, a.steps);
     o.batch = a.batch;
-    o.cfg_scale = a.cfg.unwrap_or(6.0);
+    o.cfg_scale = a.cfg.unwrap_or_else(|| class_guidance(&a.model));
+    o.sampler = a.sampler.clone();
     let forward = a.task == BenchTask::Forward;
     (o.forward_runs, o.generate_runs) = if forward { (a.runs, 0) } else { (0, a.runs) };
     let r = bench_generate_on::<B>(&o, device)?;
-    Ok(if forward { r.forward } else { r.generate })
+    Ok(if forward { (r.forward, None) } else { (r.generate, Some((r.nfe, r.network_calls))) })
 }

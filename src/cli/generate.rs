@@ -20,8 +20,7 @@ use super::write_tensor_f32;
 use crate::engine::backend::{run_on, BackendChoice, BackendInfo, BackendTask};
 use crate::model::host::{read_back, upload};
 use crate::imaging::{self, GenerationParams, PARAMETERS_KEY};
-use crate::model::diffusion::{sample_uvit, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
-use crate::model::uvit::Uvit;
+use crate::model::diffusion::{build_denoiser, seeded_noise, DiffusionConfig, DiffusionModel, GenerateRequest, StepUpdate};
 use crate::model::load::read_json;
 use crate::weights::{Checkpoint, RandomWeights};
 
@@ -51,15 +50,18 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub height: Option<usize>,
     /// Guidance scale: classifier-free guidance (1 = none, one network pass per step), or
-    /// Sprint's guidance input [default: 6 for the UViTs, 4.5 for SANA].
+    /// Sprint's guidance input [default: the model's: 6 for the UViTs, 1.3 DiT, 1.2 USiT-H,
+    /// 1.15 USiT-2B, 4.5 for SANA].
     #[arg(long)]
     pub cfg: Option<f32>,
-    /// Network evaluations of the solver [default: the model's: 30 UViT, 20 SANA, 2 Sprint].
+    /// Steps [default: the model's: 30 UViT (network evaluations), 250 DiT (kept ADM steps),
+    /// 250 USiT (ODE grid points; dopri5 picks its own steps), 20 SANA, 2 Sprint].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// SANA sampler [default: the model's scheduler: dpm for SANA, scm for Sprint].
-    #[arg(long, value_enum)]
-    pub sampler: Option<crate::sampler::flow::FlowSolver>,
+    /// Sampler [default: the model's]: dpm, euler or scm for SANA (dpm; scm for Sprint); adm
+    /// or ddim for DiT (adm); dopri5 or heun2 for USiT (dopri5); dpm_solver for UViT.
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// Flow shift of the dpm / euler samplers [default: the model's, 3.0].
     #[arg(long)]
     pub flow_shift: Option<f64>,
@@ -69,7 +71,8 @@ pub struct GenerateArgs {
     /// Generate at exactly --width × --height instead of the closest resolution bin.
     #[arg(long)]
     pub no_binning: bool,
-    /// Sprint's per-step noise: tensor `noise` [steps, B, C, h, w] in a safetensors file.
+    /// Per-step noise: tensor `noise` [steps, B, C, h, w] in a safetensors file (Sprint's, or
+    /// DiT's ADM draws, one per kept step).
     #[arg(long, value_name = "FILE")]
     pub step_noise: Option<PathBuf>,
     /// Sprint's first TrigFlow angle (the pipeline's max_timesteps, 1.5708).
@@ -167,17 +170,18 @@ impl BackendTask for GenerateTask {
         super::report_backend(&info);
         let name = Path::new(&args.model).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or(args.model.clone());
         let config = DiffusionConfig::from_json(&read_json(&files.config)?, &name)?;
-        let null = config.uvit.null_class();
+        let null = config.null_class();
         let labels: Vec<usize> =
             classes.iter().map(|c| if let ClassArg::Id(id) = *c { id } else { null }).collect();
         if let Some(&bad) = labels.iter().find(|&&l| l > null) {
             bail!(
                 "--class {bad}: this model has classes 0..={} (and {} for an unconditional sample)",
-                config.uvit.num_classes - 1,
-                config.uvit.null_class()
+                config.num_classes() - 1,
+                config.null_class()
             );
         }
-        let steps = args.steps.unwrap_or(config.sampler.steps);
+        let steps = args.steps.unwrap_or(config.default_steps());
+        let defaults = crate::model::registry::find(&config.name).and_then(|p| p.defaults());
         let noise = match &args.noise {
             Some(path) => Some(read_tensor_f32::<B>(path, "noise", &device)?),
             None => None,
@@ -189,10 +193,24 @@ impl BackendTask for GenerateTask {
         let model = DiffusionModel::<B>::load_checkpoint_placed(&ckpt, config, &device, ae_on_cpu)?;
         drop(ckpt);
         eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
-        eprintln!("placement: UViT on {} · autoencoder on {}", where_(info.kind == "cpu"), where_(info.kind == "cpu" || model.autoencoder.on_cpu()));
+        eprintln!("placement: {} on {} · autoencoder on {}", model.config.family(), where_(info.kind == "cpu"), where_(info.kind == "cpu" || model.autoencoder.on_cpu()));
 
-        let cfg_scale = args.cfg.unwrap_or(6.0);
-        let req = GenerateRequest { labels: labels.clone(), cfg_scale, steps, seed: args.seed, noise, init: None };
+        let cfg_scale = args.cfg.unwrap_or(defaults.map_or(6.0, |d| d.guidance));
+        let mut req = GenerateRequest::new(labels.clone(), cfg_scale, steps, args.seed);
+        req.noise = noise;
+        req.sampler = args.sampler.clone();
+        if let Some(path) = &args.step_noise {
+            let (data, shape) = crate::weights::tensor_file::read_f32(path, "noise")?;
+            let dims: [usize; 5] = shape.clone().try_into().map_err(|_| anyhow::anyhow!("{}: tensor `noise` has shape {shape:?}; --step-noise needs [steps, B, C, h, w]", path.display()))?;
+            let per = dims[1..].iter().product::<usize>();
+            req.step_noise = Some(
+                (0..dims[0]).map(|i| Tensor::<B, 4>::from_data(TensorData::new(data[i * per..(i + 1) * per].to_vec(), [dims[1], dims[2], dims[3], dims[4]]), &device)).collect(),
+            );
+        }
+        let sampler_label = match args.sampler.as_deref() {
+            Some(s) => model.config.sampler_label_of(&s.to_ascii_lowercase()),
+            None => model.config.sampler_label(),
+        };
         let budget = crate::engine::memory::autoencoder_budget_for(&model.autoencoder, &device);
         let cancel = AtomicBool::new(false);
         let mut step_error: Option<anyhow::Error> = None;
@@ -237,7 +255,7 @@ impl BackendTask for GenerateTask {
             steps,
             seed: args.seed,
             model: model.config.name.clone(),
-            sampler: model.config.sampler.label(),
+            sampler: sampler_label,
             batch: labels.len(),
             img2img: None,
         };
@@ -290,13 +308,16 @@ pub fn read_tensor_f32<B: Backend>(path: &Path, name: &str, device: &B::Device) 
 /// Settings of `dcae bench --task generate`.
 #[derive(Debug, Clone)]
 pub struct GenerateBenchOptions {
-    /// A registered UViT model name (random weights: nothing is downloaded).
+    /// A registered class model name (UViT, USiT or DiT; random weights: nothing is
+    /// downloaded).
     pub model: String,
     /// Image resolution; the latent is `resolution / factor` on a side.
     pub resolution: usize,
     pub steps: usize,
     pub batch: usize,
     pub cfg_scale: f32,
+    /// One of the family's samplers; `None`: its default.
+    pub sampler: Option<String>,
     /// Timed single forward passes (after one untimed warm-up).
     pub forward_runs: usize,
     /// Timed full sampling runs.
@@ -312,6 +333,7 @@ impl GenerateBenchOptions {
             steps,
             batch: 1,
             cfg_scale: 6.0,
+            sampler: None,
             forward_runs: 5,
             generate_runs: 1,
             backend: BackendChoice::Auto,
@@ -329,13 +351,15 @@ pub struct GenerateBench {
     pub latent_shape: [usize; 4],
     pub steps: usize,
     pub cfg_scale: f32,
-    /// One UViT forward pass at the batch size.
+    /// One forward pass of the network at the batch size.
     pub forward: Timings,
     /// A full `steps`-step sampling run with guidance (no decode).
     pub generate: Timings,
-    /// UViT passes per sampling run.
+    /// Network passes per sampling run (each guided pair counts twice).
     pub network_calls: usize,
-    /// Seconds to build the random-weight UViT.
+    /// Guided predictions per run (an adaptive solver's own count).
+    pub nfe: usize,
+    /// Seconds to build the random-weight network.
     pub build_s: f64,
 }
 
@@ -366,31 +390,36 @@ pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::De
     }
     let config = DiffusionConfig::registered_at(&opts.model, Some(opts.resolution))?;
     let t0 = Instant::now();
-    let uvit = Uvit::<B>::load(&mut RandomWeights::<B>::new(device), &config.uvit);
+    let denoiser = build_denoiser::<B, _>(&mut RandomWeights::<B>::new(device), &config.denoiser);
     let build_s = t0.elapsed().as_secs_f64();
-    let shape = config.uvit.latent_shape(opts.batch);
-    let labels: Vec<usize> = (0..opts.batch).map(|i| (i * 97) % config.uvit.num_classes).collect();
+    let shape = config.latent_shape(opts.batch);
+    let labels: Vec<usize> = (0..opts.batch).map(|i| (i * 97) % config.num_classes()).collect();
 
     let x = seeded_noise::<B>(shape, 0, device);
-    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![500.0f32; opts.batch], [opts.batch]), device);
+    // Mid-schedule in each family's own time units (USiT's t is raw).
+    let t_mid = if config.family() == "USiT" { 0.5f32 } else { 500.0 };
+    let t = Tensor::<B, 1>::from_data(TensorData::new(vec![t_mid; opts.batch], [opts.batch]), device);
     let y = Tensor::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [opts.batch]), device);
     let forward_once = || {
         let start = Instant::now();
-        let eps = uvit.forward(x.clone(), t.clone(), y.clone());
+        let eps = denoiser.forward(x.clone(), t.clone(), y.clone());
         let _ = eps.into_data(); // waits for the device
         start.elapsed().as_secs_f64()
     };
     let first = forward_once(); // warm-up: kernel compilation / autotune, weight re-layout
     let forward = Timings { first_s: Some(first), ..Timings::from_samples((0..opts.forward_runs).map(|_| forward_once()).collect()) };
 
-    let req = GenerateRequest::<B> { labels, cfg_scale: opts.cfg_scale, steps: opts.steps, seed: 0, noise: None, init: None };
+    let mut req = GenerateRequest::<B>::new(labels, opts.cfg_scale, opts.steps, 0);
+    req.sampler = opts.sampler.clone();
     let cancel = AtomicBool::new(false);
     let mut network_calls = 0;
+    let mut nfe = 0;
     let mut times = Vec::new();
     for _ in 0..opts.generate_runs {
         let start = Instant::now();
-        let out = sample_uvit(&uvit, &config.sampler, &req, &mut |_| {}, &cancel)?;
+        let out = denoiser.sample(&req, &mut |_| {}, &cancel)?;
         network_calls = out.network_calls;
+        nfe = out.nfe;
         let _ = out.latent.into_data();
         times.push(start.elapsed().as_secs_f64());
     }
@@ -404,6 +433,7 @@ pub fn bench_generate_on<B: Backend>(opts: &GenerateBenchOptions, device: &B::De
         forward,
         generate: Timings::from_samples(times),
         network_calls,
+        nfe,
         build_s,
     })
 }

@@ -210,10 +210,11 @@ fn uvit<B: Backend>(dir: &Path, device: &B::Device, r: &mut Reporter) -> anyhow:
     let model = DiffusionModel::<B>::load_files(&dir.join("config.json"), &dir.join("model.safetensors"), device)?;
     let g = read_golden(&dir.join("expected.safetensors"))?;
     let t = Instant::now();
-    let eps = model.uvit.forward(tensor::<B, 4>(&g, "fwd_x", device)?, tensor::<B, 1>(&g, "fwd_t", device)?, int_tensor::<B, 1>(&g, "fwd_y", device)?);
+    let eps = model.denoiser.forward(tensor::<B, 4>(&g, "fwd_x", device)?, tensor::<B, 1>(&g, "fwd_t", device)?, int_tensor::<B, 1>(&g, "fwd_y", device)?);
     r.check("uvit-tiny forward", &values(eps)?, &get(&g, "fwd_eps")?.0, 1e-4, t.elapsed().as_secs_f64());
     let labels: Vec<usize> = get(&g, "cfg6_labels")?.0.iter().map(|&x| x as usize).collect();
-    let req = GenerateRequest::<B> { labels, cfg_scale: 6.0, steps: 30, seed: 0, noise: Some(tensor::<B, 4>(&g, "cfg6_noise", device)?), init: None };
+    let mut req = GenerateRequest::<B>::new(labels, 6.0, 30, 0);
+    req.noise = Some(tensor::<B, 4>(&g, "cfg6_noise", device)?);
     let t = Instant::now();
     let out = model.generate(&req, &mut |_| {}, &AtomicBool::new(false)).map_err(|e| anyhow!("{e}"))?;
     r.check("uvit-tiny generate 30 steps", &values(out.latent)?, &get(&g, "cfg6_latent")?.0, 1e-3, t.elapsed().as_secs_f64());

@@ -127,7 +127,10 @@ impl BackendTask for T2iTask {
         }
         req.steps = args.steps;
         req.guidance = args.cfg;
-        req.solver = args.sampler;
+        req.solver = match args.sampler.as_deref() {
+            None => None,
+            Some(s) => Some(<crate::sampler::flow::FlowSolver as clap::ValueEnum>::from_str(s, true).map_err(|_| anyhow!("--sampler {s}: a SANA pipeline samples with dpm, euler or scm"))?),
+        };
         req.flow_shift = args.flow_shift;
         req.instruction = !args.no_instruction;
         req.binning = !args.no_binning;

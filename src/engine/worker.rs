@@ -93,6 +93,8 @@ pub struct GenerateJob {
     pub cfg_scale: f32,
     pub steps: usize,
     pub seed: u64,
+    /// A class model's sampler, one of [`api::GeneratorInfo::samplers`]; `None`: its default.
+    pub sampler: Option<String>,
     /// Send every step's x0 estimate (as raw latents) for the projected preview.
     pub preview_latents: bool,
     /// Decode x0 with the full DC-AE every `decode_every` steps (0 = never).
@@ -868,7 +870,7 @@ impl<B: Backend> Engine<B> {
             });
             last = Instant::now();
         };
-        let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, init, &mut on_step, &job.cancel);
+        let result = model.generate(&job.labels, job.cfg_scale, job.steps, job.seed, job.sampler.as_deref(), init, &mut on_step, &job.cancel);
         let Some(GenerateOutput { latent, nfe, network_calls }) = self.settle(id, result, callback_err) else { return };
         let sampling_secs = start.elapsed().as_secs_f64();
         self.status("Decoding the final image…");
@@ -881,7 +883,11 @@ impl<B: Backend> Engine<B> {
                 network_calls,
                 sampling_secs,
                 decode_secs: t.elapsed().as_secs_f64(),
-                sampler: model.info().sampler.clone(),
+                sampler: job
+                    .sampler
+                    .as_deref()
+                    .and_then(|s| model.info().samplers.iter().find(|(n, _)| n == s).map(|(_, l)| l.clone()))
+                    .unwrap_or_else(|| model.info().sampler.clone()),
             }),
             Err(e) => self.error(Some(id), format!("decoding the final image failed: {e}")),
         }

@@ -191,6 +191,12 @@ pub fn lin_gelu<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> T
     super::cpu_kernels::linear_gelu(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| gelu(like(l, x.dtype()).forward(x)))
 }
 
+/// `gelu_tanh(l.forward(x))` (tanh-approximated GELU), fused into the CPU kernel when it applies.
+pub fn lin_gelu_tanh<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let bias = l.bias.as_ref().map(|b| b.val());
+    super::cpu_kernels::linear_gelu_tanh(&x, &l.weight.val(), bias.as_ref()).unwrap_or_else(|| burn::tensor::activation::gelu_approximate(like(l, x.dtype()).forward(x)))
+}
+
 /// `l` with its weight in `dtype`, the activations', for burn's own ops, which do not mix
 /// float types: a 16-bit weight ([`linear_stored`]) under f32 activations is widened for this
 /// one call (exactly), which keeps only the 16-bit copy resident.

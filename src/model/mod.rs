@@ -7,6 +7,7 @@ pub mod cpu_kernels;
 pub mod dcae;
 pub mod gpu_kernels;
 pub mod diffusion;
+pub mod dit;
 pub mod host;
 pub mod layers;
 pub mod limits;

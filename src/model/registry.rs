@@ -6,7 +6,7 @@
 //! and `DcaeConfig::published` cannot disagree about what exists.
 
 use super::sana::registry::{RegisteredSana, SanaArch};
-use super::uvit::{RegisteredUvit, UvitSize};
+use super::uvit::{ClassNet, RegisteredUvit, UvitSize};
 use crate::weights::pipeline::PipelineKind;
 
 /// MIT HAN Lab: the DC-AE autoencoders and the UViT zoo.
@@ -18,7 +18,7 @@ pub const SANA_OWNER: &str = super::sana::registry::OWNER;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Spec {
     Autoencoder { scaling_factor: f32 },
-    /// Class-conditional UViT (ImageNet classes) with its DC-AE in one checkpoint.
+    /// Class-conditional UViT / USiT / DiT (ImageNet classes) with its DC-AE in one checkpoint.
     ClassToImage(RegisteredUvit),
     /// A SANA / Sprint text-to-image pipeline (diffusers layout: text encoder, transformer,
     /// DC-AE, scheduler).
@@ -83,8 +83,16 @@ impl Pretrained {
     pub fn defaults(&self) -> Option<Defaults> {
         match self.spec {
             Spec::Autoencoder { .. } => None,
-            // efficientvit's published settings (the whole zoo is trained at 512 px).
-            Spec::ClassToImage(_) => Some(Defaults { steps: 30, guidance: 6.0, resolution: 512 }),
+            // The whole zoo is trained at 512 px. Steps: the original's evaluation settings
+            // (DPM-Solver 30, ADM respaced to 250, the ODE's 250-point grid). Guidance: the
+            // README's FID settings for DiT (1.3) and USiT (1.2 H, 1.15 2B); the UViTs keep
+            // the stronger 6.0 the app has always shown them with.
+            Spec::ClassToImage(u) => Some(match u.net {
+                ClassNet::Uvit(_) => Defaults { steps: 30, guidance: 6.0, resolution: 512 },
+                ClassNet::DitXl => Defaults { steps: 250, guidance: 1.3, resolution: 512 },
+                ClassNet::Usit(UvitSize::TwoB) => Defaults { steps: 250, guidance: 1.15, resolution: 512 },
+                ClassNet::Usit(_) => Defaults { steps: 250, guidance: 1.2, resolution: 512 },
+            }),
             // diffusers' SanaPipeline / SanaSprintPipeline call defaults.
             Spec::TextToImage(s) => Some(match s.kind {
                 PipelineKind::Sana => Defaults { steps: 20, guidance: 4.5, resolution: s.sample_size * 32 },
@@ -106,15 +114,29 @@ const fn ae(name: &'static str, scaling_factor: f32, about: &'static str, bytes:
 }
 
 const fn uvit(name: &'static str, autoencoder: &'static str, scaling_factor: f32, size: UvitSize, latent_channels: usize, input_size: usize) -> Pretrained {
+    class(name, autoencoder, scaling_factor, ClassNet::Uvit(size), latent_channels, input_size, "class-conditional UViT, ImageNet 512 px")
+}
+
+const fn class(name: &'static str, autoencoder: &'static str, scaling_factor: f32, net: ClassNet, latent_channels: usize, input_size: usize, about: &'static str) -> Pretrained {
     Pretrained {
         owner: HAN_LAB,
         name,
-        about: "class-conditional UViT, ImageNet 512 px",
+        about,
         components: None,
-        spec: Spec::ClassToImage(RegisteredUvit { name, autoencoder, scaling_factor, size, latent_channels, input_size }),
+        spec: Spec::ClassToImage(RegisteredUvit { name, autoencoder, scaling_factor, net, latent_channels, input_size }),
         in_app: false,
     }
 }
+
+/// A DiT / USiT on f32c32-in (their checkpoints: the autoencoder's 323,369,275 f32 values plus
+/// the backbone's, from `tests/fixtures/manifests`).
+const fn f32_zoo(name: &'static str, net: ClassNet, about: &'static str, bytes: &'static [(&'static str, u64)]) -> Pretrained {
+    in_app(Pretrained { components: Some(bytes), ..class(name, "dc-ae-f32c32-in-1.0", 0.3189, net, 32, 16, about) })
+}
+
+const DIT_XL_BYTES: &[(&str, u64)] = &[("weights (fp32)", 4 * (323_369_275 + 675_184_960))];
+const USIT_H_BYTES: &[(&str, u64)] = &[("weights (fp32)", 4 * (323_369_275 + 500_868_896))];
+const USIT_2B_BYTES: &[(&str, u64)] = &[("weights (fp32)", 4 * (323_369_275 + 1_580_396_576))];
 
 const fn sana(
     name: &'static str,
@@ -162,6 +184,10 @@ pub const PRETRAINED: &[Pretrained] = &[
         components: Some(&[("weights (fp32)", 4_710_000_000)]),
         ..uvit("dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k", "dc-ae-f64c128-in-1.0", 0.2889, UvitSize::H, 128, 8)
     }),
+    f32_zoo("dc-ae-f32c32-in-1.0-usit-2b-in-512px", ClassNet::Usit(UvitSize::TwoB), "USiT-2B on f32c32, ImageNet 512 px, FID 1.72", USIT_2B_BYTES),
+    f32_zoo("dc-ae-f32c32-in-1.0-usit-h-in-512px", ClassNet::Usit(UvitSize::H), "USiT-H on f32c32, ImageNet 512 px, FID 1.89", USIT_H_BYTES),
+    f32_zoo("dc-ae-f32c32-in-1.0-dit-xl-in-512px-trainbs1024", ClassNet::DitXl, "DiT-XL on f32c32 (batch 1024), ImageNet 512 px, FID 2.41", DIT_XL_BYTES),
+    f32_zoo("dc-ae-f32c32-in-1.0-dit-xl-in-512px", ClassNet::DitXl, "DiT-XL on f32c32, ImageNet 512 px, FID 2.84", DIT_XL_BYTES),
     in_app(sana("Sana_600M_512px_diffusers", "SANA 600M, 512 px", T2I, SanaArch::Sana600M, 16, T600)),
     in_app(sana("Sana_600M_1024px_diffusers", "SANA 600M, 1024 px", T2I, SanaArch::Sana600M, 32, T600)),
     in_app(sana("Sana_1600M_1024px_diffusers", "SANA 1.6B, 1024 px", T2I, SanaArch::Sana1600M, 32, T1600)),

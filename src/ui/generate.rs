@@ -114,6 +114,12 @@ pub struct GeneratePanel {
     pub class_search: ClassSearch,
     /// The model whose default step count was applied last, and that default.
     steps_default: Option<(String, usize)>,
+    /// The loaded class model's samplers `(name, label)`, its default first, and the chosen
+    /// one (`None`: the default); the step bound and what a step is, as the model says.
+    pub class_samplers: Vec<(String, String)>,
+    pub class_sampler: Option<String>,
+    class_max_steps: usize,
+    class_steps_hint: String,
     pub run: Option<Run>,
     pub shown: Shown,
     /// First pick of a comparison (set by "Compare…", completed by clicking another item).
@@ -164,6 +170,10 @@ impl Default for GeneratePanel {
             num_classes: api::NUM_CLASSES,
             class_search: ClassSearch::default(),
             steps_default: None,
+            class_samplers: Vec::new(),
+            class_sampler: None,
+            class_max_steps: 200,
+            class_steps_hint: "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps".into(),
             run: None,
             shown: Shown::Current,
             compare_from: None,
@@ -226,6 +236,13 @@ impl GeneratePanel {
         }
         self.kind = info.kind;
         self.num_classes = info.num_classes.max(1);
+        if info.samplers != self.class_samplers {
+            // Another family's sampler means nothing to this one.
+            self.class_sampler = None;
+        }
+        self.class_samplers = info.samplers.clone();
+        self.class_max_steps = info.max_steps.max(1);
+        self.class_steps_hint = info.steps_hint.clone();
         if std::mem::take(&mut self.restored) {
             self.guidance_default = Some((info.name.clone(), info.default_guidance));
             self.size_default = Some((info.name.clone(), (info.image_size(), info.image_size())));
@@ -407,6 +424,7 @@ impl GeneratePanel {
         let cancel = cancel_token();
         let params = self.params(&info);
         let aspect = if text.is_some() { self.width as f32 / self.height.max(1) as f32 } else { 1.0 };
+        let sampler = if text.is_some() { None } else { self.class_sampler.clone() };
         shared.worker.send(Job::Generate(GenerateJob {
             id,
             labels: if text.is_some() { Vec::new() } else { self.labels() },
@@ -415,6 +433,7 @@ impl GeneratePanel {
             cfg_scale: self.guidance,
             steps: self.steps,
             seed: self.seed,
+            sampler,
             preview_latents: self.live_preview,
             decode_every: self.decode_every,
             cancel: cancel.clone(),
@@ -706,7 +725,9 @@ impl GeneratePanel {
         let first = p.classes.first().map(|&c| c as usize);
         self.class = first.filter(|&c| c < self.num_classes);
         self.guidance = p.guidance.clamp(1.0, 10.0);
-        self.steps = p.steps.clamp(1, 200);
+        self.steps = p.steps.clamp(1, self.class_max_steps.max(1));
+        // The sampler the picture was made with, where this model offers it by that label.
+        self.class_sampler = self.class_samplers.iter().position(|(_, l)| *l == p.sampler).filter(|&i| i > 0).map(|i| self.class_samplers[i].0.clone());
         self.seed = p.seed;
         self.seed_locked = true;
         self.batch = p.batch.clamp(1, MAX_BATCH);
@@ -795,13 +816,30 @@ impl GeneratePanel {
         self.img2img_controls(ui, shared);
         ui.add_space(6.0);
 
-        let sprint = matches!(self.kind, GeneratorKind::TextToImage { sprint: true });
-        let max_steps = if sprint { 4 } else { 200 };
+        let max_steps = match self.kind {
+            GeneratorKind::TextToImage { sprint: true } => 4,
+            GeneratorKind::TextToImage { sprint: false } => 200,
+            GeneratorKind::ClassToImage => self.class_max_steps,
+        };
         self.steps = self.steps.clamp(1, max_steps);
         egui::Grid::new("gen_numbers").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
+            if self.kind == GeneratorKind::ClassToImage && self.class_samplers.len() > 1 {
+                ui.label("Sampler");
+                let current = self.class_sampler.clone().unwrap_or_else(|| self.class_samplers[0].0.clone());
+                let shown = self.class_samplers.iter().find(|(n, _)| *n == current).map_or(current.clone(), |(_, l)| l.clone());
+                egui::ComboBox::from_id_salt("class_sampler").selected_text(shown).show_ui(ui, |ui| {
+                    for (i, (name, label)) in self.class_samplers.clone().into_iter().enumerate() {
+                        let text = if i == 0 { format!("{label} (model default)") } else { label };
+                        if ui.selectable_label(current == name, text).clicked() {
+                            self.class_sampler = (i > 0).then_some(name);
+                        }
+                    }
+                });
+                ui.end_row();
+            }
             ui.label("Steps");
             let hint = match self.kind {
-                GeneratorKind::ClassToImage => "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps",
+                GeneratorKind::ClassToImage => self.class_steps_hint.as_str(),
                 GeneratorKind::TextToImage { sprint: false } => "Solver steps; SANA's default is 20",
                 GeneratorKind::TextToImage { sprint: true } => "SANA-Sprint samples in 1 to 4 steps; 2 is its default",
             };

@@ -500,7 +500,7 @@ impl ModelsPanel {
                 }
                 let sections = [
                     ("Text to image: SANA (Efficient-Large-Model, Hugging Face)", ModelKind::TextToImage, "hub_t2i"),
-                    ("Class to image: DC-AE + UViT (MIT HAN Lab)", ModelKind::ClassToImage, "hub_c2i"),
+                    ("Class to image: DC-AE + UViT, USiT, DiT (MIT HAN Lab)", ModelKind::ClassToImage, "hub_c2i"),
                     ("Autoencoders: DC-AE (MIT HAN Lab)", ModelKind::Autoencoder, "hub_ae"),
                 ];
                 for (title, kind, id) in sections {

@@ -266,7 +266,7 @@ fn dcae_size_ok(c: &DcaeConfig) -> Result<(), String> {
 
 fn uvit_size_ok(c: &DiffusionConfig) -> Result<(), String> {
     dcae_size_ok(&c.autoencoder)?;
-    let u = &c.uvit;
+    let Some(u) = c.uvit() else { return Ok(()) };
     let (d, m) = (u.hidden_size as u128, (u.hidden_size as f64 * u.mlp_ratio) as u128);
     let tokens = (u.input_size as u128 / u.patch_size.max(1) as u128).pow(2) + 2;
     let params = (u.depth as u128 + 1) * (6 * d * d + 2 * d * m) + tokens * d + (u.num_classes as u128 + 1) * d

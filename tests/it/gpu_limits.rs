@@ -263,6 +263,42 @@ mod lavapipe {
         assert!(max_abs_diff(&gpu.0, &cpu.0) < 1e-4 && max_abs_diff(&gpu.1, &cpu.1) < 1e-4, "GPU and CPU placements differ");
     }
 
+    /// DiT (ADM) and USiT (heun2, dopri5) on the GPU backend: the tiny fixtures' forwards and
+    /// short runs from the original's noise equal the CPU backend's.
+    #[test]
+    fn lavapipe_dit_and_usit_sample_as_on_the_cpu() {
+        use dcae::model::diffusion::{DiffusionModel, GenerateRequest};
+        use std::sync::atomic::AtomicBool;
+        let Some(dev) = device(64 << 20) else { return };
+        // (fixture, case, sampler, steps, labels, guidance) as the fixtures' notes.json list them.
+        let cases: [(&str, &str, &str, usize, [usize; 2], f32); 4] = [
+            ("dit-tiny", "adm10_cfg1_", "adm", 10, [0, 9], 1.0),
+            ("dit-tiny", "ddim25_cfg4_", "ddim", 25, [2, 4], 4.0),
+            ("usit-tiny", "heun2_10_cfg1p5_", "heun2", 10, [5, 1], 1.5),
+            ("usit-tiny", "dopri5_cfg1p5_", "dopri5", 250, [3, 7], 1.5),
+        ];
+        for (case, p, sampler, steps, labels, scale) in cases {
+            let dir = fixture(case);
+            let gpu = DiffusionModel::<Gpu>::load_files(&dir.join("config.json"), &dir.join("model.safetensors"), &dev).unwrap();
+            let cpu = DiffusionModel::<dcae::engine::backend::Cpu>::load_files(&dir.join("config.json"), &dir.join("model.safetensors"), &Default::default()).unwrap();
+            let exp = format!("{case}/expected.safetensors");
+            let labels = labels.to_vec();
+            let (noise, shape) = read4(&exp, &format!("{p}noise"));
+            let mut req = GenerateRequest::<Gpu>::new(labels.clone(), scale, steps, 0);
+            req.noise = Some(Tensor::from_data(TensorData::new(noise.clone(), shape), &dev));
+            req.sampler = Some(sampler.into());
+            let g = gpu_values(gpu.generate(&req, &mut |_| {}, &AtomicBool::new(false)).unwrap().latent);
+            let mut req = GenerateRequest::<dcae::engine::backend::Cpu>::new(labels, scale, steps, 0);
+            req.noise = Some(Tensor::from_data(TensorData::new(noise, shape), &Default::default()));
+            req.sampler = Some(sampler.into());
+            let c = cpu.generate(&req, &mut |_| {}, &AtomicBool::new(false)).unwrap().latent.into_data().to_vec::<f32>().unwrap();
+            let max = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = max_abs_diff(&g, &c) / max;
+            eprintln!("{case} {sampler}: GPU vs CPU {err:.2e} of the largest value");
+            assert!(err < 1e-3, "{case} {sampler}: {err:e}");
+        }
+    }
+
     /// A GPU engine whose first job panics is not restarted on the same device: it moves to the
     /// CPU and says why, and the CPU engine then runs.
     #[cfg(feature = "gui")]

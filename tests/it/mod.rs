@@ -16,3 +16,4 @@ mod ui;
 #[cfg(feature = "gui")]
 mod ui_text;
 mod uvit;
+mod zoo;

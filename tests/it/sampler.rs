@@ -22,6 +22,8 @@ fn request(exp: &std::collections::HashMap<String, Stored>, p: &str) -> Generate
         seed: 0,
         noise: Some(tensor4(&exp[&format!("{p}noise")])),
         init: None,
+        sampler: None,
+        step_noise: None,
     }
 }
 
@@ -148,11 +150,11 @@ fn sampler_f64_schedule_math_measured() {
     let y_null = Tensor::<Cpu, 1, Int>::from_data(TensorData::new(vec![10i64, 10], [2]), &device);
     let mut eps = |x: Tensor<Cpu, 4>, t: f64| -> Result<Tensor<Cpu, 4>, ()> {
         let t = Tensor::<Cpu, 1>::from_data(TensorData::new(vec![(t * 1000.0) as f32; 2], [2]), &device);
-        let c = model.uvit.forward(x.clone(), t.clone(), y.clone());
-        let u = model.uvit.forward(x, t, y_null.clone());
+        let c = model.denoiser.forward(x.clone(), t.clone(), y.clone());
+        let u = model.denoiser.forward(x, t, y_null.clone());
         Ok(c.clone() + (c - u).mul_scalar(5.0))
     };
-    let solver = DpmSolver::<f64>::new(&model.config.sampler).unwrap();
+    let solver = DpmSolver::<f64>::new(model.config.dpm_sampler().unwrap()).unwrap();
     let mut xs = vec![values(req.noise.clone().unwrap())];
     solver.sample(req.noise.clone().unwrap(), 30, &mut eps, &mut |u| xs.push(values(u.x))).unwrap();
     let errs = step_errors(&xs, &exp["cfg6_x_steps"]);
@@ -211,7 +213,7 @@ fn sampler_cancel_mid_run_then_clean_rerun() {
 fn sampler_rejects_bad_requests_clearly() {
     let model = load_tiny();
     let cancel = AtomicBool::new(false);
-    let ok = GenerateRequest::<Cpu> { labels: vec![3, 10], cfg_scale: 1.5, steps: 3, seed: 7, noise: None, init: None };
+    let ok = GenerateRequest::<Cpu> { labels: vec![3, 10], cfg_scale: 1.5, steps: 3, seed: 7, noise: None, init: None, sampler: None, step_noise: None };
     let err = |req: GenerateRequest<Cpu>| model.generate(&req, &mut |_| {}, &cancel).unwrap_err();
 
     let e = err(GenerateRequest { labels: vec![3, 11], ..ok.clone() });
@@ -241,7 +243,7 @@ fn sampler_small_step_counts_and_seeded_noise() {
     let model = load_tiny();
     let cancel = AtomicBool::new(false);
     for steps in [1, 2, 3, 4, 5] {
-        let req = GenerateRequest::<Cpu> { labels: vec![1, 2], cfg_scale: 4.0, steps, seed: 1, noise: None, init: None };
+        let req = GenerateRequest::<Cpu> { labels: vec![1, 2], cfg_scale: 4.0, steps, seed: 1, noise: None, init: None, sampler: None, step_noise: None };
         let mut n = 0;
         let out = model.generate(&req, &mut |_| n += 1, &cancel).unwrap();
         assert_eq!((out.nfe, out.network_calls, n), (steps, 2 * steps, fast_orders(steps, 3).len()));
@@ -254,7 +256,7 @@ fn sampler_small_step_counts_and_seeded_noise() {
     let mean = a.iter().sum::<f32>() / a.len() as f32;
     assert!(mean.abs() < 0.5);
     // Same seed, same sample.
-    let req = GenerateRequest::<Cpu> { labels: vec![5], cfg_scale: 2.0, steps: 4, seed: 9, noise: None, init: None };
+    let req = GenerateRequest::<Cpu> { labels: vec![5], cfg_scale: 2.0, steps: 4, seed: 9, noise: None, init: None, sampler: None, step_noise: None };
     let x1 = values(model.generate(&req, &mut |_| {}, &cancel).unwrap().latent);
     let x2 = values(model.generate(&req, &mut |_| {}, &cancel).unwrap().latent);
     assert_eq!(x1, x2);

@@ -265,7 +265,7 @@ fn ui_preview_cost() {
             readback += r.elapsed().as_secs_f64();
             last_x0 = Some(x0);
         };
-        let latent = g.generate(&[1], 6.0, nfe, 0, None, &mut cb, &never).ok().expect("sampling failed").latent;
+        let latent = g.generate(&[1], 6.0, nfe, 0, None, None, &mut cb, &never).ok().expect("sampling failed").latent;
         let total = t.elapsed().as_secs_f64() - readback;
         let x0 = last_x0.unwrap_or(latent);
         let decode = time(2, || g.decode(x0.clone()).unwrap().into_data());
@@ -584,7 +584,7 @@ fn ui_results_name_the_models_sampler() {
     let json = dcae::model::load::read_json(&fixtures().join("uvit-tiny/config.json")).unwrap();
     let config = dcae::model::diffusion::DiffusionConfig::from_json(&json, "uvit-tiny").unwrap();
     let sampler = h.state().shared.history[0].params.sampler();
-    assert_eq!(sampler, config.sampler.label());
+    assert_eq!(sampler, config.sampler_label());
     assert!(!sampler.contains("++"), "{sampler}");
 }
 

@@ -67,7 +67,7 @@ fn uvit_forward_matches_golden_fwd_eps() {
     let x = tensor4(&exp["fwd_x"]);
     let t = Tensor::<Cpu, 1>::from_data(TensorData::new(exp["fwd_t"].f32.clone(), [3]), &Default::default());
     let y = Tensor::<Cpu, 1, Int>::from_data(TensorData::new(exp["fwd_y"].i64.clone(), [3]), &Default::default());
-    let eps = values(model.uvit.forward(x, t, y));
+    let eps = values(model.denoiser.forward(x, t, y));
     let err = max_abs_diff(&eps, &exp["fwd_eps"].f32);
     println!("uvit-tiny fwd_eps max |diff| = {err:.3e}");
     assert!(err < 1e-4, "fwd_eps differs by {err}");
@@ -77,13 +77,13 @@ fn uvit_forward_matches_golden_fwd_eps() {
 fn uvit_tiny_config_and_keys_match_the_checkpoint() {
     let model = load_tiny();
     let cfg = &model.config;
-    assert_eq!(cfg.uvit, UvitConfig { depth: 4, hidden_size: 64, num_heads: 4, mlp_ratio: 4.0, in_channels: 4, patch_size: 1, input_size: 4, num_classes: 10 });
+    assert_eq!(*cfg.uvit().unwrap(), UvitConfig { depth: 4, hidden_size: 64, num_heads: 4, mlp_ratio: 4.0, in_channels: 4, patch_size: 1, input_size: 4, num_classes: 10 });
     assert_eq!(cfg.scaling_factor, 0.2889);
-    assert_eq!(cfg.sampler, dcae::sampler::SamplerConfig::default());
-    assert_eq!(cfg.uvit.num_params(), 268_036, "notes.json: params");
+    assert_eq!(cfg.dpm_sampler(), Some(&dcae::sampler::SamplerConfig::default()));
+    assert_eq!(cfg.uvit().unwrap().num_params(), 268_036, "notes.json: params");
 
     let mut rec = KeyRecorder::<Cpu>::new(&Default::default());
-    let _ = Uvit::load(&mut rec, &cfg.uvit);
+    let _ = Uvit::load(&mut rec, cfg.uvit().unwrap());
     let ckpt = Checkpoint::open(fixture_dir().join("model.safetensors")).unwrap();
     let stored: HashMap<String, Vec<usize>> = ckpt
         .keys()
@@ -98,7 +98,7 @@ fn uvit_tiny_config_and_keys_match_the_checkpoint() {
 
 #[test]
 fn uvit_h_keys_and_parameter_count() {
-    let cfg = registered_uvit("mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").unwrap().uvit_config();
+    let cfg = registered_uvit("mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k").unwrap().uvit_config().unwrap();
     assert_eq!((cfg.input_size, cfg.in_channels, cfg.num_tokens(), cfg.head_dim()), (8, 128, 66, 72));
     let mut rec = KeyRecorder::<Cpu>::new(&Default::default());
     let _ = Uvit::load(&mut rec, &cfg);
@@ -117,29 +117,33 @@ fn uvit_h_keys_and_parameter_count() {
 
 #[test]
 fn uvit_registry_covers_the_zoo() {
+    // efficientvit's diffusion_model_zoo.py: 7 UViTs, 2 USiTs, 2 DiT-XLs.
     let names: Vec<_> = dcae::model::registry::uvit_models().map(|m| m.name).collect();
-    assert_eq!(names.len(), 7);
+    assert_eq!(names.len(), 11);
+    let count = |f: &str| dcae::model::registry::uvit_models().filter(|m| m.family() == f).count();
+    assert_eq!((count("UViT"), count("USiT"), count("DiT")), (7, 2, 2));
     for m in dcae::model::registry::uvit_models() {
         let cfg = DiffusionConfig::registered(m.name).unwrap();
         assert_eq!(cfg.autoencoder.name, m.autoencoder);
         assert_eq!(cfg.image_size(), 512, "{}", m.name);
-        assert_eq!(cfg.uvit.in_channels, cfg.autoencoder.latent_channels);
+        assert_eq!(cfg.latent_channels(), cfg.autoencoder.latent_channels);
         let (sf, input) = if m.autoencoder.contains("f64c128") { (0.2889, 8) } else { (0.3189, 16) };
-        assert_eq!((cfg.scaling_factor, cfg.uvit.input_size), (sf, input), "{}", m.name);
+        assert_eq!((cfg.scaling_factor, cfg.latent_size()), (sf, input), "{}", m.name);
     }
-    let by = |n: &str| registered_uvit(n).unwrap().uvit_config();
+    let by = |n: &str| registered_uvit(n).unwrap().uvit_config().unwrap();
     assert_eq!((by("dc-ae-f32c32-in-1.0-uvit-s-in-512px").depth, by("dc-ae-f32c32-in-1.0-uvit-s-in-512px").hidden_size), (12, 512));
     assert_eq!(by("dc-ae-f64c128-in-1.0-uvit-2b-in-512px").hidden_size, 2048);
     assert_eq!(by("dc-ae-f64c128-in-1.0-uvit-2b-in-512px").num_heads, 32);
-    assert!(registered_uvit("dc-ae-f32c32-in-1.0-usit-h-in-512px").is_none());
+    assert_eq!(registered_uvit("dc-ae-f32c32-in-1.0-usit-h-in-512px").unwrap().family(), "USiT");
+    assert_eq!(registered_uvit("dc-ae-f32c32-in-1.0-dit-xl-in-512px").unwrap().family(), "DiT");
 
     let v = serde_json::json!({"model_name": "dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k"});
     let cfg = DiffusionConfig::from_json(&v, "x").unwrap();
-    assert_eq!(cfg.uvit.hidden_size, 1152);
+    assert_eq!(cfg.uvit().unwrap().hidden_size, 1152);
     let err = DiffusionConfig::from_json(&serde_json::json!({"model_name": "dc-ae-f64c128-in-1.0-dit-xl"}), "x").unwrap_err();
     assert!(err.to_string().contains("unknown diffusion model"), "{err}");
     let at = DiffusionConfig::registered_at("dc-ae-f64c128-in-1.0-uvit-h-in-512px", Some(1024)).unwrap();
-    assert_eq!(at.uvit.input_size, 16);
+    assert_eq!(at.latent_size(), 16);
     assert!(DiffusionConfig::registered_at("dc-ae-f64c128-in-1.0-uvit-h-in-512px", Some(500)).is_err());
 }
 
@@ -304,12 +308,13 @@ fn uvit_wgpu_matches_golden() {
     let gpu_values = |t: Tensor<Gpu, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let t = Tensor::<Gpu, 1>::from_data(TensorData::new(exp["fwd_t"].f32.clone(), [3]), &device);
     let y = Tensor::<Gpu, 1, Int>::from_data(TensorData::new(exp["fwd_y"].i64.clone(), [3]), &device);
-    let eps = gpu_values(model.uvit.forward(to_gpu(&exp["fwd_x"]), t, y));
+    let eps = gpu_values(model.denoiser.forward(to_gpu(&exp["fwd_x"]), t, y));
     let err = max_abs_diff(&eps, &exp["fwd_eps"].f32);
     println!("wgpu fwd_eps max |diff| = {err:.3e}");
     assert!(err < 1e-4);
 
-    let req = GenerateRequest::<Gpu> { labels: vec![3, 7], cfg_scale: 6.0, steps: 30, seed: 0, noise: Some(to_gpu(&exp["cfg6_noise"])), init: None };
+    let mut req = GenerateRequest::<Gpu>::new(vec![3, 7], 6.0, 30, 0);
+    req.noise = Some(to_gpu(&exp["cfg6_noise"]));
     let out = model.generate(&req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     let err = max_abs_diff(&gpu_values(out.latent.clone()), &exp["cfg6_latent"].f32);
     println!("wgpu cfg6_latent max |diff| = {err:.3e}");

@@ -46,6 +46,12 @@ pub struct GeneratorInfo {
     /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
     /// label the CLI writes too.
     pub sampler: String,
+    /// The samplers a class model's family offers, `(name, label)`, its default first (one
+    /// entry: nothing to choose; empty for text models, whose solvers the UI knows).
+    pub samplers: Vec<(String, String)>,
+    /// The largest step count the model's sampler takes, and what a step is, for the UI.
+    pub max_steps: usize,
+    pub steps_hint: String,
     /// What the memory estimate is made from ([`crate::engine::memory`]).
     pub footprint: crate::engine::memory::ModelFootprint,
 }
@@ -175,20 +181,23 @@ impl<B: Backend> Generator<B> {
         let info = GeneratorInfo {
             name: name.to_string(),
             kind: GeneratorKind::ClassToImage,
-            num_classes: c.uvit.num_classes,
-            latent_channels: c.uvit.in_channels,
-            latent_size: c.uvit.input_size,
+            num_classes: c.num_classes(),
+            latent_channels: c.latent_channels(),
+            latent_size: c.latent_size(),
             factor: c.autoencoder.factor(),
-            default_steps: c.sampler.steps.max(1),
+            default_steps: c.default_steps(),
             default_guidance: crate::model::registry::find(name).and_then(|p| p.defaults()).map_or(6.0, |d| d.guidance),
             scaling_factor: c.scaling_factor,
-            sampler: c.sampler.label(),
+            sampler: c.sampler_label(),
+            samplers: c.samplers().iter().map(|s| (s.to_string(), c.sampler_label_of(s))).collect(),
+            max_steps: c.max_steps(),
+            steps_hint: c.steps_hint().to_string(),
             footprint: crate::engine::memory::ModelFootprint {
-                denoiser: 4 * burn::module::Module::num_params(&model.uvit) as u64,
+                denoiser: 4 * model.denoiser.num_params() as u64,
                 text_encoder: 0,
                 autoencoder: 4 * model.autoencoder.num_params() as u64,
                 // Attention, qkv and the 4× MLP of one block, per token (guided pairs run as two calls).
-                per_token: 4.0 * 10.0 * c.uvit.hidden_size as f64,
+                per_token: 4.0 * 10.0 * c.hidden_size() as f64,
                 decode_per_pixel: crate::model::tiling::activation_bytes_per_pixel(&c.autoencoder).1,
                 low_memory: false,
                 text_on_cpu: false,
@@ -207,17 +216,21 @@ impl<B: Backend> Generator<B> {
     /// every solver step with the model's current estimate of the clean latent. Returns the
     /// latent (still multiplied by the scaling factor) with its count of guided predictions and
     /// of UViT forward passes (twice as many under guidance).
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &self,
         labels: &[usize],
         cfg_scale: f32,
         steps: usize,
         seed: u64,
+        sampler: Option<&str>,
         init: Option<(Tensor<B, 4>, f32)>,
         on_step: &mut dyn FnMut(usize, usize, Tensor<B, 4>),
         cancel: &AtomicBool,
     ) -> Result<GenerateOutput<B>, GenerateFailure> {
-        let req = GenerateRequest::<B> { labels: labels.to_vec(), cfg_scale, steps, seed, noise: None, init };
+        let mut req = GenerateRequest::<B>::new(labels.to_vec(), cfg_scale, steps, seed);
+        req.init = init;
+        req.sampler = sampler.map(str::to_string);
         let mut cb = |u: StepUpdate<B>| on_step(u.step, u.total, u.x0);
         match self.model.generate(&req, &mut cb, cancel) {
             Ok(out) => Ok(out),
@@ -279,7 +292,7 @@ pub fn load_autoencoder<B: Backend>(name: &str, config: &Path, weights: &Path, d
 /// config, or the `model_name` of a registered one).
 pub fn config_is_generator(config: &Path) -> bool {
     let Ok(json) = crate::model::load::read_json(config) else { return false };
-    json.get("uvit").is_some() || DiffusionConfig::from_json(&json, "").is_ok()
+    json.get("uvit").is_some() || json.get("dit").is_some() || DiffusionConfig::from_json(&json, "").is_ok()
 }
 
 /// The architecture of a published DC-AE, by name.

@@ -124,6 +124,9 @@ impl<B: Backend> TextGenerator<B> {
             default_guidance: c.default_guidance(),
             scaling_factor: c.vae.scaling_factor,
             sampler: c.scheduler.solver.label().to_string(),
+            samplers: Vec::new(),
+            max_steps: if sprint { 4 } else { 200 },
+            steps_hint: String::new(),
             footprint: ModelFootprint {
                 denoiser: denoiser_bytes,
                 text_encoder: text_bytes,

@@ -43,7 +43,7 @@ pub fn tanh(x: f32) -> f32 {
 
 /// transformers' `gelu_pytorch_tanh`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 #[inline(always)]
-fn gelu_tanh(x: f32) -> f32 {
+pub(super) fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // √(2/π)
     0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)))
 }

@@ -31,6 +31,7 @@ use super::act::Act;
 use sana::simd;
 
 mod attention;
+pub mod dit;
 pub mod gemma;
 pub mod sana;
 mod winograd;
@@ -447,12 +448,20 @@ pub fn linear_gelu<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor
     linear_then(x, weight, bias, Epilogue::Gelu)
 }
 
+/// [`linear`] followed by the tanh-approximated GELU (DiT's MLP), vectorized like the exact
+/// one: burn-flex's runs libm's scalar `tanh`, `powf` and `expm1` (12 % of a DiT-XL forward).
+pub fn linear_gelu_tanh<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, D>> {
+    linear_then(x, weight, bias, Epilogue::GeluTanh)
+}
+
 /// What [`linear_then`] applies to each thread's columns while they are in cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Epilogue {
     None,
     /// The exact (erf) GELU.
     Gelu,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
     /// SiLU through [`sana::silu`]'s vectorizing `exp`.
     Silu,
 }
@@ -514,6 +523,7 @@ fn linear_then<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 
                 let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * n + n0), n1 - n0) };
                 match epilogue {
                     Epilogue::Gelu => row.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+                    Epilogue::GeluTanh => simd(|| row.iter_mut().for_each(|v| *v = gemma::gelu_tanh(*v))),
                     Epilogue::Silu => sana::simd(|| row.iter_mut().for_each(|v| *v = sana::silu(*v))),
                     Epilogue::None => {}
                 }

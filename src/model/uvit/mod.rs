@@ -13,8 +13,15 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+pub mod family;
+pub mod ode;
+pub mod usit;
+
 use super::layers::{contiguous, lin, lin_gelu, linear};
 use crate::weights::WeightSource;
+
+pub use family::UvitFamily;
+pub use usit::UsitFamily;
 
 /// `UViTConfig` fields that shape the network (the rest of the original config is training
 /// and sampling plumbing).
@@ -135,7 +142,8 @@ impl UvitConfig {
 /// Tokens in front of the patches: the class label and the time step.
 const EXTRAS: usize = 2;
 
-/// One published diffusion model of the efficientvit zoo that uses a UViT backbone.
+/// One published class-conditional diffusion model of the efficientvit zoo (UViT, USiT or
+/// DiT on a DC-AE): what its family needs to build it without its files.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RegisteredUvit {
     /// Hub name under `mit-han-lab/`.
@@ -144,19 +152,54 @@ pub struct RegisteredUvit {
     pub autoencoder: &'static str,
     /// `latent_for_diffusion = encode(x) · scaling_factor`.
     pub scaling_factor: f32,
-    pub size: UvitSize,
+    pub net: ClassNet,
     pub latent_channels: usize,
     /// Latent side at the training resolution (512 px / autoencoder factor).
     pub input_size: usize,
 }
 
+/// The zoo's class-conditional networks, each with the sampler the original evaluates it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassNet {
+    /// UViT + DPM-Solver.
+    Uvit(UvitSize),
+    /// UViT network + SiT transport, ODE sampler.
+    Usit(UvitSize),
+    /// DiT-XL/1 + ADM.
+    DitXl,
+}
+
 impl RegisteredUvit {
-    pub fn uvit_config(&self) -> UvitConfig {
-        let (c, s) = (self.latent_channels, self.input_size);
-        match self.size {
-            UvitSize::S => UvitConfig::uvit_s(c, s),
-            UvitSize::H => UvitConfig::uvit_h(c, s),
-            UvitSize::TwoB => UvitConfig::uvit_2b(c, s),
+    /// The family's config at latent side `input_size`.
+    pub fn denoiser_config(&self, input_size: usize) -> crate::model::diffusion::DenoiserConfig {
+        use crate::model::diffusion::DenoiserConfig;
+        let c = self.latent_channels;
+        let uvit = |size: UvitSize| match size {
+            UvitSize::S => UvitConfig::uvit_s(c, input_size),
+            UvitSize::H => UvitConfig::uvit_h(c, input_size),
+            UvitSize::TwoB => UvitConfig::uvit_2b(c, input_size),
+        };
+        match self.net {
+            ClassNet::Uvit(size) => DenoiserConfig::Uvit { uvit: uvit(size), sampler: crate::sampler::SamplerConfig::default() },
+            ClassNet::Usit(size) => DenoiserConfig::Usit { uvit: uvit(size), sampler: usit::OdeConfig::default() },
+            ClassNet::DitXl => DenoiserConfig::Dit { dit: crate::model::dit::DitConfig::dit_xl(c, input_size), sampler: crate::model::dit::AdmConfig::default() },
+        }
+    }
+
+    /// The UViT network's config at the training resolution (UViT and USiT).
+    pub fn uvit_config(&self) -> Option<UvitConfig> {
+        match self.denoiser_config(self.input_size) {
+            crate::model::diffusion::DenoiserConfig::Uvit { uvit, .. } | crate::model::diffusion::DenoiserConfig::Usit { uvit, .. } => Some(uvit),
+            crate::model::diffusion::DenoiserConfig::Dit { .. } => None,
+        }
+    }
+
+    /// "UViT", "USiT" or "DiT".
+    pub fn family(&self) -> &'static str {
+        match self.net {
+            ClassNet::Uvit(_) => "UViT",
+            ClassNet::Usit(_) => "USiT",
+            ClassNet::DitXl => "DiT",
         }
     }
 }
@@ -196,9 +239,10 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn load<W: WeightSource<B>>(w: &mut W, key: &str, d: usize, num_heads: usize) -> Self {
+    /// `qkv_bias`: the UViT's qkv has none, timm's `Attention` in DiT has one.
+    pub(crate) fn load<W: WeightSource<B>>(w: &mut W, key: &str, d: usize, num_heads: usize, qkv_bias: bool) -> Self {
         Self {
-            qkv: linear(w, &format!("{key}.qkv"), d, 3 * d, false),
+            qkv: linear(w, &format!("{key}.qkv"), d, 3 * d, qkv_bias),
             proj: linear(w, &format!("{key}.proj"), d, d, true),
             num_heads,
         }
@@ -257,7 +301,7 @@ impl<B: Backend> UvitBlock<B> {
         let (d, m) = (cfg.hidden_size, cfg.mlp_hidden());
         Self {
             norm1: layer_norm(w, &format!("{key}.norm1"), d),
-            attn: Attention::load(w, &format!("{key}.attn"), d, cfg.num_heads),
+            attn: Attention::load(w, &format!("{key}.attn"), d, cfg.num_heads, false),
             norm2: layer_norm(w, &format!("{key}.norm2"), d),
             mlp: Mlp { fc1: linear(w, &format!("{key}.mlp.fc1"), d, m, true), fc2: linear(w, &format!("{key}.mlp.fc2"), m, d, true) },
             skip_linear: skip.then(|| linear(w, &format!("{key}.skip_linear"), 2 * d, d, true)),
