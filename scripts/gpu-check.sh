@@ -116,6 +116,8 @@ ROWS=(
   "DC-AE f64c128 encode ${S2}px|--model dc-ae-f64c128-in-1.0 --task encode --res $S2"
   "DC-AE f64c128 decode ${S2}px|--model dc-ae-f64c128-in-1.0 --task decode --res $S2"
   "UViT-H 512px ${STEPS}-step generate|--model dc-ae-f64c128-in-1.0-uvit-h-in-512px --task generate --res 512 --steps $STEPS --runs 1"
+  "DiT-XL forward 512px (guided pair)|--model dc-ae-f32c32-in-1.0-dit-xl-in-512px --task forward --res 512 --batch 2"
+  "USiT-H forward 512px (guided pair)|--model dc-ae-f32c32-in-1.0-usit-h-in-512px --task forward --res 512 --batch 2"
   "Sana-600M forward ${FWD1}px|--model Sana_600M_512px_diffusers --task forward --res $FWD1"
   "Sana-600M forward ${FWD2}px|--model Sana_600M_1024px_diffusers --task forward --res $FWD2"
   "Gemma-2-2B encode ${TOK} tok|--model Sana_600M_512px_diffusers --task text-encode --tokens $TOK"

@@ -8,10 +8,12 @@
 //!                           outlive engine restarts and backend switches)
 //! ```
 //!
-//! A backend switch ([`Worker::restart`]) closes the old engine's job channel and starts the new
-//! engine thread, which first waits for the old one to end: the old models are freed before the
-//! new backend loads anything, so two generators are never in memory at once. Both engines send
-//! to the same event channel, so nothing the old one finished is dropped on the way.
+//! A backend switch ([`Worker::restart`]) retires the old engine and starts the new engine
+//! thread, which first waits for the old one to end: the old models are freed before the new
+//! backend loads anything, so two generators are never in memory at once. The old engine
+//! finishes the job it is running and hands every job still queued to the new one, which runs
+//! them on the new backend. Both engines send to the same event channel, so nothing the old
+//! one finished is dropped on the way.
 //!
 //! A panic while handling a job is caught, reported as an [`Event::Error`], and the engine is
 //! restarted: the backend is set up again and the generation model that was loaded is loaded
@@ -25,7 +27,7 @@ pub mod projection;
 pub mod samples;
 pub mod text;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,7 +272,10 @@ pub struct Worker {
     jobs: Sender<Job>,
     events: Receiver<Event>,
     sink: Sink,
-    engine: Option<JoinHandle<()>>,
+    /// The engine thread; it returns the jobs it was handed or had queued when retired.
+    engine: Option<JoinHandle<Vec<Job>>>,
+    /// Set to retire the current engine ([`Self::restart`]).
+    retire: Arc<AtomicBool>,
     pub config: WorkerConfig,
 }
 
@@ -281,33 +286,41 @@ impl Worker {
         let (tx, events) = channel::<Event>();
         let sink = Sink { tx, wake };
         let (jobs, _) = channel::<Job>();
-        let mut worker = Self { jobs, events, sink, engine: None, config: config.clone() };
+        let mut worker = Self { jobs, events, sink, engine: None, retire: Arc::new(AtomicBool::new(false)), config: config.clone() };
         worker.start_engine(config, None);
         worker
     }
 
-    /// Replaces the engine with one on `config` (another backend, say). The old engine's job
-    /// channel is closed, so it ends after its current job (cancel that job first); the new
-    /// engine thread waits for it to end before it sets up the backend, so the old models are
-    /// freed before new ones load. Events keep arriving on the same channel.
+    /// Replaces the engine with one on `config` (another backend, say). The old engine is
+    /// retired: it ends after its current job (cancel that job first) and hands the jobs still
+    /// queued to the new engine, which runs them on `config`'s backend. The new engine thread
+    /// waits for the old one to end before it sets up the backend, so the old models are freed
+    /// before new ones load. Events keep arriving on the same channel.
     pub fn restart(&mut self, config: WorkerConfig) {
+        self.retire.store(true, Ordering::SeqCst);
         let previous = self.engine.take();
         self.config = config.clone();
         self.start_engine(config, previous);
     }
 
-    fn start_engine(&mut self, config: WorkerConfig, previous: Option<JoinHandle<()>>) {
+    fn start_engine(&mut self, config: WorkerConfig, previous: Option<JoinHandle<Vec<Job>>>) {
         let (jobs, job_rx) = channel::<Job>();
-        // Dropping the old sender closes the old engine's channel: it stops at its next recv.
+        // The old engine keeps its own channel (and what is queued in it) until it is retired.
         self.jobs = jobs;
+        let retire = Arc::new(AtomicBool::new(false));
+        self.retire = retire.clone();
         let sink = self.sink.clone();
         let spawned = std::thread::Builder::new().name("dcae-engine".into()).spawn(move || {
-            if let Some(previous) = previous {
-                sink.send(Event::Status("Waiting for the previous engine to stop…".into()));
-                let _ = previous.join();
-            }
-            supervise(config, job_rx, sink.clone());
+            let carried = match previous {
+                Some(previous) => {
+                    sink.send(Event::Status("Waiting for the previous engine to stop…".into()));
+                    previous.join().unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            let left = supervise(config, job_rx, sink.clone(), carried.into(), &retire);
             sink.send(Event::EngineStopped);
+            left
         });
         match spawned {
             Ok(h) => self.engine = Some(h),
@@ -352,6 +365,8 @@ impl Drop for Worker {
 enum Exit {
     /// The job channel closed: the app is gone.
     Disconnected,
+    /// The worker retired this engine (a backend switch): the jobs not run yet go to the next.
+    Retired,
     /// A job panicked; start over. `on_cpu`: the engine that panicked ran on the CPU.
     Panicked { reason: String, on_cpu: bool },
 }
@@ -366,21 +381,37 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
+/// Runs engines on `config`'s backend until the job channel closes or the worker retires this
+/// one; returns the jobs not run yet (`queue`, then what is still in the channel) when retired.
+fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink, mut queue: VecDeque<Job>, retire: &AtomicBool) -> Vec<Job> {
     let mut choice = config.backend;
     // The generator to reload after a restart.
     let loaded: Arc<Mutex<Option<GeneratorSource>>> = Arc::new(Mutex::new(None));
     let mut policy = RestartPolicy::new(choice == BackendChoice::Cpu);
-    let mut replay: Option<Job> = None;
+    let leftovers = |queue: &mut VecDeque<Job>| -> Vec<Job> {
+        let mut left: Vec<Job> = queue.drain(..).chain(jobs.try_iter()).collect();
+        // The handed-over jobs were queued for the model this engine had loaded: it goes first
+        // (the next engine skips a load of the model it already has).
+        if !left.is_empty() && !matches!(left.first(), Some(Job::LoadGenerator(_))) {
+            if let Some(g) = loaded.lock().ok().and_then(|g| g.clone()) {
+                left.insert(0, Job::LoadGenerator(g));
+            }
+        }
+        left
+    };
     loop {
         let succeeded = Arc::new(AtomicBool::new(false));
-        let task = EngineTask { jobs: &jobs, sink: sink.clone(), config: &config, loaded: loaded.clone(), replay: replay.take(), succeeded: succeeded.clone() };
+        let task = EngineTask { jobs: &jobs, sink: sink.clone(), config: &config, loaded: loaded.clone(), queue: &mut queue, retire, succeeded: succeeded.clone() };
         let outcome = catch_unwind(AssertUnwindSafe(|| run_on(choice, task)));
         if succeeded.load(Ordering::Relaxed) {
             policy.succeeded();
         }
+        if retire.load(Ordering::SeqCst) {
+            return leftovers(&mut queue);
+        }
         match outcome {
-            Ok(Ok(Exit::Disconnected)) => return,
+            Ok(Ok(Exit::Disconnected)) => return Vec::new(),
+            Ok(Ok(Exit::Retired)) => return leftovers(&mut queue),
             Ok(Ok(Exit::Panicked { reason, on_cpu })) => {
                 // `auto` may have resolved to the CPU: the policy follows what really ran.
                 if on_cpu && choice != BackendChoice::Cpu {
@@ -396,15 +427,18 @@ fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
                     }
                     Decision::GiveUp(why) => {
                         sink.send(Event::Error { job: None, message: why });
-                        return;
+                        return Vec::new();
                     }
                 }
-                replay = loaded.lock().ok().and_then(|g| g.clone()).map(Job::LoadGenerator);
+                // The model that was loaded comes back first, then the jobs still waiting.
+                if let Some(g) = loaded.lock().ok().and_then(|g| g.clone()) {
+                    queue.push_front(Job::LoadGenerator(g));
+                }
             }
             Ok(Err(e)) => {
                 if choice == BackendChoice::Cpu {
                     sink.send(Event::Error { job: None, message: format!("no backend could start: {e}") });
-                    return;
+                    return Vec::new();
                 }
                 sink.send(Event::BackendFallback { requested: choice, reason: e.to_string() });
                 choice = BackendChoice::Cpu;
@@ -415,7 +449,7 @@ fn supervise(config: WorkerConfig, jobs: Receiver<Job>, sink: Sink) {
                 let reason = panic_message(p.as_ref());
                 if choice == BackendChoice::Cpu {
                     sink.send(Event::Error { job: None, message: format!("the CPU backend failed to start: {reason}") });
-                    return;
+                    return Vec::new();
                 }
                 sink.send(Event::BackendFallback { requested: choice, reason: format!("it crashed while starting: {reason}") });
                 choice = BackendChoice::Cpu;
@@ -430,7 +464,9 @@ struct EngineTask<'a> {
     sink: Sink,
     config: &'a WorkerConfig,
     loaded: Arc<Mutex<Option<GeneratorSource>>>,
-    replay: Option<Job>,
+    /// Jobs to run before the channel's: a reload after a restart, jobs handed over.
+    queue: &'a mut VecDeque<Job>,
+    retire: &'a AtomicBool,
     /// Set once a job that uses the device finishes without a panic ([`RestartPolicy`]).
     succeeded: Arc<AtomicBool>,
 }
@@ -452,9 +488,11 @@ impl BackendTask for EngineTask<'_> {
             loaded: self.loaded.clone(),
             fail_next_preview: false,
         };
-        let mut pending = self.replay;
         let mut last_memory: Option<(u64, u64)> = None;
         loop {
+            if self.retire.load(Ordering::SeqCst) {
+                return Exit::Retired;
+            }
             // Memory is read between jobs (the allocator is idle then) and sent when it changed.
             if let Some(m) = crate::engine::backend::gpu_memory::<B>(&engine.device) {
                 if last_memory != Some(m) {
@@ -462,9 +500,9 @@ impl BackendTask for EngineTask<'_> {
                     self.sink.send(Event::DeviceMemory { in_use: m.0, reserved: m.1 });
                 }
             }
-            let job = match pending.take() {
+            let job = match self.queue.pop_front() {
                 Some(j) => j,
-                None => match self.jobs.recv_timeout(Duration::from_millis(1000)) {
+                None => match self.jobs.recv_timeout(Duration::from_millis(100)) {
                     Ok(j) => j,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Exit::Disconnected,

@@ -287,6 +287,17 @@ impl DiffusionConfig {
         }
     }
 
+    /// The guidance of the authors' FID numbers (efficientvit's README): 1.5 for the UViTs, 1.3
+    /// for DiT-XL, 1.2 for USiT-H and 1.15 for USiT-2B (told apart by width).
+    pub fn fid_guidance(&self) -> f32 {
+        match &self.denoiser {
+            DenoiserConfig::Uvit { .. } => 1.5,
+            DenoiserConfig::Dit { .. } => 1.3,
+            DenoiserConfig::Usit { uvit, .. } if uvit.hidden_size >= 2048 => 1.15,
+            DenoiserConfig::Usit { .. } => 1.2,
+        }
+    }
+
     /// The most steps a run may ask for: ADM keeps at most every training step; the others
     /// are bounded only by patience.
     pub fn max_steps(&self) -> usize {

@@ -680,6 +680,59 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
     assert!(stopped < ready, "{seen:?}");
 }
 
+/// Regression (issue 22): jobs queued before a backend switch ran on the old engine, which
+/// drained its channel before it stopped. Now the old engine finishes only the job it is
+/// running and hands the rest over: the queued job ends after the new engine is ready, once.
+#[test]
+fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
+    use dcae::engine::worker::{cancel_token, Event, GenerateJob, GeneratorSource, Job, ModelFilesRef, Worker, WorkerConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
+    let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
+    let dir = fixtures().join("uvit-tiny");
+    let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };
+    let job = |id: u64| {
+        Job::Generate(GenerateJob {
+            id,
+            labels: vec![1; 4],
+            text: None,
+            init: None,
+            cfg_scale: 4.0,
+            steps: 150,
+            seed: id,
+            sampler: None,
+            preview_latents: false,
+            decode_every: 0,
+            cancel: cancel_token(),
+        })
+    };
+    w.send(Job::LoadGenerator(GeneratorSource::Class(files.clone())));
+    w.send(job(1));
+    w.send(job(2));
+    // Whether the old engine got to the load or job 1 or not, job 2 is still queued: the new
+    // engine gets it, with the model it was queued for.
+    w.restart(config);
+    let mut seen: Vec<String> = Vec::new();
+    let start = Instant::now();
+    let mut generated = Vec::new();
+    while start.elapsed() < Duration::from_secs(120) && generated.len() < 2 {
+        match w.recv_timeout(Duration::from_millis(100)) {
+            Some(Event::Generated { job, .. }) => {
+                generated.push(job);
+                seen.push(format!("Generated {job}"));
+            }
+            Some(Event::Error { job, message }) => panic!("job {job:?}: {message}"),
+            Some(e) => seen.push(format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string()),
+            None => {}
+        }
+    }
+    generated.sort();
+    assert_eq!(generated, vec![1, 2], "each job ends once: {seen:?}");
+    let ready = seen.iter().rposition(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
+    let second = seen.iter().position(|e| e == "Generated 2").unwrap();
+    assert!(ready < second, "job 2 ran on the old engine: {seen:?}");
+}
+
 /// A dropped file above the size limit is refused before it is read, with the reason.
 #[test]
 fn ui_oversized_drop_is_refused_before_reading() {

@@ -24,7 +24,12 @@ pub struct Stored {
 
 /// Every tensor of `expected.safetensors`.
 pub fn expected() -> HashMap<String, Stored> {
-    let bytes = std::fs::read(fixture_dir().join("expected.safetensors")).expect("read expected.safetensors");
+    expected_in(&fixture_dir())
+}
+
+/// Every tensor of `<dir>/expected.safetensors` (f64 read as f32).
+pub fn expected_in(dir: &Path) -> HashMap<String, Stored> {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).expect("read expected.safetensors");
     let st = SafeTensors::deserialize(&bytes).expect("parse expected.safetensors");
     st.tensors()
         .into_iter()
@@ -32,6 +37,7 @@ pub fn expected() -> HashMap<String, Stored> {
             let (mut f, mut i) = (Vec::new(), Vec::new());
             match v.dtype() {
                 Dtype::F32 => f = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::F64 => f = v.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
                 Dtype::I64 => i = v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
                 other => panic!("unexpected dtype {other:?} for {name}"),
             }

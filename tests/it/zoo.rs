@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{Int, Tensor, TensorData};
 use dcae::engine::backend::Cpu;
 use dcae::model::diffusion::{DiffusionModel, GenerateError, GenerateRequest, StepUpdate};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
-use super::uvit::{tensor4, values, Stored};
+use super::uvit::{expected_in, tensor4, values, Stored};
 
 fn dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
@@ -25,21 +25,7 @@ fn load(case: &str) -> DiffusionModel<Cpu> {
 }
 
 fn expected(case: &str) -> HashMap<String, Stored> {
-    let bytes = std::fs::read(dir(case).join("expected.safetensors")).expect("read expected.safetensors");
-    let st = SafeTensors::deserialize(&bytes).expect("parse expected.safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let (mut f, mut i) = (Vec::new(), Vec::new());
-            match v.dtype() {
-                Dtype::F32 => f = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::F64 => f = v.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-                Dtype::I64 => i = v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
-                other => panic!("unexpected dtype {other:?} for {name}"),
-            }
-            (name, Stored { shape: v.shape().to_vec(), f32: f, i64: i })
-        })
-        .collect()
+    expected_in(&dir(case))
 }
 
 /// max |a − b| / max |b|.

@@ -52,6 +52,8 @@ pub struct GeneratorInfo {
     /// The largest step count the model's sampler takes, and what a step is, for the UI.
     pub max_steps: usize,
     pub steps_hint: String,
+    /// The guidance of the authors' FID numbers (class models).
+    pub fid_guidance: f32,
     /// What the memory estimate is made from ([`crate::engine::memory`]).
     pub footprint: crate::engine::memory::ModelFootprint,
 }
@@ -192,6 +194,7 @@ impl<B: Backend> Generator<B> {
             samplers: c.samplers().iter().map(|s| (s.to_string(), c.sampler_label_of(s))).collect(),
             max_steps: c.max_steps(),
             steps_hint: c.steps_hint().to_string(),
+            fid_guidance: c.fid_guidance(),
             footprint: crate::engine::memory::ModelFootprint {
                 denoiser: 4 * model.denoiser.num_params() as u64,
                 text_encoder: 0,

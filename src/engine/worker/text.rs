@@ -127,6 +127,7 @@ impl<B: Backend> TextGenerator<B> {
             samplers: Vec::new(),
             max_steps: if sprint { 4 } else { 200 },
             steps_hint: String::new(),
+            fid_guidance: c.default_guidance(),
             footprint: ModelFootprint {
                 denoiser: denoiser_bytes,
                 text_encoder: text_bytes,

@@ -68,6 +68,9 @@ impl OdeConfig {
     }
 }
 
+/// The most grid points a run may ask for (each is a network call pair for heun2).
+pub const MAX_POINTS: usize = 100_000;
+
 /// A USiT: the UViT network with its ODE settings.
 #[derive(Debug)]
 pub struct UsitFamily<B: Backend> {
@@ -129,6 +132,9 @@ impl<B: Backend> ClassDenoiser<B> for UsitFamily<B> {
             }
             None => (noise, 0.0, req.steps.max(2)),
         };
+        if points > MAX_POINTS {
+            return Err(GenerateError::Sampler(SamplerError::Invalid(format!("{points} grid points asked for; the ODE samplers take at most {MAX_POINTS} (the authors use 250)"))));
+        }
         let mut report = |s: OdeStep<B>| {
             // The clean estimate on a linear path: x₁ ≈ x_t + (1 − t)·v(x_t, t).
             let x0 = match s.v {
