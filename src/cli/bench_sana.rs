@@ -17,8 +17,8 @@ use crate::model::sana::transformer::{add_gated, norm_modulate, SanaTransformer,
 use burn::backend::Flex;
 use crate::model::placed::PlacedAe;
 use crate::model::{Dcae, DcaeConfig};
-use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
-use crate::weights::pipeline::PipelineKind;
+use crate::model::sana::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver};
+use crate::model::sana::layout::PipelineKind;
 use crate::model::precision::PrecisionChoice;
 use crate::weights::RandomWeights;
 

@@ -195,7 +195,7 @@ impl BackendTask for GenerateTask {
         eprintln!("loaded {} in {:.1}s", model.config.name, t0.elapsed().as_secs_f64());
         eprintln!("placement: {} on {} · autoencoder on {}", model.config.family(), where_(info.kind == "cpu"), where_(info.kind == "cpu" || model.autoencoder.on_cpu()));
 
-        let cfg_scale = args.cfg.unwrap_or(defaults.map_or(6.0, |d| d.guidance));
+        let cfg_scale = args.cfg.unwrap_or(defaults.map_or(model.config.default_guidance(), |d| d.guidance));
         let mut req = GenerateRequest::new(labels.clone(), cfg_scale, steps, args.seed);
         req.noise = noise;
         req.sampler = args.sampler.clone();

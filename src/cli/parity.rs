@@ -18,7 +18,7 @@ use crate::model::load::{load_dcae_files, python_json};
 use crate::model::precision::{Precision, PrecisionChoice};
 use crate::model::sana::text_encoder::{Gemma2, Gemma2Config};
 use crate::model::sana::transformer::{SanaTransformer, SanaTransformerConfig};
-use crate::weights::pipeline::PipelineKind;
+use crate::model::sana::layout::PipelineKind;
 use crate::weights::{load_strict, Checkpoint, Layout};
 
 #[derive(Debug, Clone, clap::Args)]

@@ -16,7 +16,7 @@ use crate::model::host::{read_back, upload};
 use crate::imaging::{self, PromptParams, PARAMETERS_KEY};
 use crate::model::sana::pipeline::{SanaPipeline, T2iEvent, T2iRequest};
 use crate::weights::hub::{self, HubOptions};
-use crate::weights::pipeline::{self as pipe, PipelineFiles};
+use crate::model::sana::layout::{self as pipe, PipelineFiles};
 
 /// The owner of the published SANA repos: a bare `Sana_…` / `SANA…` name means them.
 pub const SANA_OWNER: &str = "Efficient-Large-Model";
@@ -129,7 +129,7 @@ impl BackendTask for T2iTask {
         req.guidance = args.cfg;
         req.solver = match args.sampler.as_deref() {
             None => None,
-            Some(s) => Some(<crate::sampler::flow::FlowSolver as clap::ValueEnum>::from_str(s, true).map_err(|_| anyhow!("--sampler {s}: a SANA pipeline samples with dpm, euler or scm"))?),
+            Some(s) => Some(<crate::model::sana::flow::FlowSolver as clap::ValueEnum>::from_str(s, true).map_err(|_| anyhow!("--sampler {s}: a SANA pipeline samples with dpm, euler or scm"))?),
         };
         req.flow_shift = args.flow_shift;
         req.instruction = !args.no_instruction;

@@ -98,7 +98,7 @@ fn download(repo: String, options: HubOptions, cancel: CancelToken, tx: Sender<E
     let pipeline = matches!(crate::model::registry::find(&repo).map(|p| p.spec), Some(crate::model::registry::Spec::TextToImage(_)));
     let result = catch_unwind(AssertUnwindSafe(|| {
         if pipeline {
-            crate::weights::pipeline::fetch_pipeline(&repo, &options, None, &mut progress, &cancel).map(|_| ()).map_err(|e| e.to_string())
+            crate::model::sana::layout::fetch_pipeline(&repo, &options, None, &mut progress, &cancel).map(|_| ()).map_err(|e| e.to_string())
         } else {
             hub::download_model(&repo, &options, &mut progress, &cancel).map(|_| ()).map_err(|e| e.to_string())
         }

@@ -289,6 +289,16 @@ impl DiffusionConfig {
 
     /// The guidance of the authors' FID numbers (efficientvit's README): 1.5 for the UViTs, 1.3
     /// for DiT-XL, 1.2 for USiT-H and 1.15 for USiT-2B (told apart by width).
+    /// The guidance a run of a model the registry does not know starts from: the authors'
+    /// demo value for the UViTs (efficientvit's `demo_dc_ae_diffusion_model.py`, 6.0), and the
+    /// FID value for DiT and USiT, whose published runs all use it (6 would oversaturate them).
+    pub fn default_guidance(&self) -> f32 {
+        match &self.denoiser {
+            DenoiserConfig::Uvit { .. } => 6.0,
+            _ => self.fid_guidance(),
+        }
+    }
+
     pub fn fid_guidance(&self) -> f32 {
         match &self.denoiser {
             DenoiserConfig::Uvit { .. } => 1.5,

@@ -7,7 +7,7 @@
 
 use super::sana::registry::{RegisteredSana, SanaArch};
 use super::uvit::{ClassNet, RegisteredUvit, UvitSize};
-use crate::weights::pipeline::PipelineKind;
+use crate::model::sana::layout::PipelineKind;
 
 /// MIT HAN Lab: the DC-AE autoencoders and the UViT zoo.
 pub const HAN_LAB: &str = "mit-han-lab";

@@ -7,7 +7,6 @@
 //! ([`crate::model::diffusion`]).
 
 pub mod dpm_solver;
-pub mod flow;
 pub mod schedule;
 
 use serde::{Deserialize, Serialize};

@@ -13,8 +13,8 @@ use super::history::{self, class_label, HistoryItem};
 use super::preview::PreviewImage;
 use super::{models, widgets, GeneratorState, Shared};
 use crate::engine::worker::api::{self, FlowSolver, GenerationParams, GeneratorInfo, GeneratorKind, ImageParams, Img2Img, PromptParams};
-use crate::engine::worker::text::{aspect_presets, TextRequest};
-use crate::engine::worker::{cancel_token, CancelToken, Event, GenerateJob, InitImage, Job};
+use crate::model::sana::adapter::{aspect_presets, TextRequest};
+use crate::engine::worker::{cancel_token, CancelToken, Conditioning, Event, GenerateJob, Generated, InitImage, Job};
 
 /// The authors' demo guidance (efficientvit `demo_dc_ae_diffusion_model.py`).
 pub const DEMO_GUIDANCE: f32 = 6.0;
@@ -119,8 +119,8 @@ pub struct GeneratePanel {
     /// one (`None`: the default); the step bound and what a step is, as the model says.
     pub class_samplers: Vec<(String, String)>,
     pub class_sampler: Option<String>,
-    class_max_steps: usize,
-    class_steps_hint: String,
+    max_steps: usize,
+    steps_hint: String,
     class_fid_guidance: f32,
     pub run: Option<Run>,
     pub shown: Shown,
@@ -133,6 +133,8 @@ pub struct GeneratePanel {
     /// Measured costs, for the preview settings.
     pub last_decode_secs: Option<f64>,
     pub last_sec_per_step: Option<f64>,
+    /// The largest batch the last run's adapter gave one decode (`None`: the budget decided).
+    pub last_decode_batch: Option<usize>,
     /// Where "Quick save" writes.
     pub output_dir: Option<PathBuf>,
     /// Step previews shown this session (projected, fully decoded).
@@ -174,9 +176,9 @@ impl Default for GeneratePanel {
             steps_default: None,
             class_samplers: Vec::new(),
             class_sampler: None,
-            class_max_steps: 200,
+            max_steps: 200,
             class_fid_guidance: FID_GUIDANCE,
-            class_steps_hint: "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps".into(),
+            steps_hint: "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps".into(),
             run: None,
             shown: Shown::Current,
             compare_from: None,
@@ -185,6 +187,7 @@ impl Default for GeneratePanel {
             open_dialog: None,
             last_decode_secs: None,
             last_sec_per_step: None,
+            last_decode_batch: None,
             output_dir: default_output_dir(),
             previews_projected: 0,
             previews_decoded: 0,
@@ -244,8 +247,8 @@ impl GeneratePanel {
             self.class_sampler = None;
         }
         self.class_samplers = info.samplers.clone();
-        self.class_max_steps = info.max_steps.max(1);
-        self.class_steps_hint = info.steps_hint.clone();
+        self.max_steps = info.max_steps.max(1);
+        self.steps_hint = info.steps_hint.clone();
         self.class_fid_guidance = info.fid_guidance;
         if std::mem::take(&mut self.restored) {
             self.guidance_default = Some((info.name.clone(), info.default_guidance));
@@ -428,11 +431,15 @@ impl GeneratePanel {
         let cancel = cancel_token();
         let params = self.params(&info);
         let aspect = if text.is_some() { self.width as f32 / self.height.max(1) as f32 } else { 1.0 };
+        // The prompt's own solver is in the request; a class model's is named here.
         let sampler = if text.is_some() { None } else { self.class_sampler.clone() };
+        let conditioning = match text {
+            Some(t) => Conditioning::Prompt(t),
+            None => Conditioning::Classes(self.labels()),
+        };
         shared.worker.send(Job::Generate(GenerateJob {
             id,
-            labels: if text.is_some() { Vec::new() } else { self.labels() },
-            text,
+            conditioning,
             init: self.source.as_ref().map(|s| InitImage { image: s.image.clone(), strength: self.strength }),
             cfg_scale: self.guidance,
             steps: self.steps,
@@ -469,17 +476,6 @@ impl GeneratePanel {
     }
 
     pub fn on_event(&mut self, ev: Event, shared: &mut Shared, ctx: &egui::Context) {
-        // A result of a run the UI stopped following (engine restart, backend switch) that the
-        // engine still finished: kept, not dropped.
-        if let Event::Generated { job, .. } = &ev {
-            if let Some(params) = self.orphans.remove(job) {
-                let Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs, sampler } = ev else { return };
-                let mut params = params;
-                params.set_sampler(sampler);
-                self.add_result(job, params, images, (nfe, network_calls, sampling_secs, decode_secs), shared, ctx);
-                return;
-            }
-        }
         let Some(run) = &mut self.run else { return };
         match ev {
             Event::Phase { job, label, done, total } if job == run.id => run.phase = Some((label, done, total)),
@@ -502,16 +498,27 @@ impl GeneratePanel {
                 self.last_decode_secs = Some(secs);
                 self.previews_decoded += 1;
             }
-            Event::Generated { job, images, nfe, network_calls, sampling_secs, decode_secs, sampler } if job == run.id => {
-                let Some(mut run) = self.run.take() else { return };
-                // What actually ran (the engine's label), whatever the UI assumed.
-                run.params.set_sampler(sampler);
-                self.last_sec_per_step = Some(run.sec_per_step);
-                self.add_result(job, run.params, images, (nfe, network_calls, sampling_secs, decode_secs), shared, ctx);
-                self.shown = Shown::Item(job);
-            }
             _ => {}
         }
+    }
+
+    /// A finished run: its result into the history, also for a run the UI stopped following
+    /// (engine restart, backend switch) that the engine still finished.
+    pub fn on_generated(&mut self, job: u64, g: Generated, shared: &mut Shared, ctx: &egui::Context) {
+        let Generated { images, nfe, network_calls, sampling_secs, decode_secs, sampler, decode_batch } = g;
+        self.last_decode_batch = decode_batch;
+        let cost = (nfe, network_calls, sampling_secs, decode_secs);
+        if let Some(mut params) = self.orphans.remove(&job) {
+            params.set_sampler(sampler);
+            self.add_result(job, params, images, cost, shared, ctx);
+            return;
+        }
+        let Some(mut run) = self.run.take_if(|r| r.id == job) else { return };
+        // What actually ran (the engine's label), whatever the UI assumed.
+        run.params.set_sampler(sampler);
+        self.last_sec_per_step = Some(run.sec_per_step);
+        self.add_result(job, run.params, images, cost, shared, ctx);
+        self.shown = Shown::Item(job);
     }
 
     /// A finished result: into the history and, on disk, into the gallery at once.
@@ -729,7 +736,7 @@ impl GeneratePanel {
         let first = p.classes.first().map(|&c| c as usize);
         self.class = first.filter(|&c| c < self.num_classes);
         self.guidance = p.guidance.clamp(1.0, 10.0);
-        self.steps = p.steps.clamp(1, self.class_max_steps.max(1));
+        self.steps = p.steps.clamp(1, self.max_steps.max(1));
         // The sampler the picture was made with, where this model offers it by that label.
         self.class_sampler = self.class_samplers.iter().position(|(_, l)| *l == p.sampler).filter(|&i| i > 0).map(|i| self.class_samplers[i].0.clone());
         self.seed = p.seed;
@@ -820,14 +827,11 @@ impl GeneratePanel {
         self.img2img_controls(ui, shared);
         ui.add_space(6.0);
 
-        let max_steps = match self.kind {
-            GeneratorKind::TextToImage { sprint: true } => 4,
-            GeneratorKind::TextToImage { sprint: false } => 200,
-            GeneratorKind::ClassToImage => self.class_max_steps,
-        };
+        // The model's own bound and hint ([`GeneratorInfo::max_steps`], `steps_hint`).
+        let max_steps = self.max_steps.max(1);
         self.steps = self.steps.clamp(1, max_steps);
         egui::Grid::new("gen_numbers").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
-            if self.kind == GeneratorKind::ClassToImage && self.class_samplers.len() > 1 {
+            if self.class_samplers.len() > 1 {
                 ui.label("Sampler");
                 let current = self.class_sampler.clone().unwrap_or_else(|| self.class_samplers[0].0.clone());
                 let shown = self.class_samplers.iter().find(|(n, _)| *n == current).map_or(current.clone(), |(_, l)| l.clone());
@@ -842,12 +846,7 @@ impl GeneratePanel {
                 ui.end_row();
             }
             ui.label("Steps");
-            let hint = match self.kind {
-                GeneratorKind::ClassToImage => self.class_steps_hint.as_str(),
-                GeneratorKind::TextToImage { sprint: false } => "Solver steps; SANA's default is 20",
-                GeneratorKind::TextToImage { sprint: true } => "SANA-Sprint samples in 1 to 4 steps; 2 is its default",
-            };
-            ui.add(egui::DragValue::new(&mut self.steps).range(1..=max_steps)).on_hover_text(hint);
+            ui.add(egui::DragValue::new(&mut self.steps).range(1..=max_steps)).on_hover_text(self.steps_hint.as_str());
             ui.end_row();
             ui.label("Seed");
             ui.horizontal(|ui| {

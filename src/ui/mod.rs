@@ -25,7 +25,7 @@ use crate::engine::backend::{BackendChoice, BackendInfo};
 use crate::engine::worker::api::{self, hub::HubOptions, GeneratorInfo};
 use crate::engine::worker::projection::Projection;
 use crate::engine::downloads::Downloads;
-use crate::engine::worker::{Event, Job, Worker, WorkerConfig};
+use crate::engine::worker::{Event, Job, JobEnd, JobError, Worker, WorkerConfig};
 
 pub use history::HistoryItem;
 pub use models::{Catalog, ModelEntry, ModelKind};
@@ -198,7 +198,11 @@ pub struct Shared {
     pub engine_status: String,
     pub history: Vec<HistoryItem>,
     pub preview: preview::PreviewRenderer,
-    next_id: u64,
+    /// The generator load the UI waits for (its job id and the name it shows); only its end
+    /// changes [`Self::generator`], so an older load finishing late changes nothing.
+    pending_load: Option<(u64, String)>,
+    /// The Settings view's "Clear" of the preview projections, while it runs.
+    clear_job: Option<u64>,
     /// A view asked to switch tabs.
     pub goto: Option<Tab>,
     /// The Models view asked the Reconstruct view to select this autoencoder.
@@ -219,9 +223,16 @@ impl Shared {
         self.ctx.clone()
     }
 
+    /// A fresh id, from the worker's counter: job ids and history ids never meet.
     pub fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        self.worker.next_id()
+    }
+
+    /// Deletes the cached preview projections (Settings); the end says whether it worked.
+    pub fn clear_projections(&mut self) {
+        let id = self.next_id();
+        self.clear_job = Some(id);
+        self.worker.send(Job::ClearProjections { id });
     }
 
     /// Loads the catalog entry `key` as the generation model.
@@ -236,10 +247,13 @@ impl Shared {
             return;
         };
         self.generator_key = Some(key.to_string());
-        self.generator = GeneratorState::Loading(entry.label.clone());
+        let label = entry.label.clone();
+        self.generator = GeneratorState::Loading(label.clone());
         self.projection = None;
         self.projection_note = None;
-        self.worker.send(Job::LoadGenerator(source));
+        let id = self.next_id();
+        self.pending_load = Some((id, label));
+        self.worker.send(Job::LoadGenerator { id, source });
     }
 
     /// Scans the model folders and the Hugging Face cache again, on a helper thread (a big cache
@@ -432,7 +446,8 @@ impl StudioApp {
             engine_status: String::new(),
             history: Vec::new(),
             preview,
-            next_id: 0,
+            pending_load: None,
+            clear_job: None,
             goto: None,
             select_autoencoder: None,
             download_request: None,
@@ -572,21 +587,14 @@ impl StudioApp {
                 s.backend_note = Some(msg);
             }
             Event::Status(text) => s.engine_status = text,
-            Event::GeneratorLoaded { info, secs } => {
-                if secs > 0.5 {
-                    s.notices.info(format!("Loaded {} in {secs:.1} s", info.name));
+            Event::Reloading { job, source } => {
+                // The engine reloads the model it had after a restart: followed like a load the
+                // UI asked for, unless the UI already waits for another one.
+                if s.pending_load.is_none() {
+                    s.generator = GeneratorState::Loading(source.name().to_string());
+                    s.pending_load = Some((job, source.name().to_string()));
                 }
-                self.generate.on_generator(&info);
-                s.generator = GeneratorState::Ready(info);
             }
-            Event::GeneratorFailed { name, message, kind } => {
-                s.notices.error(format!("Could not load {name}: {message}"));
-                s.generator = GeneratorState::Failed { name, message, kind };
-            }
-            Event::ProjectionsCleared { result } => match result {
-                Ok(()) => s.notices.info("Preview projections cleared; they are refitted on the next generation"),
-                Err(e) => s.notices.error(e),
-            },
             Event::ProjectionReady { model, projection, fit_secs } => {
                 s.projection_note = Some(match fit_secs {
                     Some(t) => format!("fitted for {model} in {t:.1} s ({}; RMSE {:.3})", projection.note, projection.rmse),
@@ -594,29 +602,20 @@ impl StudioApp {
                 });
                 s.projection = Some(projection);
             }
-            Event::Progress { .. }
-            | Event::Phase { .. }
-            | Event::PreviewLatent { .. }
-            | Event::PreviewDecoded { .. }
-            | Event::Generated { .. } => self.generate.on_event(ev, &mut self.shared, &self.ctx),
-            Event::Cancelled { job } => {
-                if !self.generate.on_cancelled(job, &mut self.shared) {
-                    self.reconstruct.on_cancelled(job);
-                }
+            Event::Progress { .. } | Event::Phase { .. } | Event::PreviewLatent { .. } | Event::PreviewDecoded { .. } => {
+                self.generate.on_event(ev, &mut self.shared, &self.ctx)
             }
-            Event::ReconstructInput { .. } | Event::Reconstructed { .. } | Event::ReconstructFinished { .. } => {
-                self.reconstruct.on_event(ev, &self.ctx)
-            }
+            Event::ReconstructInput { .. } | Event::Reconstructed { .. } => self.reconstruct.on_event(ev, &self.ctx),
+            Event::Ended { job, end } => self.on_ended(job, end),
             Event::DownloadProgress { .. } | Event::DownloadFinished { .. } => self.models.on_event(ev, &mut self.shared),
-            Event::Error { job, message } => {
-                if let Some(job) = job {
-                    self.generate.on_error(job);
-                    self.reconstruct.on_error(job, &message);
-                }
-                self.shared.notices.error(message);
-            }
+            Event::Error { message } => self.shared.notices.error(message),
             // The run goes on: only say so.
-            Event::Warning { message, .. } => self.shared.notices.warning(message),
+            Event::Warning { job, message } => {
+                if let Some(job) = job {
+                    self.reconstruct.on_warning(job, &message);
+                }
+                self.shared.notices.warning(message)
+            }
             Event::EngineStopped => {}
             Event::Restarted { reason } => {
                 self.generate.abort_run();
@@ -626,6 +625,62 @@ impl StudioApp {
                     self.shared.generator = GeneratorState::Loading(info.name.clone());
                 }
             }
+        }
+    }
+
+    /// A job's one end: the load the UI waits for, the projection clear, or a view's run.
+    fn on_ended(&mut self, job: u64, end: JobEnd) {
+        let s = &mut self.shared;
+        if let Some((_, name)) = s.pending_load.take_if(|(id, _)| *id == job) {
+            match end {
+                JobEnd::Loaded { info, secs } => {
+                    if secs > 0.5 {
+                        s.notices.info(format!("Loaded {} in {secs:.1} s", info.name));
+                    }
+                    self.generate.on_generator(&info);
+                    s.generator = GeneratorState::Ready(info);
+                }
+                JobEnd::Failed(JobError { message, kind }) => {
+                    s.notices.error(format!("Could not load {name}: {message}"));
+                    s.generator = GeneratorState::Failed { name, message, kind };
+                }
+                // The load itself crashed: nothing is loaded now (the engine does not bring
+                // back the model this load replaced), and the picker still names this one.
+                JobEnd::Crashed { reason } => {
+                    s.notices.error(format!("Could not load {name}: {reason}"));
+                    s.generator = GeneratorState::Failed { name, message: reason, kind: api::FailureKind::Other };
+                }
+                other => {
+                    let message = format!("the load ended unexpectedly ({other:?})");
+                    s.generator = GeneratorState::Failed { name, message, kind: api::FailureKind::Other };
+                }
+            }
+            return;
+        }
+        if s.clear_job.take_if(|id| *id == job).is_some() {
+            match end {
+                JobEnd::Done => s.notices.info("Preview projections cleared; they are refitted on the next generation"),
+                JobEnd::Failed(e) => s.notices.error(e.message),
+                JobEnd::Crashed { reason } => s.notices.error(reason),
+                _ => {}
+            }
+            return;
+        }
+        match end {
+            JobEnd::Generated(g) => self.generate.on_generated(job, g, &mut self.shared, &self.ctx),
+            JobEnd::Cancelled => {
+                if !self.generate.on_cancelled(job, &mut self.shared) {
+                    self.reconstruct.on_cancelled(job);
+                }
+            }
+            JobEnd::Reconstructed => self.reconstruct.on_finished(job),
+            JobEnd::Failed(JobError { message, .. }) | JobEnd::Crashed { reason: message } => {
+                self.generate.on_error(job);
+                self.reconstruct.on_error(job, &message);
+                self.shared.notices.error(message);
+            }
+            // A load the UI stopped waiting for (another was asked for since), an unload.
+            JobEnd::Loaded { .. } | JobEnd::Done => {}
         }
     }
 

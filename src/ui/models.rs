@@ -14,7 +14,7 @@ use crate::engine::worker::api::{self, hub, hub::HubOptions};
 use crate::engine::worker::{cancel_token, CancelToken, Event, ModelFilesRef};
 
 pub use crate::engine::worker::GeneratorSource;
-use crate::engine::worker::api::pipeline;
+use crate::engine::worker::api::layout as pipeline;
 use crate::engine::worker::api::registry::{self, Pretrained, Spec};
 
 /// The generation model the app is built around.

@@ -150,9 +150,25 @@ impl ReconstructPanel {
         }
     }
 
+    /// The run failed as a whole (its end).
     pub fn on_error(&mut self, job: u64, message: &str) {
         if self.run.as_ref().is_some_and(|(id, _)| *id == job) {
             self.last_error = Some(message.to_string());
+            self.run = None;
+        }
+    }
+
+    /// One model of the run failed; the others go on.
+    pub fn on_warning(&mut self, job: u64, message: &str) {
+        if self.run.as_ref().is_some_and(|(id, _)| *id == job) {
+            self.last_error = Some(message.to_string());
+        }
+    }
+
+    /// Every model of the run is done.
+    pub fn on_finished(&mut self, job: u64) {
+        if self.run.as_ref().is_some_and(|(id, _)| *id == job) {
+            self.run = None;
         }
     }
 
@@ -169,7 +185,6 @@ impl ReconstructPanel {
                 let heat_tex = widgets::texture(ctx, &format!("heat-{}", result.model), &result.heatmap);
                 self.results.push(ReconEntry { result, recon_tex, heat_tex });
             }
-            Event::ReconstructFinished { job } if job == run_id => self.run = None,
             _ => {}
         }
     }

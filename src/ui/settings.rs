@@ -5,7 +5,6 @@ use eframe::egui::{self, RichText};
 
 use super::Shared;
 use crate::engine::backend::{BackendChoice, Placement};
-use crate::engine::worker::Job;
 
 #[derive(Default)]
 pub struct SettingsWindow {
@@ -75,7 +74,7 @@ impl SettingsWindow {
                         // The engine forgets its fitted projection too (else it would never send
                         // another and previews would stay off), and deletes the files off this
                         // thread; it answers with `ProjectionsCleared`.
-                        shared.worker.send(Job::ClearProjections);
+                        shared.clear_projections();
                         shared.projection = None;
                         shared.projection_note = None;
                     }
@@ -95,13 +94,6 @@ impl SettingsWindow {
             ui.separator();
             egui::CollapsingHeader::new("Diagnostics").show(ui, |ui| {
                 ui.label(RichText::new(format!("preview path: {}", shared.preview.kind())).small());
-                if ui
-                    .button("Crash test: make the engine panic")
-                    .on_hover_text("Checks that the engine recovers from an internal error; your images are kept")
-                    .clicked()
-                {
-                    shared.worker.send(Job::DebugPanic);
-                }
             });
         });
         self.open = open;

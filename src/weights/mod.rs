@@ -10,7 +10,6 @@ pub mod half;
 pub mod host_table;
 pub mod hub;
 pub mod keys;
-pub mod pipeline;
 pub mod tensor_file;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};

@@ -26,9 +26,9 @@ use dcae::model::sana::prompt::{default_instruction, preprocess, SanaTokenizer};
 use dcae::model::sana::text_encoder::Gemma2Config;
 use dcae::model::sana::transformer::SanaTransformerConfig;
 use dcae::model::DcaeConfig;
-use dcae::sampler::flow::FlowSchedulerConfig;
+use dcae::model::sana::flow::FlowSchedulerConfig;
 use dcae::model::load::{dcae_config_from_json, python_json, read_json};
-use dcae::weights::pipeline::{pipeline_kind, resolve_pipeline_dir};
+use dcae::model::sana::layout::{pipeline_kind, resolve_pipeline_dir};
 use dcae::weights::tensor_file::{read_f32, read_nchw};
 use dcae::weights::Checkpoint;
 

@@ -319,7 +319,9 @@ mod lavapipe {
         while start.elapsed() < Duration::from_secs(120) {
             match w.recv_timeout(Duration::from_millis(100)) {
                 Some(Event::BackendReady(info)) if info.kind == "wgpu" && !sent => {
-                    w.send(Job::DebugPanic);
+                    w.faults().panic_next(dcae::engine::worker::PanicAt::AnyJob);
+                    let id = w.next_id();
+                    w.send(Job::UnloadAutoencoders { id });
                     sent = true;
                     seen.push("ready wgpu".to_string());
                 }
@@ -335,7 +337,7 @@ mod lavapipe {
         eprintln!("{seen:?}");
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert_eq!(seen[0], "ready wgpu");
-        assert!(seen[1].starts_with("fallback: it failed before completing any job") && seen[1].contains("crash test"), "{seen:?}");
+        assert!(seen[1].starts_with("fallback: it failed before completing any job") && seen[1].contains("fault injected"), "{seen:?}");
         assert_eq!(seen[2], "ready cpu");
     }
 }

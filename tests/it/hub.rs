@@ -1002,7 +1002,7 @@ fn a_download_whose_sha256_does_not_match_is_deleted_and_reported() {
 /// it does not need are not, and a second fetch sends no request.
 #[test]
 fn sana_pipeline_is_fetched_whole_and_loads() {
-    use dcae::weights::pipeline::{fetch_pipeline, WeightFiles};
+    use dcae::model::sana::layout::{fetch_pipeline, WeightFiles};
     const SANA: &str = "Efficient-Large-Model/Sana_tiny_diffusers";
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sana-tiny");
     let mut hosted = Vec::new();

@@ -2,6 +2,8 @@
 mod ae;
 mod backend;
 mod common;
+#[cfg(feature = "gui")]
+mod contract;
 mod fuzz;
 mod gpu_limits;
 mod hub;

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use dcae::model::sana::transformer::{SanaTransformer, SanaTransformerConfig};
-use dcae::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig};
+use dcae::model::sana::flow::{self, FlowSchedule, FlowSchedulerConfig};
 use dcae::weights::{load_strict, Checkpoint, KeyRecorder, Layout};
 use safetensors::{Dtype, SafeTensors};
 
@@ -331,7 +331,7 @@ fn transformer_config_refuses_what_it_does_not_implement() {
 // ---------------------------------------------------------------------------------------------
 
 use dcae::model::sana::pipeline::{SanaPipeline, T2iEvent, T2iRequest};
-use dcae::weights::pipeline::resolve_pipeline_dir;
+use dcae::model::sana::layout::resolve_pipeline_dir;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 

@@ -217,12 +217,13 @@ fn ui_engine_recovers_from_a_panic() {
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
 
-    h.get_by_label("⚙ Settings").click();
-    h.step();
-    h.get_by_label("Diagnostics").click();
-    h.step();
-    h.get_by_label("Crash test: make the engine panic").click();
+    // The next generation panics inside the engine: the run ends (crashed, said as an error),
+    // the engine restarts and reloads its model, and what was made before is kept.
+    h.state().shared.worker.faults().panic_next(dcae::engine::worker::PanicAt::Generate);
+    h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "the restart", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.contains("restarted")));
+    assert!(errors(h.state()).iter().any(|e| e.contains("internal error while generating")), "{:?}", errors(h.state()));
+    assert!(h.state().generate.run.is_none(), "the crashed run ended");
     wait_ready(&mut h);
     assert_eq!(h.state().shared.history.len(), 1, "the history survives the restart");
     h.get_by_label("✨ Generate").click();
@@ -497,7 +498,7 @@ fn ui_preview_failure_is_a_warning_and_keeps_the_result() {
     wait_ready(&mut h);
     h.state_mut().generate.steps = 4;
     h.state_mut().generate.live_preview = true;
-    h.state_mut().shared.worker.send(dcae::engine::worker::Job::DebugFailNextPreview);
+    h.state().shared.worker.faults().fail_next_preview();
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "the result despite the preview failure", 30.0, |a| a.shared.history.len() == 1);
     assert!(warnings(h.state()).iter().any(|w| w.contains("step previews are off")), "{:?}", warnings(h.state()));
@@ -544,7 +545,7 @@ fn ui_batches_are_decoded_one_image_at_a_time() {
     wait_for(&mut h, "a batch of 3", 30.0, |a| a.shared.history.len() == 1);
     assert_eq!(h.state().shared.history[0].images.len(), 3);
     assert!(h.state().generate.previews_decoded > 0);
-    assert_eq!(dcae::engine::worker::api::peak_decode_batch(), 1);
+    assert_eq!(h.state().generate.last_decode_batch, Some(1), "the engine reports how it decoded");
 }
 
 /// Settings → Clear promises a refit: the next run fits the projection again and shows
@@ -604,7 +605,12 @@ fn ui_user_steps_survive_reload_backend_switch_and_restart() {
     h.state_mut().restart_engine(BackendChoice::Cpu);
     wait_ready(&mut h);
     assert_eq!(h.state().generate.steps, chosen, "after a backend switch");
-    h.state_mut().shared.worker.send(dcae::engine::worker::Job::DebugPanic);
+    {
+        let w = &mut h.state_mut().shared.worker;
+        w.faults().panic_next(dcae::engine::worker::PanicAt::AnyJob);
+        let id = w.next_id();
+        w.send(dcae::engine::worker::Job::UnloadAutoencoders { id });
+    }
     wait_for(&mut h, "the restart", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.contains("restarted")));
     wait_ready(&mut h);
     assert_eq!(h.state().generate.steps, chosen, "after an engine restart");
@@ -651,7 +657,7 @@ fn ui_download_survives_a_backend_switch() {
 /// backend: two generators are never in memory at once. Events of both arrive on one channel.
 #[test]
 fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
-    use dcae::engine::worker::{Event, Job, ModelFilesRef, Worker, WorkerConfig};
+    use dcae::engine::worker::{Event, Job, JobEnd, ModelFilesRef, Worker, WorkerConfig};
     let tmp = tempfile::tempdir().unwrap();
     let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
@@ -662,18 +668,18 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
             match w.recv_timeout(Duration::from_millis(100)) {
-                Some(Event::GeneratorLoaded { .. }) => return seen,
-                Some(Event::GeneratorFailed { message, .. }) => panic!("{message}"),
+                Some(Event::Ended { end: JobEnd::Loaded { .. }, .. }) => return seen,
+                Some(Event::Ended { end: JobEnd::Failed(e), .. }) => panic!("{}", e.message),
                 Some(e) => seen.push(format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string()),
                 None => {}
             }
         }
         panic!("no GeneratorLoaded; saw {seen:?}");
     };
-    w.send(Job::LoadGenerator(dcae::engine::worker::GeneratorSource::Class(files.clone())));
+    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files.clone()) });
     until_loaded(&w);
     w.restart(config);
-    w.send(Job::LoadGenerator(dcae::engine::worker::GeneratorSource::Class(files)));
+    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files) });
     let seen = until_loaded(&w);
     let stopped = seen.iter().position(|e| e == "EngineStopped").unwrap_or_else(|| panic!("{seen:?}"));
     let ready = seen.iter().position(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
@@ -685,7 +691,7 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
 /// running and hands the rest over: the queued job ends after the new engine is ready, once.
 #[test]
 fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
-    use dcae::engine::worker::{cancel_token, Event, GenerateJob, GeneratorSource, Job, ModelFilesRef, Worker, WorkerConfig};
+    use dcae::engine::worker::{cancel_token, Conditioning, Event, GenerateJob, GeneratorSource, Job, JobEnd, ModelFilesRef, Worker, WorkerConfig};
     let tmp = tempfile::tempdir().unwrap();
     let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
@@ -694,8 +700,7 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
     let job = |id: u64| {
         Job::Generate(GenerateJob {
             id,
-            labels: vec![1; 4],
-            text: None,
+            conditioning: Conditioning::Classes(vec![1; 4]),
             init: None,
             cfg_scale: 4.0,
             steps: 150,
@@ -706,9 +711,10 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
             cancel: cancel_token(),
         })
     };
-    w.send(Job::LoadGenerator(GeneratorSource::Class(files.clone())));
-    w.send(job(1));
-    w.send(job(2));
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Class(files.clone()) });
+    let ids = [w.next_id(), w.next_id()];
+    w.send(job(ids[0]));
+    w.send(job(ids[1]));
     // Whether the old engine got to the load or job 1 or not, job 2 is still queued: the new
     // engine gets it, with the model it was queued for.
     w.restart(config);
@@ -717,17 +723,17 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
     let mut generated = Vec::new();
     while start.elapsed() < Duration::from_secs(120) && generated.len() < 2 {
         match w.recv_timeout(Duration::from_millis(100)) {
-            Some(Event::Generated { job, .. }) => {
+            Some(Event::Ended { job, end: JobEnd::Generated(_) }) => {
                 generated.push(job);
                 seen.push(format!("Generated {job}"));
             }
-            Some(Event::Error { job, message }) => panic!("job {job:?}: {message}"),
+            Some(Event::Ended { job, end }) if ids.contains(&job) => panic!("job {job}: {end:?}"),
             Some(e) => seen.push(format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_string()),
             None => {}
         }
     }
     generated.sort();
-    assert_eq!(generated, vec![1, 2], "each job ends once: {seen:?}");
+    assert_eq!(generated, ids.to_vec(), "each job ends once: {seen:?}");
     let ready = seen.iter().rposition(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
     let second = seen.iter().position(|e| e == "Generated 2").unwrap();
     assert!(ready < second, "job 2 ran on the old engine: {seen:?}");

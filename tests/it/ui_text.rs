@@ -324,7 +324,7 @@ fn ui_image_to_image_from_a_dropped_picture() {
 fn damaged_pipeline_failures_say_which_file() {
     use dcae::engine::backend::BackendChoice;
     use dcae::engine::worker::api::FailureKind;
-    use dcae::engine::worker::{Event, GeneratorSource, Job, Worker, WorkerConfig};
+    use dcae::engine::worker::{Event, GeneratorSource, Job, JobEnd, Worker, WorkerConfig};
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("sana");
     copy_dir(&fixtures().join("sana-tiny"), &copy);
@@ -335,20 +335,20 @@ fn damaged_pipeline_failures_say_which_file() {
     let w = Worker::spawn(config, std::sync::Arc::new(|| {}));
     let failure = |w: &Worker| loop {
         match w.recv_timeout(Duration::from_secs(60)) {
-            Some(Event::GeneratorFailed { kind, message, .. }) => return (kind, message),
-            Some(Event::GeneratorLoaded { .. }) => panic!("a damaged pipeline loaded"),
+            Some(Event::Ended { end: JobEnd::Failed(e), .. }) => return (e.kind, e.message),
+            Some(Event::Ended { end, .. }) => panic!("a damaged pipeline did not fail: {end:?}"),
             Some(_) => {}
             None => panic!("no answer"),
         }
     };
     let mut w = w;
-    w.send(Job::LoadGenerator(GeneratorSource::Text { name: "sana".into(), root: copy.clone() }));
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() } });
     let (kind, message) = failure(&w);
     assert_eq!(kind, FailureKind::Damaged { path: weights.clone() }, "{message}");
     assert!(message.contains("truncated") || message.contains("corrupt"), "{message}");
 
     std::fs::remove_dir_all(copy.join("vae")).unwrap();
-    w.send(Job::LoadGenerator(GeneratorSource::Text { name: "sana".into(), root: copy.clone() }));
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() } });
     let (kind, message) = failure(&w);
     assert!(matches!(&kind, FailureKind::Damaged { path } if path.ends_with("vae")), "{kind:?}: {message}");
 }

@@ -104,9 +104,9 @@ impl From<crate::model::load::ModelError> for LoadFailure {
     }
 }
 
-impl From<crate::weights::pipeline::PipelineError> for LoadFailure {
-    fn from(e: crate::weights::pipeline::PipelineError) -> Self {
-        use crate::weights::pipeline::PipelineError as P;
+impl From<crate::model::sana::layout::PipelineError> for LoadFailure {
+    fn from(e: crate::model::sana::layout::PipelineError) -> Self {
+        use crate::model::sana::layout::PipelineError as P;
         let kind = match &e {
             P::MissingFiles { dir, .. } => FailureKind::Damaged { path: dir.clone() },
             P::MissingComponent { root, component, .. } => FailureKind::Damaged { path: root.join(component) },
@@ -170,6 +170,10 @@ impl<B: Backend> Generator<B> {
         &self.info
     }
 
+    pub fn device(&self) -> B::Device {
+        self.model.device()
+    }
+
     /// A registered model (e.g. `dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k`) with random
     /// weights: its real cost without its files (benchmarks).
     pub fn random(name: &str, device: &B::Device) -> Result<Self, String> {
@@ -188,7 +192,7 @@ impl<B: Backend> Generator<B> {
             latent_size: c.latent_size(),
             factor: c.autoencoder.factor(),
             default_steps: c.default_steps(),
-            default_guidance: crate::model::registry::find(name).and_then(|p| p.defaults()).map_or(6.0, |d| d.guidance),
+            default_guidance: crate::model::registry::find(name).and_then(|p| p.defaults()).map_or(c.default_guidance(), |d| d.guidance),
             scaling_factor: c.scaling_factor,
             sampler: c.sampler_label(),
             samplers: c.samplers().iter().map(|s| (s.to_string(), c.sampler_label_of(s))).collect(),
@@ -258,7 +262,6 @@ impl<B: Backend> Generator<B> {
     /// Sampled (scaled) latent → image in about [-1, 1], within the device's limits
     /// ([`crate::model::tiling::decode_within`]).
     pub fn decode(&self, latent: Tensor<B, 4>) -> Result<Tensor<B, 4>, String> {
-        PEAK_DECODE_BATCH.fetch_max(latent.dims()[0], std::sync::atomic::Ordering::Relaxed);
         let ae = &self.model.autoencoder;
         let budget = crate::engine::memory::autoencoder_budget_for(ae, &latent.device());
         let z = latent.div_scalar(self.model.config.scaling_factor as f64);
@@ -268,15 +271,6 @@ impl<B: Backend> Generator<B> {
             Err(e) => Err(e.to_string()),
         }
     }
-}
-
-/// The largest batch [`Generator::decode`] was ever given in this process. The app decodes one
-/// image at a time (a batch of 16 at 512² does not fit in 8 GB); tests check that it stays so.
-static PEAK_DECODE_BATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-#[doc(hidden)]
-pub fn peak_decode_batch() -> usize {
-    PEAK_DECODE_BATCH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The generator's autoencoder on its own, for fitting the preview projection.
@@ -411,6 +405,6 @@ pub use crate::weights::hub;
 // ---------------------------------------------------------------------------------------------
 
 pub use crate::model::registry;
-pub use crate::weights::pipeline;
-pub use crate::sampler::flow::FlowSolver;
+pub use crate::model::sana::layout;
+pub use crate::model::sana::flow::FlowSolver;
 

@@ -25,11 +25,11 @@ use crate::model::host::read_back;
 use crate::model::tiling;
 use crate::model::placed::PlacedAe;
 use crate::model::DcaeConfig;
-use crate::sampler::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
+use crate::model::sana::flow::{self, FlowSchedule, FlowSchedulerConfig, FlowSolver, FlowStep};
 use crate::sampler::SamplerError;
 use crate::model::load::{dcae_config_from_json, load_dcae, read_json, ModelError};
 use crate::model::precision::{Precision, PrecisionChoice};
-use crate::weights::pipeline::{PipelineFiles, PipelineKind, WeightFiles};
+use crate::model::sana::layout::{PipelineFiles, PipelineKind, WeightFiles};
 use crate::weights::{load_strict, Checkpoint, CheckpointLoader, Layout};
 
 /// The diffusers resolution-bin tables (`ASPECT_RATIO_{512,1024,2048,4096}_BIN`): table, key

@@ -3,7 +3,7 @@
 //! in [`crate::model::registry`].
 
 use super::transformer::SanaTransformerConfig;
-use crate::weights::pipeline::PipelineKind;
+use crate::model::sana::layout::PipelineKind;
 
 /// The owner of every published SANA repo.
 pub const OWNER: &str = "Efficient-Large-Model";

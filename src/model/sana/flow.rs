@@ -6,7 +6,7 @@
 //! - flow Euler (`FlowMatchEulerDiscreteScheduler`);
 //! - SANA-Sprint's SCM / TrigFlow sampler (`SCMScheduler`, 1–4 steps, fresh noise every step).
 //!
-//! As in [`super::dpm_solver`], nothing here knows the network: [`sample`] drives a closure that
+//! As in [`crate::sampler::dpm_solver`], nothing here knows the network: [`sample`] drives a closure that
 //! returns the network's raw output for a model input and timestep, so guidance, cancellation
 //! and batching stay with the caller. Schedules are computed in f64 and stored in f32, and the
 //! updates use those f32 values, as the reference schedulers do.
@@ -14,7 +14,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 use serde_json::Value;
 
-use super::SamplerError;
+use crate::sampler::SamplerError;
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]

@@ -1,21 +1,24 @@
-//! The engine's side of text-to-image: a SANA / Sprint pipeline behind the same small surface
-//! the class-conditional [`super::api::Generator`] has, so the worker runs either the same way
+//! SANA's engine adapter: a SANA / Sprint pipeline as a
+//! [`GenerationModel`], so the engine runs it on its one generate path like the class models
 //! (progress, x0 previews, a full decode every k steps, cancel in every phase).
 
 use std::path::Path;
+use std::time::Instant;
 use std::sync::atomic::AtomicBool;
 
 use burn::tensor::{backend::Backend, Tensor};
 use image::RgbImage;
 
-use super::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
-use crate::model::sana::pipeline::{postprocess, SanaPipeline, T2iError, T2iEvent, T2iRequest};
+use crate::engine::worker::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
+use crate::engine::worker::generation::{wrong_conditioning, GenerationModel, RunEvent, RunOutput};
+use crate::engine::worker::GenerateJob;
+use crate::model::sana::pipeline::{SanaPipeline, T2iError, T2iEvent, T2iRequest};
 use crate::model::precision::Precision;
 use crate::model::placed::PlacedAe;
 use crate::model::DcaeConfig;
-use crate::sampler::flow::FlowSolver;
+use crate::model::sana::flow::FlowSolver;
 use crate::engine::memory::ModelFootprint;
-use crate::weights::pipeline::{resolve_pipeline_dir, PipelineKind, WeightFiles};
+use crate::model::sana::layout::{resolve_pipeline_dir, PipelineKind, WeightFiles};
 
 /// The bytes a checkpoint's tensors take as f32 (what they are in memory today), from its
 /// header alone.
@@ -50,13 +53,6 @@ pub struct TextRequest {
     pub instruction: bool,
     /// Generate at the model's closest resolution bin and resize back (diffusers' default).
     pub binning: bool,
-}
-
-/// A phase of a text-to-image run, as the worker reports it.
-pub enum TextEvent<B: Backend> {
-    Phase { label: String, done: usize, total: usize },
-    /// 1-based step, its x0 estimate (scaled latents, as the projection takes them).
-    Step { step: usize, total: usize, x0: Tensor<B, 4> },
 }
 
 pub struct TextOutput {
@@ -126,7 +122,7 @@ impl<B: Backend> TextGenerator<B> {
             sampler: c.scheduler.solver.label().to_string(),
             samplers: Vec::new(),
             max_steps: if sprint { 4 } else { 200 },
-            steps_hint: String::new(),
+            steps_hint: if sprint { "SANA-Sprint samples in 1 to 4 steps; 2 is its default" } else { "Solver steps; SANA's default is 20" }.into(),
             fid_guidance: c.default_guidance(),
             footprint: ModelFootprint {
                 denoiser: denoiser_bytes,
@@ -163,26 +159,6 @@ impl<B: Backend> TextGenerator<B> {
         Ok((ae, cfg))
     }
 
-    /// The x0 of a step as images (scaled latent → decoder → RGB), for the full-decode preview;
-    /// each image within the device's limits (tiled where one would need a larger tensor).
-    pub fn decode_preview(ae: &PlacedAe<B>, cfg: &DcaeConfig, scaling_factor: f32, x0: Tensor<B, 4>) -> Result<Vec<RgbImage>, String> {
-        let b = x0.dims()[0];
-        let mut images = Vec::with_capacity(b);
-        let budget = crate::engine::memory::autoencoder_budget_for(ae, &x0.device());
-        for i in 0..b {
-            let z = x0.clone().narrow(0, i, 1).div_scalar(scaling_factor as f64);
-            let img = match ae.decode_within(cfg, z, budget, &mut |_, _| true) {
-                Ok(Some(y)) => y,
-                Ok(None) => return Err("the preview decode stopped".into()),
-                Err(e) => return Err(e.to_string()),
-            };
-            let [_, _, h, w] = img.dims();
-            let values = crate::model::host::read_back(img)?;
-            images.push(postprocess(&values, h, w, h, w).map_err(|e| e.to_string())?);
-        }
-        Ok(images)
-    }
-
     pub fn generate(
         &mut self,
         req: &TextRequest,
@@ -190,20 +166,20 @@ impl<B: Backend> TextGenerator<B> {
         steps: usize,
         seed: u64,
         init: Option<(&RgbImage, f32)>,
-        on_event: &mut dyn FnMut(TextEvent<B>),
+        on_event: &mut dyn FnMut(RunEvent<B>),
         cancel: &AtomicBool,
     ) -> Result<TextOutput, GenerateFailure> {
         let b = req.batch.max(1);
         let mut r = T2iRequest::<B>::new(vec![req.prompt.clone(); b], req.width, req.height);
         if let Some((img, strength)) = init {
-            on_event(TextEvent::Phase { label: "Encoding the source image…".into(), done: 0, total: 1 });
+            on_event(RunEvent::Phase { label: "Encoding the source image…".into(), done: 0, total: 1 });
             let f = self.info.factor.max(1);
             if req.width % f != 0 || req.height % f != 0 || req.width == 0 || req.height == 0 {
                 return Err(GenerateFailure::Failed(format!("size {}×{}: width and height must be multiples of {f}", req.width, req.height)));
             }
             let sf = self.info.scaling_factor as f64;
             let device = self.pipeline.device().clone();
-            let x = super::image_tensor::<B>(img, req.width, req.height, &device).map_err(GenerateFailure::Failed)?;
+            let x = crate::engine::worker::image_tensor::<B>(img, req.width, req.height, &device).map_err(GenerateFailure::Failed)?;
             let vae_cfg = self.pipeline.config.vae.clone();
             let ae = self.pipeline.load_vae().map_err(|e| GenerateFailure::Failed(e.to_string()))?;
             let budget = crate::engine::memory::autoencoder_budget_for(ae, &device);
@@ -224,14 +200,14 @@ impl<B: Backend> TextGenerator<B> {
         r.binning = req.binning && r.init.is_none();
         r.seed = seed;
         let mut on = |e: T2iEvent<B>| match e {
-            T2iEvent::LoadingTextEncoder => on_event(TextEvent::Phase { label: "Loading the text encoder (Gemma-2)…".into(), done: 0, total: 1 }),
+            T2iEvent::LoadingTextEncoder => on_event(RunEvent::Phase { label: "Loading the text encoder (Gemma-2)…".into(), done: 0, total: 1 }),
             T2iEvent::TextEncoder { prompt, prompts, done, total } => {
                 let which = if prompts > 1 { format!(" {}/{prompts}", prompt + 1) } else { String::new() };
-                on_event(TextEvent::Phase { label: format!("Encoding the prompt{which}: layer {done}/{total}"), done, total })
+                on_event(RunEvent::Phase { label: format!("Encoding the prompt{which}: layer {done}/{total}"), done, total })
             }
-            T2iEvent::Step(s) => on_event(TextEvent::Step { step: s.step, total: s.total, x0: s.x0 }),
+            T2iEvent::Step(s) => on_event(RunEvent::Step { step: s.step, total: s.total, x0: s.x0 }),
             T2iEvent::Decode { done, total } if done < total => {
-                on_event(TextEvent::Phase { label: format!("Decoding image {}/{total}…", done + 1), done, total })
+                on_event(RunEvent::Phase { label: format!("Decoding image {}/{total}…", done + 1), done, total })
             }
             T2iEvent::Decode { .. } => {}
         };
@@ -275,4 +251,45 @@ pub fn aspect_presets(sample_size: usize, factor: usize) -> Vec<(usize, usize)> 
         }
     }
     out
+}
+
+impl<B: Backend> GenerationModel<B> for TextGenerator<B> {
+    fn info(&self) -> &GeneratorInfo {
+        TextGenerator::info(self)
+    }
+
+    fn autoencoder(&mut self) -> Result<(PlacedAe<B>, DcaeConfig), String> {
+        TextGenerator::autoencoder(self)
+    }
+
+    fn run(&mut self, job: &GenerateJob, on_event: &mut dyn FnMut(RunEvent<B>)) -> Result<RunOutput, GenerateFailure> {
+        let crate::engine::worker::Conditioning::Prompt(req) = &job.conditioning else { return Err(wrong_conditioning("a prompt")) };
+        let mut decode_started: Option<Instant> = None;
+        let mut on = |e: RunEvent<B>| {
+            if let RunEvent::Phase { label, .. } = &e {
+                if label.starts_with("Decoding") && decode_started.is_none() {
+                    decode_started = Some(Instant::now());
+                }
+            }
+            on_event(e)
+        };
+        let init = job.init.as_ref().map(|i| (i.image.as_ref(), i.strength));
+        let out = self.generate(req, job.cfg_scale, job.steps, job.seed, init, &mut on, &job.cancel)?;
+        let mut warnings = Vec::new();
+        if out.dropped_tokens > 0 {
+            warnings.push(format!(
+                "the prompt is longer than the model reads: its last {} tokens were dropped (shorten it, or turn the instruction off)",
+                out.dropped_tokens
+            ));
+        }
+        Ok(RunOutput {
+            images: out.images,
+            nfe: out.steps,
+            network_calls: out.network_calls,
+            sampler: out.sampler,
+            decode_secs: decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            decode_batch: None,
+            warnings,
+        })
+    }
 }

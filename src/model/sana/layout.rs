@@ -20,8 +20,8 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
-use super::hub::{self, DownloadProgress, HubError, HubOptions};
-use super::{Checkpoint, LoadError};
+use crate::weights::hub::{self, DownloadProgress, HubError, HubOptions};
+use crate::weights::{Checkpoint, LoadError};
 
 pub const MODEL_INDEX: &str = "model_index.json";
 
