@@ -721,7 +721,10 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
     let mut seen: Vec<String> = Vec::new();
     let start = Instant::now();
     let mut generated = Vec::new();
-    while start.elapsed() < Duration::from_secs(120) && generated.len() < 2 {
+    // Until both jobs ended and the new engine is up (a BackendReady after the old engine's
+    // EngineStopped): only then does the order say which engine ran what.
+    let new_engine_up = |seen: &[String]| seen.iter().position(|e| e == "EngineStopped").is_some_and(|i| seen[i..].iter().any(|e| e == "BackendReady"));
+    while start.elapsed() < Duration::from_secs(120) && !(generated.len() == 2 && new_engine_up(&seen)) {
         match w.recv_timeout(Duration::from_millis(100)) {
             Some(Event::Ended { job, end: JobEnd::Generated(_) }) => {
                 generated.push(job);
@@ -734,9 +737,9 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
     }
     generated.sort();
     assert_eq!(generated, ids.to_vec(), "each job ends once: {seen:?}");
-    let ready = seen.iter().rposition(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
-    let second = seen.iter().position(|e| e == "Generated 2").unwrap();
-    assert!(ready < second, "job 2 ran on the old engine: {seen:?}");
+    let stopped = seen.iter().position(|e| e == "EngineStopped").unwrap_or_else(|| panic!("the old engine never stopped: {seen:?}"));
+    let second = seen.iter().position(|e| *e == format!("Generated {}", ids[1])).unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(stopped < second, "the second job ran on the old engine: {seen:?}");
 }
 
 /// A dropped file above the size limit is refused before it is read, with the reason.
