@@ -13,9 +13,13 @@ use dcae::ui::GeneratorState;
 
 use super::ui::{app_with, errors, fixtures, wait_for, wait_ready};
 
+/// The CPU engine the worker tests run on, with a private projection cache under `tmp`.
+pub fn worker_config(tmp: &std::path::Path) -> WorkerConfig {
+    WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() }
+}
+
 fn worker(tmp: &std::path::Path) -> Worker {
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
-    Worker::spawn(config, std::sync::Arc::new(|| {}))
+    Worker::spawn(worker_config(tmp), std::sync::Arc::new(|| {}))
 }
 
 fn class_source(name: &str) -> GeneratorSource {

@@ -657,9 +657,9 @@ fn ui_download_survives_a_backend_switch() {
 /// backend: two generators are never in memory at once. Events of both arrive on one channel.
 #[test]
 fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
-    use dcae::engine::worker::{Event, Job, JobEnd, ModelFilesRef, Worker, WorkerConfig};
+    use dcae::engine::worker::{Event, Job, JobEnd, ModelFilesRef, Worker};
     let tmp = tempfile::tempdir().unwrap();
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
+    let config = super::contract::worker_config(tmp.path());
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
     let dir = fixtures().join("uvit-tiny");
     let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };
@@ -691,9 +691,9 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
 /// running and hands the rest over: the queued job ends after the new engine is ready, once.
 #[test]
 fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
-    use dcae::engine::worker::{cancel_token, Conditioning, Event, GenerateJob, GeneratorSource, Job, JobEnd, ModelFilesRef, Worker, WorkerConfig};
+    use dcae::engine::worker::{cancel_token, Conditioning, Event, GenerateJob, GeneratorSource, Job, JobEnd, ModelFilesRef, Worker};
     let tmp = tempfile::tempdir().unwrap();
-    let config = WorkerConfig { backend: BackendChoice::Cpu, cache_dir: Some(tmp.path().join("cache")), fit_latent_side: 8, text_encoder: Default::default(), autoencoder: Default::default() };
+    let config = super::contract::worker_config(tmp.path());
     let mut w = Worker::spawn(config.clone(), std::sync::Arc::new(|| {}));
     let dir = fixtures().join("uvit-tiny");
     let files = ModelFilesRef { name: "uvit-tiny".into(), config: dir.join("config.json"), weights: dir.join("model.safetensors") };
