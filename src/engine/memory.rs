@@ -42,6 +42,20 @@ impl ModelFootprint {
         parts.push(format!("autoencoder {} {}", dev(self.ae_on_cpu), human(self.autoencoder)));
         parts.join(" · ")
     }
+
+    /// What the loaded model holds between runs, which the estimate's peak already counts.
+    pub fn held(&self, backend: &str) -> u64 {
+        let ae = if backend == "cpu" || self.ae_on_cpu { 2 * self.autoencoder } else { self.autoencoder };
+        self.denoiser + ae + if self.low_memory { 0 } else { self.text_encoder }
+    }
+}
+
+/// What a run of the loaded model can have: what the system has free, plus what the model
+/// already holds (the estimate's peak counts it, so it must not count twice). Not the rest of
+/// the process — reconstruction autoencoders, pictures, caches stay where they are during the
+/// run, so counting the whole resident set as available would call a run that cannot fit safe.
+pub fn available_for_run(mem_available: u64, rss: u64, f: &ModelFootprint, backend: &str) -> u64 {
+    mem_available + rss.min(f.held(backend))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +63,7 @@ pub struct Estimate {
     pub peak: u64,
     /// The phase that sets the peak: "text encoding", "sampling" or "decoding".
     pub phase: &'static str,
-    /// What the process can have: its resident memory plus what the system has available.
+    /// What the run can have ([`available_for_run`]).
     pub available: Option<u64>,
     /// Set when the peak is over what is available: what to change.
     pub advice: Option<String>,
@@ -174,11 +188,6 @@ pub fn mem_available() -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// What this process could have now: its resident memory plus `MemAvailable` (Linux).
-pub fn available_to_process() -> Option<u64> {
-    Some(mem_available()? + process_rss()?)
-}
-
 fn human(b: u64) -> String {
     let g = b as f64 / (1u64 << 30) as f64;
     if g >= 1.0 {
@@ -216,6 +225,18 @@ mod tests {
         let f = ModelFootprint { low_memory: false, ..f };
         let gpu = estimate(&ModelFootprint { ae_on_cpu: false, ..f }, "wgpu", 512, 512, 1, 256, false, None);
         assert_eq!(estimate(&f, "wgpu", 512, 512, 1, 256, false, None).peak, gpu.peak + f.autoencoder);
+    }
+
+    /// The estimate called the whole resident set available, so three reconstruction
+    /// autoencoders (and the session's pictures) counted as free memory for a generation.
+    #[test]
+    fn regression_memory_held_by_other_models_is_not_free_for_a_run() {
+        let f = ModelFootprint { text_on_cpu: true, ..sana_600m() };
+        let held = f.held("cpu");
+        let others = 3_000_000_000;
+        assert_eq!(available_for_run(4 << 30, held + others, &f, "cpu"), (4 << 30) + held);
+        // Before the model's weights are all resident, only what is resident counts.
+        assert_eq!(available_for_run(4 << 30, 1 << 30, &f, "cpu"), 5 << 30);
     }
 
     #[test]
@@ -270,7 +291,7 @@ impl Watch {
             // Ends with the app: once the UI's handles are gone there is no one to tell.
             let (Some(r), Some(a)) = (rss.upgrade(), available.upgrade()) else { return };
             r.store(process_rss().unwrap_or(0), Ordering::Relaxed);
-            a.store(available_to_process().unwrap_or(0), Ordering::Relaxed);
+            a.store(mem_available().unwrap_or(0), Ordering::Relaxed);
             drop((r, a));
             std::thread::sleep(std::time::Duration::from_secs(1));
         });
@@ -281,8 +302,14 @@ impl Watch {
         Some(self.rss.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
     }
 
-    pub fn available(&self) -> Option<u64> {
+    /// The system's `MemAvailable` (not counting this process's own memory).
+    pub fn mem_available(&self) -> Option<u64> {
         Some(self.available.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
+    }
+
+    /// What a run of a model with footprint `f` can have ([`available_for_run`]).
+    pub fn available_for_run(&self, f: &ModelFootprint, backend: &str) -> Option<u64> {
+        Some(available_for_run(self.mem_available()?, self.rss().unwrap_or(0), f, backend))
     }
 }
 

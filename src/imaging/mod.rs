@@ -40,5 +40,5 @@ pub use png_text::{
 };
 pub use prompt_params::PromptParams;
 pub use preprocess::{cover_crop, default_size, dm_crop, prepare};
-pub use resample::{resize, ResampleFilter};
+pub use resample::{resize, resize_window, ResampleFilter};
 pub use tensor::{from_nchw, to_nchw, to_rgb8};

@@ -8,7 +8,7 @@
 use image::RgbImage;
 
 use super::error::{ImagingError, Result};
-use super::resample::{resize, ResampleFilter};
+use super::resample::{resize, resize_window, ResampleFilter};
 
 /// Makes `img` acceptable to an autoencoder with downsampling factor `factor`.
 ///
@@ -94,10 +94,9 @@ pub fn dm_crop(img: &RgbImage, size: u32) -> RgbImage {
     let scale = f64::from(size) / f64::from(current.width().min(current.height()));
     let w = scaled_side(current.width(), scale, size);
     let h = scaled_side(current.height(), scale, size);
-    let scaled = resize(&current, w, h, ResampleFilter::Bicubic);
-    let x = (scaled.width() - size) / 2;
-    let y = (scaled.height() - size) / 2;
-    image::imageops::crop_imm(&scaled, x, y, size, size).to_image()
+    // Only the centred square is computed: a long thin strip scaled by its short side would
+    // otherwise be a multi-gigabyte intermediate of which all but the square is thrown away.
+    resize_window(&current, w, h, (w - size) / 2, (h - size) / 2, size, size, ResampleFilter::Bicubic)
 }
 
 /// `round(side * scale)` with Python's ties-to-even, never below `size` so the crop fits (the
@@ -177,6 +176,6 @@ pub fn cover_crop(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let scale = (width as f64 / img.width() as f64).max(height as f64 / img.height() as f64);
     let sw = ((img.width() as f64 * scale).round() as u32).max(width);
     let sh = ((img.height() as f64 * scale).round() as u32).max(height);
-    let scaled = super::resample::resize(img, sw, sh, super::resample::ResampleFilter::Bicubic);
-    image::imageops::crop_imm(&scaled, (sw - width) / 2, (sh - height) / 2, width, height).to_image()
+    // The kept window only, whatever the source's shape (see `dm_crop`).
+    resize_window(img, sw, sh, (sw - width) / 2, (sh - height) / 2, width, height, ResampleFilter::Bicubic)
 }

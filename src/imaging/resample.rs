@@ -64,7 +64,27 @@ struct AxisWeights {
     weights: Vec<Vec<i32>>,
 }
 
-fn axis_weights(in_size: u32, out_size: u32, filter: ResampleFilter) -> AxisWeights {
+impl AxisWeights {
+    /// The input pixels the window's output pixels read: `lo..hi`.
+    fn input_span(&self) -> (usize, usize) {
+        let lo = self.first.iter().copied().min().unwrap_or(0);
+        let hi = self.first.iter().zip(&self.weights).map(|(f, w)| f + w.len()).max().unwrap_or(0);
+        (lo, hi)
+    }
+
+    /// The same weights read from an input that starts at pixel `lo`.
+    fn shifted(mut self, lo: usize) -> Self {
+        for f in &mut self.first {
+            *f -= lo;
+        }
+        self
+    }
+}
+
+/// The weights of the output pixels `window` of a resize from `in_size` to `out_size`. Only the
+/// window is computed, so a crop of a huge upscale costs what the crop costs (an 11-pixel-high
+/// strip scaled to a 512 square would otherwise be a multi-gigabyte row of weights and pixels).
+fn axis_weights(in_size: u32, out_size: u32, window: std::ops::Range<u32>, filter: ResampleFilter) -> AxisWeights {
     let scale = f64::from(in_size) / f64::from(out_size);
     // When shrinking, the filter is stretched so every input pixel contributes.
     let filter_scale = scale.max(1.0);
@@ -72,9 +92,9 @@ fn axis_weights(in_size: u32, out_size: u32, filter: ResampleFilter) -> AxisWeig
     let inv_filter_scale = 1.0 / filter_scale;
     let in_size = i64::from(in_size);
 
-    let mut first = Vec::with_capacity(out_size as usize);
-    let mut weights = Vec::with_capacity(out_size as usize);
-    for out in 0..out_size {
+    let mut first = Vec::with_capacity(window.len());
+    let mut weights = Vec::with_capacity(window.len());
+    for out in window {
         let center = (f64::from(out) + 0.5) * scale;
         // `as i64` truncates toward zero, as the C cast in Pillow does.
         let lo = ((center - support + 0.5) as i64).max(0);
@@ -123,32 +143,33 @@ fn convolve(src: &[u8], start: usize, stride: usize, weights: &[i32]) -> [u8; 3]
     acc.map(clip8)
 }
 
-fn resize_horizontal(src: &RgbImage, out_w: u32, filter: ResampleFilter) -> RgbImage {
-    let ax = axis_weights(src.width(), out_w, filter);
-    let (in_row, out_row) = (src.width() as usize * 3, out_w as usize * 3);
+/// Horizontal pass over the rows `rows` of `src`, giving the output columns of `ax`.
+fn resize_horizontal(src: &RgbImage, ax: &AxisWeights, rows: std::ops::Range<usize>) -> RgbImage {
+    let (in_row, out_w) = (src.width() as usize * 3, ax.first.len());
     let data = src.as_raw();
-    let mut out = vec![0u8; out_row * src.height() as usize];
-    for (y, row) in out.chunks_exact_mut(out_row).enumerate() {
+    let mut out = vec![0u8; out_w * 3 * rows.len()];
+    for (row, y) in out.chunks_exact_mut(out_w * 3).zip(rows.clone()) {
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let start = y * in_row + ax.first[x] * 3;
             px.copy_from_slice(&convolve(data, start, 3, &ax.weights[x]));
         }
     }
-    RgbImage::from_raw(out_w, src.height(), out).expect("buffer sized for the output image")
+    RgbImage::from_raw(out_w as u32, rows.len() as u32, out).expect("buffer sized for the output image")
 }
 
-fn resize_vertical(src: &RgbImage, out_h: u32, filter: ResampleFilter) -> RgbImage {
-    let ax = axis_weights(src.height(), out_h, filter);
+/// Vertical pass over every column of `src`, giving the output rows of `ax`.
+fn resize_vertical(src: &RgbImage, ax: &AxisWeights) -> RgbImage {
     let row_len = src.width() as usize * 3;
+    let out_h = ax.first.len();
     let data = src.as_raw();
-    let mut out = vec![0u8; row_len * out_h as usize];
+    let mut out = vec![0u8; row_len * out_h];
     for (y, row) in out.chunks_exact_mut(row_len).enumerate() {
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let start = ax.first[y] * row_len + x * 3;
             px.copy_from_slice(&convolve(data, start, row_len, &ax.weights[y]));
         }
     }
-    RgbImage::from_raw(src.width(), out_h, out).expect("buffer sized for the output image")
+    RgbImage::from_raw(src.width(), out_h as u32, out).expect("buffer sized for the output image")
 }
 
 /// Resizes like Pillow's `img.resize((width, height), filter)` on an RGB image.
@@ -156,18 +177,36 @@ fn resize_vertical(src: &RgbImage, out_h: u32, filter: ResampleFilter) -> RgbIma
 /// An axis whose size does not change is not filtered at all (as in Pillow), so resizing to the
 /// same size returns an identical copy. A zero target size gives an empty image.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: ResampleFilter) -> RgbImage {
-    if width == 0 || height == 0 || img.width() == 0 || img.height() == 0 {
-        return RgbImage::new(width, height);
+    resize_window(img, width, height, 0, 0, width, height, filter)
+}
+
+/// The `w`×`h` window at (`x`, `y`) of `resize(img, width, height, filter)`, pixel for pixel,
+/// computing only that window: the horizontal pass runs over the input rows the window's rows
+/// read, for the window's columns only (as Pillow does for the rows). So cropping a huge
+/// upscale of a long thin strip needs memory for the crop, not for the upscale. The window is
+/// clamped to the resized image.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_window(img: &RgbImage, width: u32, height: u32, x: u32, y: u32, w: u32, h: u32, filter: ResampleFilter) -> RgbImage {
+    let (x, y) = (x.min(width), y.min(height));
+    let (w, h) = (w.min(width - x), h.min(height - y));
+    if w == 0 || h == 0 || img.width() == 0 || img.height() == 0 {
+        return RgbImage::new(w, h);
     }
-    let horizontal = if width != img.width() {
-        resize_horizontal(img, width, filter)
-    } else {
-        img.clone()
+    // An unchanged axis is not filtered: its window is a plain crop of the input.
+    let vertical = (height != img.height()).then(|| axis_weights(img.height(), height, y..y + h, filter));
+    let rows = match &vertical {
+        Some(ax) => ax.input_span(),
+        None => (y as usize, (y + h) as usize),
     };
-    if height != img.height() {
-        resize_vertical(&horizontal, height, filter)
+    let horizontal = if width != img.width() {
+        let ax = axis_weights(img.width(), width, x..x + w, filter);
+        resize_horizontal(img, &ax, rows.0..rows.1)
     } else {
-        horizontal
+        image::imageops::crop_imm(img, x, rows.0 as u32, w, (rows.1 - rows.0) as u32).to_image()
+    };
+    match vertical {
+        Some(ax) => resize_vertical(&horizontal, &ax.shifted(rows.0)),
+        None => horizontal,
     }
 }
 
@@ -198,7 +237,7 @@ mod tests {
     #[test]
     fn bicubic_weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(7u32, 3u32), (3, 7), (256, 255), (10, 10)] {
-            let ax = axis_weights(i, o, ResampleFilter::Bicubic);
+            let ax = axis_weights(i, o, 0..o, ResampleFilter::Bicubic);
             for ws in &ax.weights {
                 let sum: i64 = ws.iter().map(|&w| i64::from(w)).sum();
                 assert!(

@@ -52,13 +52,13 @@ pub struct FileLoader {
 impl FileLoader {
     pub fn open_path(&mut self, path: PathBuf, purpose: Purpose) {
         let name = display_name(&path);
-        let promise = Promise::spawn_thread("open-file", move || open_path(&path));
+        let promise = super::helper::spawn_fallible("open-file", move || open_path(&path));
         self.pending.push(Loading { name, purpose, promise });
     }
 
     /// Bytes a drop delivered directly (web, some platforms): decoded off the thread too.
     pub fn open_bytes(&mut self, name: String, bytes: std::sync::Arc<[u8]>, purpose: Purpose) {
-        let promise = Promise::spawn_thread("open-file", move || {
+        let promise = super::helper::spawn_fallible("open-file", move || {
             if bytes.len() as u64 > MAX_FILE_BYTES {
                 return Err(too_large(bytes.len() as u64));
             }
@@ -134,9 +134,20 @@ pub struct Saving {
     promise: Promise<Result<Vec<PathBuf>, String>>,
 }
 
+/// The pictures a save writes: held in memory, or the gallery copies of a history item whose
+/// full pictures were released ([`super::history::bound`]).
+pub enum Pictures {
+    Held(Vec<RgbImage>),
+    Gallery(Vec<PathBuf>),
+}
+
 /// Saves the images of a history item on a helper thread (see [`super::history::save_images`]).
-pub fn save(item: u64, images: Vec<RgbImage>, params: ImageParams, path: PathBuf, replace: bool) -> Saving {
-    let promise = Promise::spawn_thread("save-png", move || {
+pub fn save(item: u64, pictures: Pictures, params: ImageParams, path: PathBuf, replace: bool) -> Saving {
+    let promise = super::helper::spawn_fallible("save-png", move || {
+        let images = match pictures {
+            Pictures::Held(images) => images,
+            Pictures::Gallery(paths) => super::history::read_gallery(&paths)?,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -149,5 +160,10 @@ impl Saving {
     /// The result once the files are written.
     pub fn poll(&mut self) -> Option<Result<Vec<PathBuf>, String>> {
         self.promise.ready().cloned()
+    }
+
+    /// Blocks until the files are written (or the save failed).
+    pub fn wait(&self) {
+        let _ = self.promise.block_until_ready();
     }
 }

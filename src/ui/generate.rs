@@ -65,6 +65,13 @@ pub struct Source {
     texture: TextureHandle,
 }
 
+impl Source {
+    /// The size it is shown at (the texture's), which the renderer bounds; the job gets `image`.
+    pub fn shown_size(&self) -> [usize; 2] {
+        self.texture.size()
+    }
+}
+
 /// SDEdit's usual middle ground: the layout of the source, the content of the prompt.
 pub const DEFAULT_STRENGTH: f32 = 0.6;
 
@@ -73,7 +80,7 @@ pub struct GeneratePanel {
     pub source: Option<Source>,
     /// How much of the schedule is rerun from the source: 1 ignores it, 0.1 barely changes it.
     pub strength: f32,
-    source_dialog: Option<Promise<Option<PathBuf>>>,
+    source_dialog: Option<Promise<Result<Option<PathBuf>, String>>>,
     /// Which controls are shown: the loaded model's kind.
     pub kind: GeneratorKind,
     pub prompt: String,
@@ -126,10 +133,13 @@ pub struct GeneratePanel {
     pub shown: Shown,
     /// First pick of a comparison (set by "Compare…", completed by clicking another item).
     compare_from: Option<u64>,
-    save_dialog: Option<(u64, Promise<Option<PathBuf>>)>,
+    save_dialog: Option<(u64, Promise<Result<Option<PathBuf>, String>>)>,
     /// Saves being written on helper threads.
     saving: Vec<super::files::Saving>,
-    open_dialog: Option<Promise<Option<PathBuf>>>,
+    open_dialog: Option<Promise<Result<Option<PathBuf>, String>>>,
+    /// Released history items being read back from the gallery, and those that could not be.
+    restoring: std::collections::HashMap<u64, Promise<Result<Vec<image::RgbImage>, String>>>,
+    restore_failed: std::collections::HashSet<u64>,
     /// Measured costs, for the preview settings.
     pub last_decode_secs: Option<f64>,
     pub last_sec_per_step: Option<f64>,
@@ -185,6 +195,8 @@ impl Default for GeneratePanel {
             save_dialog: None,
             saving: Vec::new(),
             open_dialog: None,
+            restoring: Default::default(),
+            restore_failed: Default::default(),
             last_decode_secs: None,
             last_sec_per_step: None,
             last_decode_batch: None,
@@ -525,20 +537,59 @@ impl GeneratePanel {
     fn add_result(&mut self, job: u64, params: ImageParams, images: Vec<image::RgbImage>, cost: (usize, usize, f64, f64), shared: &mut Shared, ctx: &egui::Context) {
         let (nfe, network_calls, sampling_secs, decode_secs) = cost;
         shared.keep_in_gallery(job, images.clone(), params.clone());
-        let textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("result-{job}-{i}"), img)).collect();
-        shared.history.push(HistoryItem {
-            id: job,
-            params,
-            images,
-            textures,
-            sampling_secs,
-            decode_secs,
-            nfe,
-            network_calls,
-            saved_to: None,
-            opened: false,
-            num_classes: self.num_classes,
-        });
+        // Its gallery copies are filled in when their write ends (`Shared::poll_gallery`).
+        let mut item = HistoryItem::new(ctx, job, params, images, self.num_classes);
+        (item.sampling_secs, item.decode_secs, item.nfe, item.network_calls) = (sampling_secs, decode_secs, nfe, network_calls);
+        shared.history.push(item);
+        self.bound_history(shared, Some(job));
+    }
+
+    /// The items on screen (kept whole by [`history::bound`]).
+    fn on_screen(&self) -> Vec<u64> {
+        match self.shown {
+            Shown::Current => Vec::new(),
+            Shown::Item(id) => vec![id],
+            Shown::Compare(a, b) => vec![a, b],
+        }
+    }
+
+    /// Releases the full pictures of the older items; `also_keep` is about to be shown.
+    fn bound_history(&self, shared: &mut Shared, also_keep: Option<u64>) {
+        let mut keep = self.on_screen();
+        keep.extend(also_keep);
+        history::bound(&mut shared.history, &keep);
+    }
+
+    /// Reads the pictures of released items on screen back from the gallery (once per item;
+    /// a failure is said and not retried).
+    fn restore_shown(&mut self, shared: &mut Shared) {
+        for id in self.on_screen() {
+            if self.restoring.contains_key(&id) || self.restore_failed.contains(&id) {
+                continue;
+            }
+            let Some(item) = shared.history.iter().find(|h| h.id == id && !h.loaded()) else { continue };
+            let paths = item.gallery.clone();
+            self.restoring.insert(id, super::helper::spawn_fallible("history-restore", move || history::read_gallery(&paths)));
+        }
+    }
+
+    fn poll_restores(&mut self, shared: &mut Shared) {
+        let ready: Vec<u64> = self.restoring.iter().filter(|(_, p)| p.ready().is_some()).map(|(id, _)| *id).collect();
+        for id in ready {
+            let Some(Ok(result)) = self.restoring.remove(&id).map(|p| p.try_take()) else { continue };
+            let ctx = shared.egui_ctx();
+            match (result, shared.history.iter_mut().find(|h| h.id == id)) {
+                (Ok(images), Some(item)) => item.hold(&ctx, images),
+                (Err(e), Some(_)) => {
+                    self.restore_failed.insert(id);
+                    shared.notices.error(format!("That result could not be shown again: {e}"));
+                }
+                (_, None) => {}
+            }
+        }
+        if !self.restoring.is_empty() {
+            shared.egui_ctx().request_repaint_after(std::time::Duration::from_millis(30));
+        }
     }
 
     /// The gallery's images from earlier sessions, put in front of the history.
@@ -546,10 +597,12 @@ impl GeneratePanel {
         let mut earlier = Vec::with_capacity(items.len());
         for (path, params, img) in items {
             let id = shared.next_id();
-            let tex = widgets::texture(ctx, &format!("gallery-{id}"), &img);
-            earlier.push(HistoryItem::opened(id, params, img, tex, path, self.num_classes));
+            let mut item = HistoryItem::opened(ctx, id, params, img, path.clone(), self.num_classes);
+            item.gallery = vec![path];
+            earlier.push(item);
         }
         shared.history.splice(0..0, earlier);
+        self.bound_history(shared, None);
     }
 
     /// The controls worth keeping across restarts.
@@ -613,8 +666,10 @@ impl GeneratePanel {
             if let Some(result) = p.ready() {
                 let (id, result) = (*id, result.clone());
                 self.save_dialog = None;
-                if let Some(path) = result {
-                    self.save_item(shared, id, path, true);
+                match result {
+                    Ok(Some(path)) => self.save_item(shared, id, path, true),
+                    Ok(None) => {}
+                    Err(e) => shared.notices.error(format!("The save dialog could not be shown ({e}); use Quick save instead")),
                 }
             }
         }
@@ -622,8 +677,10 @@ impl GeneratePanel {
             if let Some(result) = p.ready() {
                 let result = result.clone();
                 self.source_dialog = None;
-                if let Some(path) = result {
-                    shared.files.open_path(path, super::files::Purpose::Img2ImgSource);
+                match result {
+                    Ok(Some(path)) => shared.files.open_path(path, super::files::Purpose::Img2ImgSource),
+                    Ok(None) => {}
+                    Err(e) => shared.notices.error(format!("The file dialog could not be shown ({e}); drop the picture on the window instead")),
                 }
             }
         }
@@ -631,11 +688,19 @@ impl GeneratePanel {
             if let Some(result) = p.ready() {
                 let result = result.clone();
                 self.open_dialog = None;
-                if let Some(path) = result {
-                    shared.files.open_path(path, super::files::Purpose::RestoreSettings);
+                match result {
+                    Ok(Some(path)) => shared.files.open_path(path, super::files::Purpose::RestoreSettings),
+                    Ok(None) => {}
+                    Err(e) => shared.notices.error(format!("The file dialog could not be shown ({e}); drop the PNG on the window instead")),
                 }
             }
         }
+        self.poll_saves(shared);
+        self.restore_shown(shared);
+        self.poll_restores(shared);
+    }
+
+    fn poll_saves(&mut self, shared: &mut Shared) {
         let mut i = 0;
         while i < self.saving.len() {
             let Some(result) = self.saving[i].poll() else {
@@ -660,11 +725,21 @@ impl GeneratePanel {
         !self.saving.is_empty()
     }
 
+    /// Waits for every save in flight (closing the app).
+    pub fn finish_saves(&mut self, shared: &mut Shared) {
+        for s in &self.saving {
+            s.wait();
+        }
+        self.poll_saves(shared);
+    }
+
     /// Writes a history item's images on a helper thread. `replace`: the user picked `path` in a
     /// save dialog (which asked before replacing a file).
     fn save_item(&mut self, shared: &mut Shared, id: u64, path: PathBuf, replace: bool) {
         let Some(item) = shared.history.iter().find(|h| h.id == id) else { return };
-        self.saving.push(super::files::save(id, item.images.clone(), item.params.clone(), path, replace));
+        // A released item is saved from its gallery copies, read on the save's thread.
+        let pictures = if item.loaded() { super::files::Pictures::Held(item.images.clone()) } else { super::files::Pictures::Gallery(item.gallery.clone()) };
+        self.saving.push(super::files::save(id, pictures, item.params.clone(), path, replace));
     }
 
     /// Restores the parameters of a PNG saved by this app (read and decoded off the UI thread
@@ -674,9 +749,9 @@ impl GeneratePanel {
         self.apply_params(&params);
         let id = shared.next_id();
         if let Some(img) = image {
-            let tex = widgets::texture(ctx, &format!("opened-{id}"), &img);
-            shared.history.push(HistoryItem::opened(id, params, img, tex, PathBuf::from(name), self.num_classes));
+            shared.history.push(HistoryItem::opened(ctx, id, params, img, PathBuf::from(name), self.num_classes));
             self.shown = Shown::Item(id);
+            self.bound_history(shared, None);
         }
         shared.notices.info(format!("Restored the settings of {name} (seed {} locked)", self.seed));
     }
@@ -911,7 +986,8 @@ impl GeneratePanel {
         }
         if self.run.is_none() {
             if let (GeneratorState::Ready(info), Some(backend)) = (&shared.generator, &shared.backend) {
-                self.memory_line(ui, info, backend.kind, shared.memory.available());
+                let available = shared.memory.available_for_run(&info.footprint, backend.kind);
+                self.memory_line(ui, info, backend.kind, available);
             }
         }
         if let Some(run) = &self.run {
@@ -936,7 +1012,7 @@ impl GeneratePanel {
         }
         ui.add_space(10.0);
         if ui.button("📂 Open PNG…").on_hover_text("Restore the settings saved in a PNG (or drop it on the window)").clicked() {
-            self.open_dialog = Some(Promise::spawn_thread("open-png", || rfd::FileDialog::new().add_filter("PNG", &["png"]).pick_file()));
+            self.open_dialog = Some(super::helper::spawn("open-png", || rfd::FileDialog::new().add_filter("PNG", &["png"]).pick_file()));
         }
     }
 
@@ -996,14 +1072,17 @@ impl GeneratePanel {
             ui.horizontal(|ui| {
                 if ui.button("📂 Open image…").clicked() {
                     self.source_dialog =
-                        Some(Promise::spawn_thread("open-source", || rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg", "webp"]).pick_file()));
+                        Some(super::helper::spawn("open-source", || rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg", "webp"]).pick_file()));
                 }
                 if let Shown::Item(id) = self.shown {
                     if let Some(item) = shared.history.iter().find(|h| h.id == id) {
                         if ui.button("⬆ Use the shown result").clicked() {
-                            if let Some(img) = item.images.first().cloned() {
-                                let name = format!("history: {}", history::short_prompt(&item.title(), 40));
-                                self.set_source(name, img, &shared.egui_ctx());
+                            match item.images.first().cloned() {
+                                Some(img) => {
+                                    let name = format!("history: {}", history::short_prompt(&item.title(), 40));
+                                    self.set_source(name, img, &shared.egui_ctx());
+                                }
+                                None => shared.notices.info("That result is still being read back from the gallery; try again in a moment"),
                             }
                         }
                     }
@@ -1234,9 +1313,8 @@ impl GeneratePanel {
                         let item = &shared.history[idx];
                         col.label(RichText::new(item.title()).strong());
                         col.label(RichText::new(format!("sampling {} · decode {}", widgets::secs(item.sampling_secs), widgets::secs(item.decode_secs))).small());
-                        let n = item.textures.len();
-                        let tex: Vec<_> = item.textures.iter().map(|t| t.id()).collect();
-                        widgets::grid(col, n, 1.0, 512.0, |ui, i, rect| widgets::paint_texture(ui, rect, tex[i]));
+                        let tex = shown_textures(item);
+                        widgets::grid(col, tex.len(), item.aspect, 512.0, |ui, i, rect| widgets::paint_texture(ui, rect, tex[i]));
                     }
                 });
             }
@@ -1319,10 +1397,8 @@ impl GeneratePanel {
             if self.compare_from == Some(id) {
                 ui.label(RichText::new("Click another history item to compare with this one").italics());
             }
-            let n = item.textures.len();
-            let tex: Vec<_> = item.textures.iter().map(|t| t.id()).collect();
-            let size = item.images.first().map(|i| i.width() as f32 / i.height().max(1) as f32).unwrap_or(1.0);
-            widgets::grid(ui, n, size, 768.0, |ui, i, rect| widgets::paint_texture(ui, rect, tex[i]));
+            let tex = shown_textures(item);
+            widgets::grid(ui, tex.len(), item.aspect, 768.0, |ui, i, rect| widgets::paint_texture(ui, rect, tex[i]));
         }
         match action {
             Some("save") => {
@@ -1330,7 +1406,7 @@ impl GeneratePanel {
                 let dir = self.output_dir.clone();
                 self.save_dialog = Some((
                     id,
-                    Promise::spawn_thread("save-png", move || {
+                    super::helper::spawn("save-dialog", move || {
                         let mut d = rfd::FileDialog::new().set_file_name(name).add_filter("PNG", &["png"]);
                         if let Some(dir) = dir.filter(|d| d.is_dir()) {
                             d = d.set_directory(dir);
@@ -1366,13 +1442,13 @@ impl GeneratePanel {
         egui::ScrollArea::horizontal().id_salt("history_scroll").stick_to_right(true).show(ui, |ui| {
             ui.horizontal(|ui| {
                 for item in shared.history.iter() {
-                    let Some(tex) = item.textures.first() else { continue };
+                    let Some(tex) = item.thumbs.first() else { continue };
                     let selected = matches!(self.shown, Shown::Item(i) if i == item.id) || self.compare_from == Some(item.id);
                     let size = Vec2::splat(88.0);
                     let (rect, resp) = ui.allocate_exact_size(size, egui::Sense::click());
                     widgets::paint_texture(ui, rect, tex.id());
-                    if item.images.len() > 1 {
-                        ui.painter().text(rect.right_bottom() - Vec2::new(4.0, 4.0), egui::Align2::RIGHT_BOTTOM, format!("×{}", item.images.len()), egui::FontId::proportional(12.0), Color32::WHITE);
+                    if item.count > 1 {
+                        ui.painter().text(rect.right_bottom() - Vec2::new(4.0, 4.0), egui::Align2::RIGHT_BOTTOM, format!("×{}", item.count), egui::FontId::proportional(12.0), Color32::WHITE);
                     }
                     if selected {
                         ui.painter().rect_stroke(rect, 2.0, egui::Stroke::new(2.0, ui.visuals().selection.stroke.color), egui::StrokeKind::Outside);
@@ -1405,12 +1481,18 @@ impl GeneratePanel {
             }
         }
         if let Some(id) = remove {
-            shared.history.retain(|h| h.id != id);
+            shared.forget(id);
             if matches!(self.shown, Shown::Item(i) if i == id) || matches!(self.shown, Shown::Compare(a, b) if a == id || b == id) {
                 self.shown = Shown::Current;
             }
         }
     }
+}
+
+/// The full textures of an item, or its thumbnails while they are read back from the gallery.
+fn shown_textures(item: &HistoryItem) -> Vec<egui::TextureId> {
+    let t = if item.textures.is_empty() { &item.thumbs } else { &item.textures };
+    t.iter().map(|t| t.id()).collect()
 }
 
 /// "0.41 s/step", "35 ms/step".

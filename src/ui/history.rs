@@ -1,18 +1,36 @@
 //! The session history: every finished generation (and every PNG opened from disk), kept in the
 //! App so it survives engine restarts, to revisit, compare and save again.
+//!
+//! Bounded: every item keeps a thumbnail for the strip, but only the newest [`KEEP_FULL`] (and
+//! the ones on screen) keep their full pictures and textures. The others were written to the
+//! gallery as they arrived and are read back from there when shown again ([`bound`],
+//! `GeneratePanel::restore`), so a long session's memory stays flat.
 
 use std::path::{Path, PathBuf};
 
-use eframe::egui::TextureHandle;
+use eframe::egui::{self, TextureHandle};
 use image::RgbImage;
 
+use super::widgets;
+
 use crate::engine::worker::api::{self, ImageParams};
+
+/// Items whose full pictures stay in memory, newest first.
+pub const KEEP_FULL: usize = 8;
+/// The longer side of the strip's thumbnails (shown at 88 points).
+pub const THUMB_SIDE: u32 = 128;
 
 pub struct HistoryItem {
     pub id: u64,
     pub params: ImageParams,
+    /// The full pictures and their textures; empty once released ([`Self::release`]).
     pub images: Vec<RgbImage>,
     pub textures: Vec<TextureHandle>,
+    /// Small copies for the history strip, always kept.
+    pub thumbs: Vec<TextureHandle>,
+    /// How many pictures, and their width / height, whether held or not.
+    pub count: usize,
+    pub aspect: f32,
     /// Seconds: sampling, final decode. Zero for opened files.
     pub sampling_secs: f64,
     pub decode_secs: f64,
@@ -25,24 +43,70 @@ pub struct HistoryItem {
     pub opened: bool,
     /// The model's class count: id `num_classes` is the unconditional (null) class.
     pub num_classes: usize,
+    /// Its copies in the app's gallery folder (not files the user opened): removing the item
+    /// from the history deletes them, or it would come back at the next start.
+    pub gallery: Vec<PathBuf>,
 }
 
 impl HistoryItem {
-    /// An image read from a file (an opened PNG, the gallery): no timings, marked as opened.
-    pub fn opened(id: u64, params: ImageParams, image: RgbImage, texture: TextureHandle, path: PathBuf, num_classes: usize) -> Self {
-        Self {
+    /// A result with its textures and thumbnails made; timings zero, not opened, no gallery copy
+    /// yet (the caller fills in what it knows).
+    pub fn new(ctx: &egui::Context, id: u64, params: ImageParams, images: Vec<RgbImage>, num_classes: usize) -> Self {
+        let aspect = images.first().map_or(1.0, |i| i.width() as f32 / i.height().max(1) as f32);
+        let mut item = Self {
             id,
             params,
-            images: vec![image],
-            textures: vec![texture],
+            count: images.len(),
+            aspect,
+            images: Vec::new(),
+            textures: Vec::new(),
+            thumbs: Vec::new(),
             sampling_secs: 0.0,
             decode_secs: 0.0,
             nfe: 0,
             network_calls: 0,
-            saved_to: Some(path),
-            opened: true,
+            saved_to: None,
+            opened: false,
             num_classes,
+            gallery: Vec::new(),
+        };
+        item.thumbs = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| widgets::texture(ctx, &format!("thumb-{id}-{i}"), &thumbnail(img)))
+            .collect();
+        item.hold(ctx, images);
+        item
+    }
+
+    /// An image read from a file (an opened PNG, the gallery): no timings, marked as opened.
+    pub fn opened(ctx: &egui::Context, id: u64, params: ImageParams, image: RgbImage, path: PathBuf, num_classes: usize) -> Self {
+        let mut item = Self::new(ctx, id, params, vec![image], num_classes);
+        item.saved_to = Some(path);
+        item.opened = true;
+        item
+    }
+
+    /// Whether its full pictures are in memory.
+    pub fn loaded(&self) -> bool {
+        !self.images.is_empty()
+    }
+
+    /// Takes the full pictures (back) and makes their textures.
+    pub fn hold(&mut self, ctx: &egui::Context, images: Vec<RgbImage>) {
+        self.textures = images.iter().enumerate().map(|(i, img)| widgets::texture(ctx, &format!("item-{}-{i}", self.id), img)).collect();
+        self.images = images;
+    }
+
+    /// Drops the full pictures and textures, when the gallery holds every one of them (else
+    /// they could not come back, and are kept).
+    pub fn release(&mut self) -> bool {
+        if !self.loaded() || self.gallery.len() != self.count {
+            return false;
         }
+        self.images = Vec::new();
+        self.textures = Vec::new();
+        true
     }
 
     /// Short description for tooltips and headings.
@@ -54,6 +118,32 @@ impl HistoryItem {
         };
         format!("{what} · cfg {:.1} · {} steps · seed {}", p.guidance(), p.steps(), p.seed())
     }
+}
+
+/// `img` with its longer side at most [`THUMB_SIDE`], aspect kept.
+fn thumbnail(img: &RgbImage) -> RgbImage {
+    match widgets::display_size(img.width(), img.height(), THUMB_SIDE) {
+        Some((w, h)) => image::imageops::thumbnail(img, w, h),
+        None => img.clone(),
+    }
+}
+
+/// Releases the full pictures of every item but the newest [`KEEP_FULL`] and those in `keep`
+/// (on screen); returns how many were released.
+pub fn bound(history: &mut [HistoryItem], keep: &[u64]) -> usize {
+    let old = history.len().saturating_sub(KEEP_FULL);
+    history[..old].iter_mut().filter(|h| !keep.contains(&h.id)).map(|h| h.release() as usize).sum()
+}
+
+/// Reads an item's pictures back from its gallery copies (on a helper thread).
+pub fn read_gallery(paths: &[PathBuf]) -> Result<Vec<RgbImage>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| format!("{} cannot be read ({e}); it may have been deleted from the gallery", p.display()))?;
+            api::load_image_bytes(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect()
 }
 
 /// Saves every image: `path` for a single image, `stem-1.png`, `stem-2.png`… for a batch.

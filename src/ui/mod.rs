@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod generate;
+pub mod helper;
 pub mod history;
 pub mod models;
 pub mod persist;
@@ -189,7 +190,7 @@ pub struct Shared {
     pub projection_note: Option<String>,
     pub catalog: Catalog,
     /// The model scan running on a helper thread.
-    scan: Option<Promise<Catalog>>,
+    scan: Option<Promise<Result<Catalog, String>>>,
     rescan_pending: bool,
     after_scan: Vec<AfterScan>,
     pub hub: HubOptions,
@@ -200,9 +201,14 @@ pub struct Shared {
     pub preview: preview::PreviewRenderer,
     /// The generator load the UI waits for (its job id and the name it shows); only its end
     /// changes [`Self::generator`], so an older load finishing late changes nothing.
-    pending_load: Option<(u64, String)>,
+    pending_load: Option<PendingLoad>,
     /// The Settings view's "Clear" of the preview projections, while it runs.
     clear_job: Option<u64>,
+    /// The engine holds Reconstruct's autoencoders (up to three, an f128c512 alone several
+    /// GB): released when the user leaves that view.
+    pub autoencoders_held: bool,
+    /// The release, while it runs.
+    pub unload_job: Option<u64>,
     /// A view asked to switch tabs.
     pub goto: Option<Tab>,
     /// The Models view asked the Reconstruct view to select this autoencoder.
@@ -212,9 +218,11 @@ pub struct Shared {
     /// A view asked for a download: the repo, and a damaged file of it to delete first.
     pub download_request: Option<(String, Option<PathBuf>)>,
     /// The gallery's newest images, being read at start.
-    gallery_load: Option<Promise<Vec<(PathBuf, api::ImageParams, image::RgbImage)>>>,
+    gallery_load: Option<Promise<Result<Vec<(PathBuf, api::ImageParams, image::RgbImage)>, String>>>,
     /// Gallery writes in flight (each finished image is kept on disk as soon as it arrives).
-    gallery_saves: Vec<std::thread::JoinHandle<Result<Vec<PathBuf>, String>>>,
+    gallery_saves: Vec<(u64, std::thread::JoinHandle<Result<Vec<PathBuf>, String>>)>,
+    /// History items removed while their gallery write still ran: their files go when it ends.
+    forgotten: std::collections::HashSet<u64>,
     ctx: egui::Context,
 }
 
@@ -252,8 +260,21 @@ impl Shared {
         self.projection = None;
         self.projection_note = None;
         let id = self.next_id();
-        self.pending_load = Some((id, label));
-        self.worker.send(Job::LoadGenerator { id, source });
+        let cancel = crate::engine::worker::cancel_token();
+        self.pending_load = Some(PendingLoad { id, name: label, cancel: cancel.clone() });
+        self.worker.send(Job::LoadGenerator { id, source, cancel });
+    }
+
+    /// Stops the load the UI waits for at its next tensor; it ends with nothing loaded.
+    pub fn cancel_load(&mut self) {
+        if let Some(p) = &self.pending_load {
+            p.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The generation model being loaded, if any (its job id).
+    pub fn loading_job(&self) -> Option<u64> {
+        self.pending_load.as_ref().map(|p| p.id)
     }
 
     /// Scans the model folders and the Hugging Face cache again, on a helper thread (a big cache
@@ -267,7 +288,9 @@ impl Shared {
         }
         let (dirs, hub) = (self.catalog.local_dirs.clone(), self.hub.clone());
         let repaint = self.ctx.clone();
-        self.scan = Some(Promise::spawn_thread("model-scan", move || {
+        // A panic in the scan arrives as an error (`helper`); the UI looks every 30 ms while
+        // a scan runs, so it is seen without the repaint.
+        self.scan = Some(helper::spawn("model-scan", move || {
             let c = Catalog::scan(&dirs, &hub);
             repaint.request_repaint();
             c
@@ -288,7 +311,7 @@ impl Shared {
         let Some(dir) = self.gallery_dir() else { return };
         let spawned = std::thread::Builder::new().name("gallery".into()).spawn(move || persist::gallery::store(&dir, id, &images, &params));
         match spawned {
-            Ok(h) => self.gallery_saves.push(h),
+            Ok(h) => self.gallery_saves.push((id, h)),
             Err(e) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
         }
     }
@@ -296,17 +319,33 @@ impl Shared {
     fn poll_gallery(&mut self) {
         let mut i = 0;
         while i < self.gallery_saves.len() {
-            if !self.gallery_saves[i].is_finished() {
+            if !self.gallery_saves[i].1.is_finished() {
                 i += 1;
                 continue;
             }
-            let h = self.gallery_saves.remove(i);
+            let (id, h) = self.gallery_saves.remove(i);
             match h.join() {
-                Ok(Ok(_)) => {}
+                Ok(Ok(paths)) if self.forgotten.remove(&id) => remove_files(&paths, &mut self.notices),
+                Ok(Ok(paths)) => {
+                    if let Some(item) = self.history.iter_mut().find(|h| h.id == id) {
+                        item.gallery = paths;
+                    }
+                }
                 Ok(Err(e)) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
                 Err(_) => self.notices.warning("the gallery writer crashed; the result is still in the history"),
             }
         }
+    }
+
+    /// Removes a history item, and its copies in the gallery (now, or when their write ends),
+    /// so it does not come back at the next start. Files the user opened are not touched.
+    pub fn forget(&mut self, id: u64) {
+        let Some(at) = self.history.iter().position(|h| h.id == id) else { return };
+        let item = self.history.remove(at);
+        if self.gallery_saves.iter().any(|(job, _)| *job == id) {
+            self.forgotten.insert(id);
+        }
+        remove_files(&item.gallery, &mut self.notices);
     }
 
     /// Gallery writes still running (tests wait for them).
@@ -322,8 +361,15 @@ impl Shared {
     /// The finished scan's catalog is put in place; returns what was waiting for it.
     fn poll_scan(&mut self) -> Vec<AfterScan> {
         let Some(p) = &self.scan else { return Vec::new() };
-        let Some(catalog) = p.ready() else { return Vec::new() };
-        let mut catalog = catalog.clone();
+        let Some(result) = p.ready() else { return Vec::new() };
+        // A scan that failed keeps the catalog there was; what waited for it still runs.
+        let mut catalog = match result {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                self.notices.error(format!("The model folders could not be scanned ({e}); the model list may be out of date. Rescan in the Models tab."));
+                self.catalog.clone()
+            }
+        };
         // Folders added while it ran are kept.
         for d in &self.catalog.local_dirs {
             if !catalog.local_dirs.contains(d) {
@@ -339,6 +385,14 @@ impl Shared {
         }
         std::mem::take(&mut self.after_scan)
     }
+}
+
+/// The generator load the UI waits for.
+struct PendingLoad {
+    id: u64,
+    /// The name it shows.
+    name: String,
+    cancel: crate::engine::worker::CancelToken,
 }
 
 pub struct StudioApp {
@@ -448,12 +502,15 @@ impl StudioApp {
             preview,
             pending_load: None,
             clear_job: None,
+            autoencoders_held: false,
+            unload_job: None,
             goto: None,
             select_autoencoder: None,
             download_request: None,
             img2img_source: None,
             gallery_load: None,
             gallery_saves: Vec::new(),
+            forgotten: Default::default(),
             ctx: ctx.clone(),
         };
         let mut app = Self {
@@ -475,7 +532,7 @@ impl StudioApp {
         app.last_saved = Some(app.settings_snapshot());
         app.shared.rescan_then(AfterScan::Startup);
         if let Some(dir) = app.shared.gallery_dir() {
-            app.shared.gallery_load = Some(Promise::spawn_thread("gallery-open", move || reopen_gallery(&dir)));
+            app.shared.gallery_load = Some(helper::spawn("gallery-open", move || reopen_gallery(&dir)));
         }
         app
     }
@@ -488,7 +545,8 @@ impl StudioApp {
             version: persist::SETTINGS_VERSION,
             backend: Some(s.options.backend),
             local_dirs: s.catalog.local_dirs.iter().filter(|d| Some(*d) != model_dir).cloned().collect(),
-            generator: s.generator_key.clone(),
+            // Before the start's scan has loaded anything, the model chosen last time stays.
+            generator: s.generator_key.clone().or_else(|| s.options.generator.clone()),
             offline: Some(s.hub.offline),
             output_dir: self.generate.output_dir.clone(),
             generate: self.generate.settings(),
@@ -502,11 +560,13 @@ impl StudioApp {
         self.save_settings_if_changed(true);
     }
 
-    /// Saves the settings when they changed since the last save (on a helper thread).
+    /// Saves the settings when they changed since the last save (on a helper thread; `wait`:
+    /// on this one, as when closing). The periodic save waits for a running model scan, whose
+    /// folders may still change; the closing one does not, or quitting during a scan would lose
+    /// every change since the last save.
     fn save_settings_if_changed(&mut self, wait: bool) {
         let Some(dir) = self.shared.options.state_dir.clone() else { return };
-        if self.shared.scanning() {
-            // The catalog (and its folders) is not final yet.
+        if self.shared.scanning() && !wait {
             return;
         }
         let now = self.settings_snapshot();
@@ -587,12 +647,12 @@ impl StudioApp {
                 s.backend_note = Some(msg);
             }
             Event::Status(text) => s.engine_status = text,
-            Event::Reloading { job, source } => {
+            Event::Reloading { job, source, cancel } => {
                 // The engine reloads the model it had after a restart: followed like a load the
                 // UI asked for, unless the UI already waits for another one.
                 if s.pending_load.is_none() {
                     s.generator = GeneratorState::Loading(source.name().to_string());
-                    s.pending_load = Some((job, source.name().to_string()));
+                    s.pending_load = Some(PendingLoad { id: job, name: source.name().to_string(), cancel });
                 }
             }
             Event::ProjectionReady { model, projection, fit_secs } => {
@@ -631,7 +691,7 @@ impl StudioApp {
     /// A job's one end: the load the UI waits for, the projection clear, or a view's run.
     fn on_ended(&mut self, job: u64, end: JobEnd) {
         let s = &mut self.shared;
-        if let Some((_, name)) = s.pending_load.take_if(|(id, _)| *id == job) {
+        if let Some(PendingLoad { name, .. }) = s.pending_load.take_if(|p| p.id == job) {
             match end {
                 JobEnd::Loaded { info, secs } => {
                     if secs > 0.5 {
@@ -644,6 +704,13 @@ impl StudioApp {
                     s.notices.error(format!("Could not load {name}: {message}"));
                     s.generator = GeneratorState::Failed { name, message, kind };
                 }
+                // Cancelled by the user: the model it replaced was freed first, so none is loaded,
+                // and the settings go on naming the model chosen before.
+                JobEnd::Cancelled => {
+                    s.notices.info(format!("Loading {name} was cancelled; no generation model is loaded"));
+                    s.generator = GeneratorState::Missing;
+                    s.generator_key = None;
+                }
                 // The load itself crashed: nothing is loaded now (the engine does not bring
                 // back the model this load replaced), and the picker still names this one.
                 JobEnd::Crashed { reason } => {
@@ -654,6 +721,12 @@ impl StudioApp {
                     let message = format!("the load ended unexpectedly ({other:?})");
                     s.generator = GeneratorState::Failed { name, message, kind: api::FailureKind::Other };
                 }
+            }
+            return;
+        }
+        if s.unload_job.take_if(|id| *id == job).is_some() {
+            if let JobEnd::Failed(JobError { message, .. }) | JobEnd::Crashed { reason: message } = end {
+                s.notices.warning(format!("the reconstruction autoencoders could not be released: {message}"));
             }
             return;
         }
@@ -770,6 +843,7 @@ impl StudioApp {
 
     fn status_bar(&mut self, ui: &mut egui::Ui) {
         let s = &self.shared;
+        let mut cancel_load = false;
         ui.horizontal(|ui| {
             match &s.backend {
                 Some(info) => {
@@ -812,7 +886,13 @@ impl StudioApp {
             ui.separator();
             match &s.generator {
                 GeneratorState::Ready(info) => ui.label(format!("model: {}", info.name)),
-                GeneratorState::Loading(name) => ui.label(format!("loading {name}…")),
+                GeneratorState::Loading(name) => {
+                    let r = ui.label(format!("loading {name}…"));
+                    if s.pending_load.is_some() && ui.small_button("✖ Cancel load").on_hover_text("Stop loading this model; nothing stays half-loaded").clicked() {
+                        cancel_load = true;
+                    }
+                    r
+                }
                 GeneratorState::Missing => ui.label("no generation model"),
                 GeneratorState::Failed { name, .. } => ui.label(RichText::new(format!("{name} failed to load")).color(ui.visuals().error_fg_color)),
             };
@@ -826,6 +906,9 @@ impl StudioApp {
                 ui.label(&s.engine_status);
             }
         });
+        if cancel_load {
+            self.shared.cancel_load();
+        }
     }
 
     fn notices_overlay(&mut self, ctx: &egui::Context) {
@@ -888,9 +971,13 @@ impl eframe::App for StudioApp {
         self.generate.abort_run();
         self.reconstruct.abort_run();
         self.save_settings_if_changed(true);
+        // A Quick save pressed just before closing is written, not cut off with the process.
+        self.generate.finish_saves(&mut self.shared);
         // Results still being written to the gallery are finished, not cut off.
-        for h in self.shared.gallery_saves.drain(..) {
-            let _ = h.join();
+        for (id, h) in self.shared.gallery_saves.drain(..) {
+            if let (Ok(Ok(paths)), true) = (h.join(), self.shared.forgotten.contains(&id)) {
+                remove_files(&paths, &mut self.shared.notices);
+            }
         }
     }
 
@@ -906,10 +993,14 @@ impl eframe::App for StudioApp {
         }
         self.shared.poll_gallery();
         if let Some(p) = &self.shared.gallery_load {
-            if let Some(items) = p.ready() {
-                let items = items.clone();
+            if let Some(result) = p.ready() {
+                let result = result.clone();
                 self.shared.gallery_load = None;
-                self.generate.add_from_gallery(items, &mut self.shared, ctx);
+                match result {
+                    Ok(items) => self.generate.add_from_gallery(items, &mut self.shared, ctx),
+                    // The files stay where they are; only the history strip starts empty.
+                    Err(e) => self.shared.notices.warning(format!("The gallery could not be reopened ({e}); its files are untouched in {}", self.shared.gallery_dir().map(|d| d.display().to_string()).unwrap_or_default())),
+                }
             }
         }
         if self.last_save_check.elapsed() > Duration::from_secs(2) {
@@ -930,6 +1021,13 @@ impl eframe::App for StudioApp {
         self.generate.poll(&mut self.shared);
         if let Some(tab) = self.shared.goto.take() {
             self.tab = tab;
+        }
+        // Leaving Reconstruct releases its autoencoders (they load again on its next run).
+        if self.tab != Tab::Reconstruct && self.shared.autoencoders_held && !self.reconstruct.is_running() {
+            let id = self.shared.next_id();
+            self.shared.autoencoders_held = false;
+            self.shared.unload_job = Some(id);
+            self.shared.worker.send(Job::UnloadAutoencoders { id });
         }
         if self.shared.files.busy() || self.generate.saving() || self.shared.scanning() || self.shared.gallery_busy() {
             // Helper threads do not wake the UI; look again soon.
@@ -959,6 +1057,17 @@ impl eframe::App for StudioApp {
         }
         self.notices_overlay(&ctx);
         self.drop_overlay(&ctx);
+    }
+}
+
+/// Deletes gallery files; one that will not go is named (it would come back at the next start).
+fn remove_files(paths: &[PathBuf], notices: &mut Notices) {
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => notices.warning(format!("{} could not be deleted from the gallery ({e}); it will be back in the history at the next start", p.display())),
+        }
     }
 }
 

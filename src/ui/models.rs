@@ -321,7 +321,7 @@ struct Download {
 #[derive(Default)]
 pub struct ModelsPanel {
     downloads: HashMap<String, Download>,
-    folder_dialog: Option<Promise<Option<PathBuf>>>,
+    folder_dialog: Option<Promise<Result<Option<PathBuf>, String>>>,
     /// Last failure per repo, shown on its row.
     failures: HashMap<String, String>,
 }
@@ -338,6 +338,12 @@ impl ModelsPanel {
     /// Downloads `repo`; `damaged`, a file of its cache entry that failed to load, is deleted
     /// first (on the download's thread, and only inside the Hugging Face cache).
     pub fn start_download_replacing(&mut self, repo: &str, damaged: Option<PathBuf>, shared: &mut Shared) {
+        if self.downloads.contains_key(repo) {
+            // A second download would write the same files from another thread, and its entry
+            // would replace this one's cancel token: Cancel could no longer stop the first.
+            shared.notices.info(format!("{repo} is already downloading; its progress and Cancel are in the Models tab"));
+            return;
+        }
         if shared.hub.offline {
             shared.notices.error(format!("Offline mode is on; turn it off to download {repo}"));
             return;
@@ -401,8 +407,10 @@ impl ModelsPanel {
             if let Some(result) = p.ready() {
                 let result = result.clone();
                 self.folder_dialog = None;
-                if let Some(dir) = result {
-                    self.add_folder(dir, shared);
+                match result {
+                    Ok(Some(dir)) => self.add_folder(dir, shared),
+                    Ok(None) => {}
+                    Err(e) => shared.notices.error(format!("The folder dialog could not be shown ({e}); drop the model folder on the window instead")),
                 }
             }
         }
@@ -463,7 +471,7 @@ impl ModelsPanel {
                         shared.hub.offline = offline;
                     }
                     if ui.button("📂 Open folder…").on_hover_text("Add a folder holding model folders (config.json + model.safetensors)").clicked() {
-                        self.folder_dialog = Some(Promise::spawn_thread("pick-folder", || rfd::FileDialog::new().pick_folder()));
+                        self.folder_dialog = Some(super::helper::spawn("pick-folder", || rfd::FileDialog::new().pick_folder()));
                     }
                     if ui.button("⟳ Rescan").clicked() {
                         shared.rescan();

@@ -89,7 +89,7 @@ pub struct ReconstructPanel {
     pub zoom: widgets::ZoomPan,
     /// Which result the split and difference views show.
     focus: usize,
-    file_dialog: Option<Promise<Option<PathBuf>>>,
+    file_dialog: Option<Promise<Result<Option<PathBuf>, String>>>,
     pub last_error: Option<String>,
     thumbs: Vec<TextureHandle>,
     /// Reconstruct as soon as an image arrives.
@@ -232,6 +232,7 @@ impl ReconstructPanel {
         self.last_error = None;
         let crop = self.size.crop_for(image.width(), image.height());
         self.ran_crop = crop;
+        shared.autoencoders_held = true;
         shared.worker.send(Job::Reconstruct(ReconstructJob {
             id,
             image,
@@ -251,9 +252,11 @@ impl ReconstructPanel {
             if let Some(result) = p.ready() {
                 let result = result.clone();
                 self.file_dialog = None;
-                if let Some(path) = result {
+                match result {
                     // Read and decoded off the UI thread; comes back through `set_input`.
-                    shared.files.open_path(path, super::files::Purpose::Reconstruct);
+                    Ok(Some(path)) => shared.files.open_path(path, super::files::Purpose::Reconstruct),
+                    Ok(None) => {}
+                    Err(e) => shared.notices.error(format!("The file dialog could not be shown ({e}); drop the picture on the window instead")),
                 }
             }
         }
@@ -270,7 +273,7 @@ impl ReconstructPanel {
         ui.add_space(4.0);
         ui.label(RichText::new("Image").strong());
         if ui.button("📂 Open image…").clicked() {
-            self.file_dialog = Some(Promise::spawn_thread("open-image", || {
+            self.file_dialog = Some(super::helper::spawn("open-image", || {
                 rfd::FileDialog::new().add_filter("Images", &["png", "jpg", "jpeg", "webp"]).pick_file()
             }));
         }

@@ -8,11 +8,33 @@ pub fn color_image(img: &RgbImage) -> ColorImage {
     ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw())
 }
 
+/// A texture showing `img`, no larger on either side than the renderer allows (eframe's wgpu
+/// device: 8192 on most GPUs). A camera photo or a panorama above that would be a wgpu
+/// validation error, which aborts the app; the display copy is scaled down instead, and the
+/// caller keeps the full picture for the job.
 pub fn texture(ctx: &egui::Context, name: &str, img: &RgbImage) -> TextureHandle {
     // Nearest when magnified so single pixels of small images stay visible; linear would blur
     // away exactly the artefacts a reconstruction view is for.
     let options = TextureOptions { magnification: egui::TextureFilter::Nearest, ..TextureOptions::LINEAR };
-    ctx.load_texture(name, color_image(img), options)
+    let max_side = ctx.input(|i| i.max_texture_side).max(1);
+    match display_size(img.width(), img.height(), max_side as u32) {
+        Some((w, h)) => {
+            let small = image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle);
+            ctx.load_texture(name, color_image(&small), options)
+        }
+        None => ctx.load_texture(name, color_image(img), options),
+    }
+}
+
+/// The size to show a `w`×`h` picture at when a side exceeds `max_side` (aspect kept, each side
+/// at least one pixel); `None` when it fits as it is.
+pub fn display_size(w: u32, h: u32, max_side: u32) -> Option<(u32, u32)> {
+    if w <= max_side && h <= max_side {
+        return None;
+    }
+    let scale = f64::from(max_side) / f64::from(w.max(h));
+    let side = |s: u32| ((f64::from(s) * scale).floor() as u32).clamp(1, max_side);
+    Some((side(w), side(h)))
 }
 
 /// "1.2 GB", "340 MB", "12 KB".

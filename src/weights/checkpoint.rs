@@ -77,6 +77,9 @@ pub enum LoadError {
     /// key check, before any weight is read).
     #[error("{0}")]
     TooLarge(crate::model::limits::TooLarge),
+    /// The job loading it was cancelled ([`super::cancel`]); nothing of it is kept.
+    #[error("the load of {model} was cancelled")]
+    Cancelled { model: String },
 }
 
 fn mismatch_message(path: &Path, model: &str, problems: &[Problem]) -> String {
@@ -347,6 +350,8 @@ pub struct CheckpointLoader<'a, B: Backend> {
     cap: Option<u64>,
     /// The largest weight asked for whole that is over `cap`.
     too_large: Option<crate::model::limits::TooLarge>,
+    /// The job was cancelled ([`super::cancel`]): nothing more is read.
+    cancelled: bool,
 }
 
 impl<'a, B: Backend> CheckpointLoader<'a, B> {
@@ -361,7 +366,17 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
             check_only: false,
             cap: crate::model::limits::max_tensor_bytes::<B>(device),
             too_large: None,
+            cancelled: false,
         }
+    }
+
+    /// Whether reading stops here: the load failed (it only goes on to report every problem)
+    /// or was cancelled.
+    fn stopped(&mut self) -> bool {
+        if !self.check_only && !self.cancelled && super::cancel::requested() {
+            self.cancelled = true;
+        }
+        self.cancelled || !self.problems.is_empty()
     }
 
     /// Records `key` when `elems` values of `bytes_per` bytes, held as one tensor, are over the
@@ -390,6 +405,9 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
     /// Ends the load: every key under the prefix that nobody asked for is unexpected.
     /// `model` names what was being loaded, for the message.
     pub fn finish(mut self, model: &str) -> Result<(), LoadError> {
+        if self.cancelled {
+            return Err(LoadError::Cancelled { model: model.to_string() });
+        }
         for key in self.ckpt.keys() {
             if key.starts_with(&self.prefix) && !self.used.contains(key) && !key.ends_with("num_batches_tracked") {
                 let shape = self.ckpt.shape(key).unwrap_or_default().to_vec();
@@ -419,7 +437,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
         }
         // Once the load has failed, reading the rest would only hold memory until the report:
         // a wrong config beside big weights could exhaust it first. Keys are still checked.
-        if self.check_only || !self.problems.is_empty() {
+        if self.check_only || self.stopped() {
             if let Some(e) = self.ckpt.entries.get(key).filter(|e| !is_float(e.dtype)) {
                 self.problems.push(Problem::Dtype { key: key.to_string(), dtype: format!("{:?}", e.dtype) });
             }
@@ -441,7 +459,7 @@ impl<'a, B: Backend> CheckpointLoader<'a, B> {
         let full = format!("{}{key}", self.prefix);
         let half_ok = self.ckpt.dtype(&full).and_then(|d| super::half::dtype_named(&d)).is_some_and(|d| super::half::keeps_16bit::<B>(&self.device, d))
             && !self.check_only
-            && self.problems.is_empty()
+            && !self.stopped()
             && self.layout == Layout::Original
             && self.ckpt.shape(&full) == Some(&shape[..]);
         if half_ok && (!transpose || D == 2) {
@@ -515,7 +533,7 @@ impl<B: Backend> WeightSource<B> for CheckpointLoader<'_, B> {
 
     fn host_table(&mut self, key: &str, rows: usize, cols: usize) -> super::HostTable {
         let full = format!("{}{key}", self.prefix);
-        let usable = self.layout == Layout::Original && !self.check_only && self.problems.is_empty() && self.ckpt.shape(&full) == Some(&[rows, cols][..]);
+        let usable = self.layout == Layout::Original && !self.check_only && !self.stopped() && self.ckpt.shape(&full) == Some(&[rows, cols][..]);
         if usable {
             if let Some(t) = self.ckpt.host_table(&full) {
                 self.used.insert(full);

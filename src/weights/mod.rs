@@ -5,6 +5,7 @@
 //! source checks every request and remembers every problem, so one load reports all the missing,
 //! misshaped and unexpected keys at once instead of failing on the first.
 
+pub mod cancel;
 pub mod checkpoint;
 pub mod half;
 pub mod host_table;

@@ -18,6 +18,8 @@ pub enum TensorFileError {
     NoSuchTensor { path: String, name: String, available: String },
     #[error("tensor `{name}` in {path} has shape {shape:?}; expected 4 dimensions (NCHW)")]
     NotNchw { path: String, name: String, shape: Vec<usize> },
+    #[error("tensor `{name}` in {path} has shape {shape:?}: a dimension of length 0 holds nothing to work on. Write the file again with at least one image (batch) and non-empty sides")]
+    EmptyDimension { path: String, name: String, shape: Vec<usize> },
 }
 
 /// A tensor read from a file: f32 values and an NCHW shape.
@@ -47,6 +49,11 @@ pub fn read_f32(path: &Path, name: &str) -> Result<(Vec<f32>, Vec<usize>), Tenso
         TensorFileError::NoSuchTensor { path: p.clone(), name: name.into(), available: names.join(", ") }
     })?;
     let shape = view.shape().to_vec();
+    // Every CLI path reads its tensors here: an empty one is refused before it reaches burn,
+    // whose broadcasts panic on a zero-length batch.
+    if shape.contains(&0) {
+        return Err(TensorFileError::EmptyDimension { path: p, name: name.into(), shape });
+    }
     let b = view.data();
     let data = match view.dtype() {
         Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),

@@ -562,3 +562,25 @@ fn efficientvit_width_divided_by_the_configs_head_dim_but_not_by_32_is_accepted(
     let err = with(40).map(|_| ()).expect_err("a 40-wide stage cannot hold 16-wide heads");
     assert!(err.to_string().contains("attention_head_dim 16"), "{err}");
 }
+
+/// A latent file whose batch is 0 reached burn's broadcast in `dcae decode` and panicked there
+/// (exit 101); every tensor read from a file is checked for empty dimensions first.
+#[test]
+fn regression_cli_latent_with_an_empty_batch_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for shape in [[0usize, 4, 2, 2], [1, 4, 0, 2]] {
+        let path = tmp.path().join("empty.safetensors");
+        dcae::weights::tensor_file::write_f32(&path, &[("latent", &[], &shape)], &[]).unwrap();
+        let out = dcae_bin()
+            .args(["decode", "--backend", "cpu", "--model"])
+            .arg(fixture("ae-tiny-in/diffusers"))
+            .arg(&path)
+            .arg("--out-dir")
+            .arg(tmp.path().join("out"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{shape:?}: {stderr}");
+        assert!(stderr.contains("length 0") && !stderr.contains("panicked"), "{shape:?}: {stderr}");
+    }
+}

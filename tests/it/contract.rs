@@ -67,8 +67,8 @@ fn every_job_ends_exactly_once_whatever_happens_to_it() {
         w.send(make(id));
     };
     let missing = GeneratorSource::Class(ModelFilesRef { name: "gone".into(), config: tmp.path().join("no/config.json"), weights: tmp.path().join("no/model.safetensors") });
-    send(&mut w, &|id| Job::LoadGenerator { id, source: missing.clone() });
-    send(&mut w, &|id| Job::LoadGenerator { id, source: class_source("uvit-tiny") });
+    send(&mut w, &|id| Job::LoadGenerator { id, source: missing.clone(), cancel: cancel_token() });
+    send(&mut w, &|id| Job::LoadGenerator { id, source: class_source("uvit-tiny"), cancel: cancel_token() });
     send(&mut w, &|id| Job::Generate(generate(id, Conditioning::Classes(vec![1, 2]), 4)));
     send(&mut w, &|id| {
         let cancelled = generate(id, Conditioning::Classes(vec![3]), 4);
@@ -120,7 +120,7 @@ fn every_job_ends_exactly_once_whatever_happens_to_it() {
     assert!(matches!(ends[&crashing][..], [JobEnd::Crashed { .. }]), "{:?}", ends[&crashing]);
     assert!(matches!(ends[&after][..], [JobEnd::Generated(_)]), "{:?}", ends[&after]);
     let reload = other.iter().find_map(|e| match e {
-        Event::Reloading { job, source } => Some((*job, source.clone())),
+        Event::Reloading { job, source, .. } => Some((*job, source.clone())),
         _ => None,
     });
     let (reload, source) = reload.unwrap_or_else(|| panic!("no reload announced: {other:?}"));
@@ -137,12 +137,12 @@ fn a_load_that_panics_ends_and_does_not_bring_back_the_model_it_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     let mut w = worker(tmp.path());
     let first = w.next_id();
-    w.send(Job::LoadGenerator { id: first, source: class_source("uvit-tiny") });
+    w.send(Job::LoadGenerator { id: first, source: class_source("uvit-tiny"), cancel: cancel_token() });
     let (ends, _) = ends_of(&w, &[first], 60);
     assert!(matches!(ends[&first][..], [JobEnd::Loaded { .. }]), "{:?}", ends[&first]);
     w.faults().panic_next(PanicAt::Load);
     let second = w.next_id();
-    w.send(Job::LoadGenerator { id: second, source: class_source("dit-tiny") });
+    w.send(Job::LoadGenerator { id: second, source: class_source("dit-tiny"), cancel: cancel_token() });
     let probe = w.next_id();
     w.send(Job::Generate(generate(probe, Conditioning::Classes(vec![1]), 2)));
     let (ends, other) = ends_of(&w, &[second, probe], 60);
@@ -173,4 +173,81 @@ fn ui_a_load_that_panics_shows_the_failure_not_loading_forever() {
     assert_eq!(s.generator_key.as_deref(), Some(key.as_str()));
     assert!(matches!(&s.generator, GeneratorState::Failed { name, message, .. } if name.contains("dit-tiny") && message.contains("loading")), "{:?}", s.generator);
     assert!(errors(h.state()).iter().any(|e| e.contains("Could not load")), "{:?}", errors(h.state()));
+}
+
+/// Reconstruct's "its autoencoder" loaded a second copy of the weights the generator already
+/// held; it now shares the generator's. Loading another generator drops it with the old model.
+#[test]
+fn regression_reconstructing_with_the_generators_own_autoencoder_loads_no_second_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = worker(tmp.path());
+    let source = class_source("uvit-tiny");
+    let GeneratorSource::Class(files) = source.clone() else { unreachable!() };
+    let load = w.next_id();
+    w.send(Job::LoadGenerator { id: load, source, cancel: cancel_token() });
+    let (ends, _) = ends_of(&w, &[load], 60);
+    assert!(matches!(ends[&load][..], [JobEnd::Loaded { .. }]), "{:?}", ends[&load]);
+    let image = std::sync::Arc::new(image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 77])));
+    let recon = w.next_id();
+    w.send(Job::Reconstruct(ReconstructJob { id: recon, image, size: Some(64), models: vec![files], heatmap_gain: 4.0, cancel: cancel_token() }));
+    let (ends, other) = ends_of(&w, &[recon], 60);
+    assert!(matches!(ends[&recon][..], [JobEnd::Reconstructed]), "{:?}", ends[&recon]);
+    let loads: Vec<&String> = other.iter().filter_map(|e| match e { Event::Status(s) if s.starts_with("Loading") => Some(s), _ => None }).collect();
+    assert!(loads.is_empty(), "the reconstruction loaded weights again: {loads:?}");
+    assert!(other.iter().any(|e| matches!(e, Event::Reconstructed { .. })), "a result came back");
+}
+
+/// Loading a model could not be cancelled (issue 20): now a cancelled load ends `Cancelled`,
+/// keeps nothing (not the model it replaced either: that was freed first), and the next load
+/// works.
+#[test]
+fn a_cancelled_load_ends_cancelled_and_leaves_nothing_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = worker(tmp.path());
+    let first = w.next_id();
+    w.send(Job::LoadGenerator { id: first, source: class_source("uvit-tiny"), cancel: cancel_token() });
+    let cancelled = w.next_id();
+    let token = cancel_token();
+    token.store(true, std::sync::atomic::Ordering::SeqCst);
+    w.send(Job::LoadGenerator { id: cancelled, source: class_source("dit-tiny"), cancel: token });
+    let run = w.next_id();
+    w.send(Job::Generate(generate(run, Conditioning::Classes(vec![1]), 2)));
+    let again = w.next_id();
+    w.send(Job::LoadGenerator { id: again, source: class_source("dit-tiny"), cancel: cancel_token() });
+    let (ends, _) = ends_of(&w, &[first, cancelled, run, again], 120);
+    assert!(matches!(ends[&first][..], [JobEnd::Loaded { .. }]), "{:?}", ends[&first]);
+    assert!(matches!(ends[&cancelled][..], [JobEnd::Cancelled]), "{:?}", ends[&cancelled]);
+    assert!(matches!(&ends[&run][..], [JobEnd::Failed(e)] if e.message.contains("no generation model")), "{:?}", ends[&run]);
+    assert!(matches!(ends[&again][..], [JobEnd::Loaded { .. }]), "{:?}", ends[&again]);
+}
+
+/// The same through the checkpoint loader alone: a cancel stops it before it reads a weight,
+/// and what it built is refused, not handed out.
+#[test]
+fn a_load_inside_a_cancelled_scope_is_refused() {
+    let dir = fixtures().join("uvit-tiny");
+    let flag = cancel_token();
+    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    let device = Default::default();
+    let load = || dcae::engine::worker::api::Generator::<dcae::engine::backend::Cpu>::load("uvit-tiny", &dir.join("config.json"), &dir.join("model.safetensors"), &device);
+    let err = dcae::weights::cancel::scope(Some(&flag), load).err().expect("a cancelled load is refused");
+    assert!(err.message.contains("cancelled"), "{}", err.message);
+    assert!(dcae::weights::cancel::scope(None, load).is_ok(), "outside the scope it loads");
+}
+
+/// The app's side: Cancel on a load in progress shows that nothing is loaded, not "Loading…".
+#[test]
+fn ui_cancelling_a_load_shows_no_model_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = app_with(fixtures(), tmp.path(), "uvit-tiny");
+    wait_ready(&mut h);
+    let key = fixtures().join("dit-tiny").display().to_string();
+    h.state_mut().shared.use_generator(&key);
+    assert!(h.state().shared.loading_job().is_some());
+    h.state_mut().shared.cancel_load();
+    wait_for(&mut h, "the load's end", 60.0, |a| !matches!(a.shared.generator, GeneratorState::Loading(_)));
+    assert!(matches!(h.state().shared.generator, GeneratorState::Missing), "{:?}", h.state().shared.generator);
+    assert!(h.state().shared.loading_job().is_none());
+    assert!(h.state().shared.notices.items.iter().any(|n| n.text.contains("cancelled")), "the user is told");
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }

@@ -914,3 +914,41 @@ fn tokenizer_json_cut_at_the_decoder_is_an_error() {
     let e = SanaTokenizer::from_bytes(&compact.as_bytes()[..cut], "cut").err().expect("a cut file must not load");
     assert!(e.to_string().contains("cut"), "{e}");
 }
+
+/// JPEGs and WebPs to mutate (lossy and lossless WebP, baseline and progressive-free JPEG at two
+/// qualities): the app opens all three formats from drops and dialogs, and their decoders are
+/// other code than PNG's.
+fn jpeg_webp_seeds() -> Vec<Vec<u8>> {
+    let img = image::RgbImage::from_fn(24, 17, |x, y| image::Rgb([(x * 10) as u8, (y * 15) as u8, ((x ^ y) * 8) as u8]));
+    let mut seeds = Vec::new();
+    for quality in [35u8, 95] {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(&img).expect("a JPEG of a small image");
+        seeds.push(out);
+    }
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::WebP).expect("a lossless WebP of a small image");
+    seeds.push(out.into_inner());
+    seeds
+}
+
+proptest! {
+    // 192 cases: about 2 s.
+    #![proptest_config(ProptestConfig { cases: 192, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn image_readers_take_mutated_jpegs_and_webps(
+        seed in 0usize..3,
+        dmg in byte_damage(),
+        junk in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = damage(jpeg_webp_seeds().swap_remove(seed), &dmg, usize::MAX);
+        image_parsers(&bytes).map_err(|e| TestCaseError::fail(format!("seed {seed} {dmg:?}: {e}")))?;
+        // Arbitrary bytes behind each format's signature.
+        for magic in [&b"\xff\xd8\xff\xe0"[..], &b"RIFF\x10\x00\x00\x00WEBPVP8 "[..], &b"RIFF\x10\x00\x00\x00WEBPVP8L"[..]] {
+            let mut signed = magic.to_vec();
+            signed.extend_from_slice(&junk);
+            image_parsers(&signed)?;
+        }
+    }
+}

@@ -643,6 +643,11 @@ pub(crate) mod fake_hub {
         /// Served like an LFS file: the resolve URL redirects to a "CDN" URL and carries the
         /// blob's etag and size in X-Linked-* headers.
         lfs: bool,
+        /// Bytes the "CDN" sends after the body, beyond the size the hub announced.
+        extra: usize,
+        /// Whether the CDN's Content-Length counts `extra` (otherwise it sends none, and the
+        /// body runs on until the connection closes).
+        extra_counted: bool,
     }
 
     impl Hosted {
@@ -660,6 +665,14 @@ pub(crate) mod fake_hub {
             self
         }
 
+        /// A broken or hostile CDN: after the body it sends `extra` bytes more than the hub
+        /// announced (an LFS file only), counted in its Content-Length or not.
+        pub fn sending_extra(mut self, extra: usize, counted: bool) -> Self {
+            self.extra = extra;
+            self.extra_counted = counted;
+            self
+        }
+
         fn new(repo: &str, path: &str, body: Vec<u8>, lfs: bool) -> Self {
             let etag = fake_etag(&body);
             Self {
@@ -668,6 +681,8 @@ pub(crate) mod fake_hub {
                 body: Arc::new(body),
                 etag,
                 lfs,
+                extra: 0,
+                extra_counted: false,
             }
         }
     }
@@ -754,6 +769,8 @@ pub(crate) mod fake_hub {
         status: u16,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
+        /// No Content-Length: the body ends when the connection closes.
+        close_delimited: bool,
     }
 
     impl Response {
@@ -762,6 +779,7 @@ pub(crate) mod fake_hub {
                 status,
                 headers: Vec::new(),
                 body: Vec::new(),
+                close_delimited: false,
             }
         }
 
@@ -822,7 +840,14 @@ pub(crate) mod fake_hub {
         fn route(&self, request: &Request) -> Response {
             if let Some(etag) = request.path.strip_prefix("/cdn/") {
                 return match self.files.iter().find(|f| f.etag == etag) {
-                    Some(file) => serve_bytes(request, &file.body),
+                    Some(file) => {
+                        let mut response = serve_bytes(request, &file.body);
+                        if file.extra > 0 && response.status < 300 {
+                            response.body.extend(std::iter::repeat_n(0x5a, file.extra));
+                            response.close_delimited = !file.extra_counted;
+                        }
+                        response
+                    }
                     None => Response::new(404),
                 };
             }
@@ -926,10 +951,10 @@ pub(crate) mod fake_hub {
         for (name, value) in &response.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        head.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            response.body.len()
-        ));
+        if !response.close_delimited {
+            head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+        }
+        head.push_str("Connection: close\r\n\r\n");
         stream.write_all(head.as_bytes())?;
         if request.method != "HEAD" {
             stream.write_all(&response.body)?;
@@ -991,6 +1016,46 @@ fn a_download_whose_sha256_does_not_match_is_deleted_and_reported() {
     let left: Vec<_> = fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
     assert!(!left.iter().any(|n| n.starts_with(&claimed)), "the corrupt file is deleted: {left:?}");
     assert!(!is_cached(REPO, &options(tmp.path(), &hub.endpoint()).with_offline(true)));
+}
+
+/// A CDN that sends more than the hub announced is stopped at the announced size, whether its
+/// body runs on until the connection closes (16 MiB more here; nothing else would stop it) or
+/// its Content-Length counts the extra bytes. Nothing lands in the cache, and a partial file
+/// from an earlier attempt keeps its bytes (only what the bad answer wrote goes).
+#[test]
+fn a_download_longer_than_announced_is_stopped_and_not_kept() {
+    let weights = tiny_safetensors(4096);
+    let half = weights.len() / 2;
+    for (extra, counted, resumed) in [(16 << 20, false, false), (100, true, false), (16 << 20, false, true)] {
+        let case = format!("{extra} extra bytes, counted {counted}, resumed {resumed}");
+        let tmp = tempfile::tempdir().unwrap();
+        let files = vec![
+            Hosted::small(REPO, "config.json", EFFICIENTVIT_CONFIG.to_vec()),
+            Hosted::lfs(REPO, "model.safetensors", weights.clone()).sending_extra(extra, counted),
+        ];
+        let hub = FakeHub::start(files, 20);
+        let opts = options(tmp.path(), &hub.endpoint());
+        let blobs = repo_folder(tmp.path(), REPO).join("blobs");
+        let partial = blobs.join(format!("{}.incomplete", fake_etag(&weights)));
+        if resumed {
+            fs::create_dir_all(&blobs).unwrap();
+            fs::write(&partial, &weights[..half]).unwrap();
+        }
+        let err = resolve(REPO, &opts).expect_err("a download longer than announced must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("more") && text.contains("announced") && text.contains(&weights.len().to_string()),
+            "{case}: {text}"
+        );
+        assert!(!blobs.join(fake_etag(&weights)).exists(), "{case}: no finished blob");
+        assert!(!is_cached(REPO, &opts.clone().with_offline(true)), "{case}");
+        let kept = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let expected = if resumed { half as u64 } else { 0 };
+        assert_eq!(kept, expected, "{case}: what the bad answer wrote is dropped, earlier bytes kept");
+        let requests = hub.requests();
+        let range = format!("bytes={half}-");
+        assert_eq!(requests.iter().any(|r| r.contains(&range)), resumed, "{case}: {requests:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -662,3 +662,41 @@ fn parameters_parse_errors_say_what_is_wrong() {
     let err = GenerationParams::parse_parameters_text("class: 1\nSteps: 3, Seed: 1").unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+// ---------------------------------------------------------------- odd shapes
+
+#[test]
+fn resize_window_equals_the_crop_of_the_whole_resize() {
+    // Every combination the crops use: up and down, one axis unchanged, windows at the edges.
+    let src = noise(37, 11);
+    for filter in [imaging::ResampleFilter::Bicubic, imaging::ResampleFilter::Box] {
+        for (w, h) in [(100, 30), (12, 5), (37, 29), (80, 11), (37, 11)] {
+            let whole = imaging::resize(&src, w, h, filter);
+            for (x, y, cw, ch) in [(0, 0, w, h), (w / 3, h / 4, w / 2, h / 2), (w - 1, h - 1, 1, 1), (0, h / 2, w, 1)] {
+                let want = image::imageops::crop_imm(&whole, x, y, cw, ch).to_image();
+                let got = imaging::resize_window(&src, w, h, x, y, cw, ch, filter);
+                assert_eq!(got, want, "{filter:?} to {w}x{h}, window {cw}x{ch} at ({x},{y})");
+            }
+        }
+    }
+}
+
+/// 100000×11 (1.1 MP, a 3 MB PNG) scaled by its short side to 512 was a 4.6-million-pixel-wide
+/// intermediate: 7.3 GB of weights and pixels for a 512×512 crop (`dcae reconstruct --size 512`
+/// peaked there and took 37 s). Only the crop may be computed now.
+#[test]
+fn regression_a_long_thin_strip_is_not_scaled_whole_before_the_crop() {
+    let strip = RgbImage::from_fn(100_000, 11, |x, y| Rgb([(x % 251) as u8, (y * 20) as u8, (x / 400) as u8]));
+    let input = strip.as_raw().len();
+    let (square, peak) = super::alloc_peak::peak_bytes(|| imaging::prepare(strip.clone(), 32, Some(512)));
+    let square = square.expect("a strip is a valid input");
+    assert_eq!(square.dimensions(), (512, 512));
+    // The copy of the input, the output and the weights of one 512-pixel window are a few MB.
+    assert!(peak < input + (64 << 20), "preparing a 100000x11 strip held {} MB at once", peak >> 20);
+    let (source, peak) = super::alloc_peak::peak_bytes(|| imaging::cover_crop(&strip, 768, 512));
+    assert_eq!(source.dimensions(), (768, 512));
+    assert!(peak < 64 << 20, "an image-to-image source from the strip held {} MB at once", peak >> 20);
+    // The crop is the centre of the scaled strip: its middle column is the strip's middle.
+    let mid = square.get_pixel(256, 256).0;
+    assert!((i32::from(mid[2]) - 125).abs() <= 1, "{mid:?}");
+}

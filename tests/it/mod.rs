@@ -1,5 +1,6 @@
 //! Integration test modules.
 mod ae;
+mod alloc_peak;
 mod backend;
 mod common;
 #[cfg(feature = "gui")]
@@ -15,6 +16,12 @@ mod sana_text;
 mod tiling;
 #[cfg(feature = "gui")]
 mod ui;
+#[cfg(feature = "gui")]
+mod ui_downloads;
+#[cfg(all(feature = "gui", feature = "wgpu"))]
+mod ui_render;
+#[cfg(feature = "gui")]
+mod ui_robust;
 #[cfg(feature = "gui")]
 mod ui_text;
 mod uvit;

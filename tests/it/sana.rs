@@ -586,3 +586,29 @@ fn shard(file: &Path, dir: &Path) {
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
     std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+/// The prompt-embedding cache kept every distinct prompt of the session (2.8 MB each on the
+/// device at the real size); it now keeps the most recently used ones only.
+#[test]
+fn regression_prompt_embedding_cache_is_bounded_least_recently_used_first() {
+    use dcae::model::sana::pipeline::PROMPT_CACHE_ENTRIES;
+    let mut pipe = load_pipeline("sana-tiny", None);
+    let cancel = AtomicBool::new(false);
+    let encode = |pipe: &mut SanaPipeline<B>, i: usize| {
+        pipe.encode(&[format!("prompt number {i}")], None, false, &mut |_| {}, &cancel).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let n = PROMPT_CACHE_ENTRIES + 8;
+    for i in 0..n {
+        encode(&mut pipe, i);
+    }
+    assert_eq!(pipe.cached_prompts(), PROMPT_CACHE_ENTRIES);
+    assert!(!pipe.is_cached("prompt number 0", false), "the oldest went first");
+    assert!(pipe.is_cached(&format!("prompt number {}", n - 1), false));
+    // Using the oldest survivor again keeps it; the next new prompt evicts the one after it.
+    let survivor = n - PROMPT_CACHE_ENTRIES;
+    encode(&mut pipe, survivor);
+    encode(&mut pipe, n);
+    assert!(pipe.is_cached(&format!("prompt number {survivor}"), false));
+    assert!(!pipe.is_cached(&format!("prompt number {}", survivor + 1), false));
+    assert_eq!(pipe.cached_prompts(), PROMPT_CACHE_ENTRIES);
+}

@@ -676,10 +676,10 @@ fn worker_restart_stops_the_old_engine_before_the_new_one_starts() {
         }
         panic!("no GeneratorLoaded; saw {seen:?}");
     };
-    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files.clone()) });
+    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files.clone()), cancel: dcae::engine::worker::cancel_token() });
     until_loaded(&w);
     w.restart(config);
-    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files) });
+    w.send(Job::LoadGenerator { id: w.next_id(), source: dcae::engine::worker::GeneratorSource::Class(files), cancel: dcae::engine::worker::cancel_token() });
     let seen = until_loaded(&w);
     let stopped = seen.iter().position(|e| e == "EngineStopped").unwrap_or_else(|| panic!("{seen:?}"));
     let ready = seen.iter().position(|e| e == "BackendReady").unwrap_or_else(|| panic!("{seen:?}"));
@@ -711,7 +711,7 @@ fn jobs_queued_before_a_backend_switch_run_on_the_new_engine() {
             cancel: cancel_token(),
         })
     };
-    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Class(files.clone()) });
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Class(files.clone()), cancel: dcae::engine::worker::cancel_token() });
     let ids = [w.next_id(), w.next_id()];
     w.send(job(ids[0]));
     w.send(job(ids[1]));

@@ -124,7 +124,7 @@ fn ui_text_empty_prompt_says_what_to_do() {
     assert!(errors(h.state()).iter().any(|e| e.contains("Type a prompt")), "{:?}", errors(h.state()));
     assert!(h.state().shared.history.is_empty());
     // The run's memory estimate is shown before it starts.
-    wait_for(&mut h, "the memory reading", 10.0, |a| a.shared.memory.available().is_some());
+    wait_for(&mut h, "the memory reading", 10.0, |a| a.shared.memory.mem_available().is_some());
     assert!(h.get_all_by_label_contains("Estimated peak memory").next().is_some());
 }
 
@@ -342,13 +342,13 @@ fn damaged_pipeline_failures_say_which_file() {
         }
     };
     let mut w = w;
-    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() } });
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() }, cancel: dcae::engine::worker::cancel_token() });
     let (kind, message) = failure(&w);
     assert_eq!(kind, FailureKind::Damaged { path: weights.clone() }, "{message}");
     assert!(message.contains("truncated") || message.contains("corrupt"), "{message}");
 
     std::fs::remove_dir_all(copy.join("vae")).unwrap();
-    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() } });
+    w.send(Job::LoadGenerator { id: w.next_id(), source: GeneratorSource::Text { name: "sana".into(), root: copy.clone() }, cancel: dcae::engine::worker::cancel_token() });
     let (kind, message) = failure(&w);
     assert!(matches!(&kind, FailureKind::Damaged { path } if path.ends_with("vae")), "{kind:?}: {message}");
 }

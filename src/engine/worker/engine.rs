@@ -97,8 +97,14 @@ impl<B: Backend> Engine<B> {
         if !matches!(job, Job::LoadGenerator { .. }) {
             self.faults.check_job(&job);
         }
+        // Weights read for the job (a load, SANA's text encoder on first use) stop at a cancel.
+        let cancel = job.cancel().cloned();
+        crate::weights::cancel::scope(cancel.as_ref(), || self.run_job(job))
+    }
+
+    fn run_job(&mut self, job: Job) -> JobEnd {
         let end = match job {
-            Job::LoadGenerator { id, source } => self.load_generator(id, source),
+            Job::LoadGenerator { id, source, cancel } => self.load_generator(id, source, &cancel),
             Job::Generate(g) => self.generate(g),
             Job::Reconstruct(r) => self.reconstruct(r),
             Job::UnloadAutoencoders { .. } => {
@@ -111,7 +117,7 @@ impl<B: Backend> Engine<B> {
         end
     }
 
-    fn load_generator(&mut self, id: JobId, files: GeneratorSource) -> JobEnd {
+    fn load_generator(&mut self, id: JobId, files: GeneratorSource, cancel: &CancelToken) -> JobEnd {
         if let Some(g) = self.generator.as_ref().filter(|g| g.files == files) {
             return JobEnd::Loaded { info: g.model.info().clone(), secs: 0.0 };
         }
@@ -120,10 +126,20 @@ impl<B: Backend> Engine<B> {
         // nothing is loaded, also for the supervisor, should this load crash.
         self.generator = None;
         self.projection = None;
+        // Reconstruction's autoencoders go too: one of them may be the old model's own, and
+        // the new model may need the memory.
+        self.autoencoders.clear();
         self.set_loaded(None);
-        self.faults.check_job(&Job::LoadGenerator { id, source: files.clone() });
+        self.faults.check_job(&Job::LoadGenerator { id, source: files.clone(), cancel: cancel.clone() });
         let t0 = Instant::now();
-        match generation::load::<B>(&files, &self.device, &self.config) {
+        let loaded = generation::load::<B>(&files, &self.device, &self.config);
+        // Whatever the load made of a cancel (an error, or a model it finished anyway), nothing
+        // of a cancelled load is kept.
+        if cancel.load(Ordering::Relaxed) {
+            drop(loaded);
+            return JobEnd::Cancelled;
+        }
+        match loaded {
             Ok(model) => {
                 let info = model.info().clone();
                 self.set_loaded(Some(files.clone()));
@@ -315,6 +331,9 @@ impl<B: Backend> Engine<B> {
                 })
             }
             Err(GenerateFailure::Cancelled) => JobEnd::Cancelled,
+            // A cancel that stopped a load inside the run (SANA's text encoder on first use)
+            // surfaces as that load's error: it is still the user's cancel.
+            Err(GenerateFailure::Failed(_)) if job.cancel.load(Ordering::Relaxed) => JobEnd::Cancelled,
             Err(GenerateFailure::Failed(e)) => failed(format!("generation failed: {e}")),
         }
     }
@@ -323,6 +342,11 @@ impl<B: Backend> Engine<B> {
         let tick = self.autoencoders.values().map(|v| v.2).max().unwrap_or(0) + 1;
         if let Some(entry) = self.autoencoders.get_mut(&files.weights) {
             entry.2 = tick;
+            return Ok(());
+        }
+        if let Some((cfg, ae)) = self.generators_autoencoder(files) {
+            // Shares the generator's tensors: no second copy of the weights.
+            self.autoencoders.insert(files.weights.clone(), (cfg, ae, tick));
             return Ok(());
         }
         while self.autoencoders.len() >= MAX_AUTOENCODERS {
@@ -341,6 +365,29 @@ impl<B: Backend> Engine<B> {
         }
         self.autoencoders.insert(files.weights.clone(), (cfg, ae, tick));
         Ok(())
+    }
+
+    /// The loaded generator's own autoencoder when `files` names it (Reconstruct's "its
+    /// autoencoder"), instead of loading the same weights a second time. `None` for another
+    /// model, or when the generator's runs on the CPU beside a GPU run (another backend).
+    fn generators_autoencoder(&mut self, files: &ModelFilesRef) -> Option<(DcaeConfig, Dcae<B>)> {
+        let g = self.generator.as_mut()?;
+        let same = match &g.files {
+            GeneratorSource::Class(f) => f.weights == files.weights,
+            GeneratorSource::Text { root, .. } => files.weights.starts_with(root.join("vae")),
+        };
+        if !same {
+            return None;
+        }
+        match g.model.autoencoder().ok()? {
+            (PlacedAe::Here(ae), mut cfg) => {
+                if cfg.name.is_empty() {
+                    cfg.name = files.name.clone();
+                }
+                Some((cfg, ae))
+            }
+            (PlacedAe::Cpu(_), _) => None,
+        }
     }
 
     fn reconstruct(&mut self, job: ReconstructJob) -> JobEnd {

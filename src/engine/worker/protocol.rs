@@ -125,7 +125,9 @@ pub struct ReconstructJob {
 
 #[derive(Debug, Clone)]
 pub enum Job {
-    LoadGenerator { id: JobId, source: GeneratorSource },
+    /// Cancelled between two tensors ([`crate::weights::cancel`]): it ends `Cancelled` with
+    /// nothing loaded (the model it replaces was freed before it began).
+    LoadGenerator { id: JobId, source: GeneratorSource, cancel: CancelToken },
     Generate(GenerateJob),
     Reconstruct(ReconstructJob),
     /// Drop every loaded autoencoder (the generator stays).
@@ -141,6 +143,16 @@ impl Job {
             Job::LoadGenerator { id, .. } | Job::UnloadAutoencoders { id } | Job::ClearProjections { id } => *id,
             Job::Generate(g) => g.id,
             Job::Reconstruct(r) => r.id,
+        }
+    }
+
+    /// The flag that cancels it, for the jobs that can be.
+    pub fn cancel(&self) -> Option<&CancelToken> {
+        match self {
+            Job::LoadGenerator { cancel, .. } => Some(cancel),
+            Job::Generate(g) => Some(&g.cancel),
+            Job::Reconstruct(r) => Some(&r.cancel),
+            Job::UnloadAutoencoders { .. } | Job::ClearProjections { .. } => None,
         }
     }
 
@@ -246,7 +258,7 @@ pub enum Event {
     Status(String),
     /// A job the engine queued on its own: the reload of the model that was loaded, after a
     /// restart or a backend switch. It ends like any job.
-    Reloading { job: JobId, source: GeneratorSource },
+    Reloading { job: JobId, source: GeneratorSource, cancel: CancelToken },
     /// The preview projection of the loaded generator (fitted now or read from the cache).
     ProjectionReady { model: String, projection: Projection, fit_secs: Option<f64> },
     Progress { job: JobId, step: usize, total: usize, sec_per_step: f64, elapsed: f64 },

@@ -65,8 +65,9 @@ pub(super) fn supervise(config: WorkerConfig, jobs: Receiver<Job>, shared: Share
     let reload = |sink: &Sink| -> Option<Job> {
         let source = loaded.lock().ok().and_then(|g| g.clone())?;
         let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
-        sink.send(Event::Reloading { job: id, source: source.clone() });
-        Some(Job::LoadGenerator { id, source })
+        let cancel = super::cancel_token();
+        sink.send(Event::Reloading { job: id, source: source.clone(), cancel: cancel.clone() });
+        Some(Job::LoadGenerator { id, source, cancel })
     };
     let leftovers = |queue: &mut VecDeque<Job>| -> Vec<Job> {
         let mut left: Vec<Job> = queue.drain(..).chain(jobs.try_iter()).collect();

@@ -165,7 +165,14 @@ struct Embedded<B: Backend> {
     embeds: Tensor<B, 3>,
     mask: Tensor<B, 2, Int>,
     dropped: usize,
+    /// When it was last used ([`SanaPipeline::uses`]): the least recently used goes first.
+    used: u64,
 }
+
+/// Prompt embeddings kept per pipeline: each is [1, 300, 2304] f32, 2.8 MB on the device, so
+/// the bound is about 90 MB. Enough for a batch of distinct prompts, the negative and going back
+/// and forth between a few; a long session of new prompts no longer grows without end.
+pub const PROMPT_CACHE_ENTRIES: usize = 32;
 
 /// A SANA / Sprint pipeline. Its components are checked when it is opened and loaded when first
 /// needed: with [`Self::low_memory`] the text encoder is released before the transformer is
@@ -188,6 +195,8 @@ pub struct SanaPipeline<B: Backend> {
     text_on_cpu: bool,
     /// (prompt, instruction on, negative) → embeddings.
     cache: HashMap<(String, bool, bool), Embedded<B>>,
+    /// A clock for the cache's least-recently-used eviction.
+    uses: u64,
     /// Release the text encoder after encoding, before the transformer is loaded.
     pub low_memory: bool,
     /// The VAE's precision ([`PrecisionChoice::resolve`]), the text encoder's
@@ -347,6 +356,7 @@ impl<B: Backend> SanaPipeline<B> {
             text_on_cpu,
             vae_on_cpu: false,
             cache: HashMap::new(),
+            uses: 0,
             low_memory: false,
             precision: PrecisionChoice::Auto,
             device: device.clone(),
@@ -477,7 +487,9 @@ impl<B: Backend> SanaPipeline<B> {
     /// Embeddings of `prompt` (`[1, L, D]`, `[1, L]`), from the cache or encoded now.
     fn embed(&mut self, prompt: &str, instruction: bool, negative: bool, which: (usize, usize), on_event: &mut dyn FnMut(T2iEvent<B>), cancel: &AtomicBool) -> Result<(Tensor<B, 3>, Tensor<B, 2, Int>, usize), T2iError> {
         let key = (prompt.to_string(), instruction, negative);
-        if let Some(e) = self.cache.get(&key) {
+        self.uses += 1;
+        if let Some(e) = self.cache.get_mut(&key) {
+            e.used = self.uses;
             return Ok((e.embeds.clone(), e.mask.clone(), e.dropped));
         }
         if self.text.is_none() {
@@ -511,8 +523,24 @@ impl<B: Backend> SanaPipeline<B> {
             }
         };
         let dropped = dropped_tokens.first().copied().unwrap_or(0);
-        self.cache.insert(key, Embedded { embeds: embeds.clone(), mask: mask.clone(), dropped });
+        if self.cache.len() >= PROMPT_CACHE_ENTRIES {
+            let oldest = self.cache.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.cache.remove(&k);
+            }
+        }
+        self.cache.insert(key, Embedded { embeds: embeds.clone(), mask: mask.clone(), dropped, used: self.uses });
         Ok((embeds, mask, dropped))
+    }
+
+    /// Prompts whose embeddings are cached (at most [`PROMPT_CACHE_ENTRIES`]).
+    pub fn cached_prompts(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether `prompt`'s embeddings (no instruction, not the negative) are cached.
+    pub fn is_cached(&self, prompt: &str, instruction: bool) -> bool {
+        self.cache.contains_key(&(prompt.to_string(), instruction, false))
     }
 
     /// `encode_prompt` for a batch: one row per prompt, and with guidance the negative prompt

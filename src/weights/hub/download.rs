@@ -124,18 +124,57 @@ impl BlobDownload<'_> {
         let (response, start) = self.open_from(start)?;
         let start = self.accepted_start(&response, start)?;
         reporter.done = start;
-        if let Some(total) = total_from_content_range(&response) {
+        let range_total = total_from_content_range(&response);
+        if let Some(total) = range_total {
             reporter.total = total;
         }
         reporter.send();
 
+        // The file ends at the smallest size anyone announced. A body without Content-Length
+        // ends only when the server closes the connection, so without this bound a broken or
+        // hostile server (or mirror) could fill the disk.
+        let body_end = content_length(&response).map(|len| start.saturating_add(len));
+        let end = [self.size, range_total, body_end].into_iter().flatten().min();
+        if let (Some(body_end), Some(end)) = (body_end, end) {
+            if body_end > end {
+                // Refused before writing: an earlier attempt's bytes stay for a resume.
+                return Err(self.too_long(end));
+            }
+        }
+
         let mut out = self.open_partial(start)?;
-        let copied = copy_cancellable(response.into_reader(), &mut out, &mut reporter, cancel);
+        let copied = copy_cancellable(response.into_reader(), &mut out, &mut reporter, cancel, end);
         out.flush().map_err(io_at(&self.partial))?;
         drop(out);
         reporter.send();
+        if let Err(CopyError::TooLong(_)) = &copied {
+            self.discard_from(start);
+        }
         copied.map_err(|err| self.copy_error(err, &reporter))?;
         self.check_complete(reporter.done)
+    }
+
+    /// Drops what the answer that started at `start` wrote: a server that sends more than it
+    /// announced may have sent anything. An earlier attempt's bytes stay for a resume. A file
+    /// that cannot be cut back is deleted, since left at the announced length it would pass
+    /// for complete on the next attempt.
+    pub(super) fn discard_from(&self, start: u64) {
+        let cut = start > 0
+            && OpenOptions::new()
+                .write(true)
+                .open(&self.partial)
+                .and_then(|file| file.set_len(start))
+                .is_ok();
+        if !cut {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+
+    pub(super) fn too_long(&self, announced: u64) -> HubError {
+        HubError::TooLong {
+            file: self.context.file.to_string(),
+            announced,
+        }
     }
 
     /// Opens the download at `start`. A server that cannot serve that range (416: the partial
@@ -206,16 +245,22 @@ impl BlobDownload<'_> {
                 path: self.partial.clone(),
                 source,
             },
+            CopyError::TooLong(announced) => self.too_long(announced),
         }
     }
 
     /// A short file means the connection ended early without an error; keep it for a resume.
+    /// A long one cannot come out of the bounded copy, but must never pass for complete.
     pub(super) fn check_complete(&self, done: u64) -> Result<(), HubError> {
         match self.size {
-            Some(size) if done != size => Err(HubError::Interrupted {
+            Some(size) if done < size => Err(HubError::Interrupted {
                 file: self.context.file.to_string(),
                 detail: format!("got {done} of {size} bytes"),
             }),
+            Some(size) if done > size => {
+                let _ = fs::remove_file(&self.partial);
+                Err(self.too_long(size))
+            }
             _ => Ok(()),
         }
     }
@@ -228,6 +273,11 @@ pub(super) fn content_range_start(response: &ureq::Response) -> Option<u64> {
     range.split('-').next()?.trim().parse().ok()
 }
 
+/// The body's length, when the answer gives one.
+pub(super) fn content_length(response: &ureq::Response) -> Option<u64> {
+    response.header("content-length")?.trim().parse().ok()
+}
+
 /// `Content-Range: bytes 100-199/200` → 200.
 pub(super) fn total_from_content_range(response: &ureq::Response) -> Option<u64> {
     let value = response.header("content-range")?;
@@ -238,26 +288,39 @@ pub(super) enum CopyError {
     Cancelled,
     Read(io::Error),
     Write(io::Error),
+    /// The body went on past the announced size (which it carries).
+    TooLong(u64),
 }
 
-/// Copies until the end of the body, checking `cancel` before every read.
+/// Copies until the end of the body, checking `cancel` before every read. With `end` (the
+/// file's announced size; `reporter.done` is where the body starts) nothing past it is
+/// written: once there, a 1-byte read tells a body that stops from one that runs on.
 pub(super) fn copy_cancellable(
     mut from: impl Read,
     to: &mut File,
     reporter: &mut Reporter,
     cancel: &AtomicBool,
+    end: Option<u64>,
 ) -> Result<(), CopyError> {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(CopyError::Cancelled);
         }
-        let read = match from.read(&mut buffer) {
+        let room = match end {
+            Some(end) => end.saturating_sub(reporter.done).min(buffer.len() as u64) as usize,
+            None => buffer.len(),
+        };
+        let read = match from.read(&mut buffer[..room.max(1)]) {
             Ok(0) => return Ok(()),
             Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(CopyError::Read(err)),
         };
+        if read > room {
+            // Only at the end: without one, `room` is the whole buffer.
+            return Err(CopyError::TooLong(end.unwrap_or(reporter.done)));
+        }
         to.write_all(&buffer[..read]).map_err(CopyError::Write)?;
         reporter.advance(read as u64);
     }

@@ -219,6 +219,9 @@ pub enum HubError {
         actual: String,
     },
 
+    #[error("the server sent more of {file} than the {announced} bytes it announced, so the download was stopped and what that answer sent was not kept; try again later, and if this repeats, the hub at HF_ENDPOINT or a proxy in between is serving a wrong file")]
+    TooLong { file: String, announced: u64 },
+
     #[error("{}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
