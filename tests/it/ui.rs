@@ -22,9 +22,10 @@ fn app(model_dir: PathBuf, tmp: &Path) -> Harness<'static, StudioApp> {
     app_with(model_dir, tmp, "uvit-tiny")
 }
 
-/// The same with the generation model `generator` (a folder name under `model_dir`).
-pub fn app_with(model_dir: PathBuf, tmp: &Path, generator: &str) -> Harness<'static, StudioApp> {
-    let options = AppOptions {
+/// The options of the test apps: the CPU, models from `model_dir` with `generator` loaded at
+/// start, an empty offline hub cache, and caches and state under `tmp`.
+pub fn app_options(model_dir: PathBuf, tmp: &Path, generator: &str) -> AppOptions {
+    AppOptions {
         model_dir: Some(model_dir),
         backend: BackendChoice::Cpu,
         cache_dir: Some(tmp.join("cache")),
@@ -34,7 +35,12 @@ pub fn app_with(model_dir: PathBuf, tmp: &Path, generator: &str) -> Harness<'sta
         generator: Some(generator.to_string()),
         state_dir: Some(tmp.join("state")),
         saved: None,
-    };
+    }
+}
+
+/// The same with the generation model `generator` (a folder name under `model_dir`).
+pub fn app_with(model_dir: PathBuf, tmp: &Path, generator: &str) -> Harness<'static, StudioApp> {
+    let options = app_options(model_dir, tmp, generator);
     let mut harness = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).build_eframe(move |cc| {
         let mut app = StudioApp::new(cc, options);
         app.generate.output_dir = None;
@@ -412,7 +418,7 @@ fn ui_saved_png_restores_parameters() {
 
 /// A device and queue on whatever wgpu adapter exists (Mesa's lavapipe in CI).
 #[cfg(feature = "wgpu")]
-fn wgpu_device() -> Result<(eframe::wgpu::Device, eframe::wgpu::Queue, String), &'static str> {
+pub fn wgpu_device() -> Result<(eframe::wgpu::Device, eframe::wgpu::Queue, String), &'static str> {
     use dcae::engine::backend::pollster_block;
     use eframe::wgpu;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());

@@ -10,14 +10,12 @@
 
 use std::path::PathBuf;
 
-use dcae::engine::backend::BackendChoice;
-use dcae::engine::worker::api::hub::HubOptions;
-use dcae::ui::{AppOptions, GeneratorState, StudioApp};
+use dcae::ui::{GeneratorState, StudioApp};
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 
-use super::ui::{errors, fixtures, wait_for};
+use super::ui::{app_options, errors, fixtures, wait_for};
 
 /// eframe's wgpu device allows 8192-pixel textures (egui-wgpu asks for that limit); the
 /// renderer here does too, and the app is told so, as eframe tells it.
@@ -27,25 +25,8 @@ fn snapshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots")
 }
 
-/// Whether a wgpu adapter exists (lavapipe in CI); the renderer cannot start without one.
-fn have_adapter() -> bool {
-    use eframe::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    dcae::engine::backend::pollster_block(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).is_ok()
-}
-
 fn rendered_app(tmp: &std::path::Path) -> Harness<'static, StudioApp> {
-    let options = AppOptions {
-        model_dir: Some(fixtures()),
-        backend: BackendChoice::Cpu,
-        cache_dir: Some(tmp.join("cache")),
-        hub: Some(HubOptions::new(tmp.join("hf")).with_offline(true)),
-        auto_load: true,
-        fit_latent_side: 8,
-        generator: Some("uvit-tiny".into()),
-        state_dir: Some(tmp.join("state")),
-        saved: None,
-    };
+    let options = app_options(fixtures(), tmp, "uvit-tiny");
     let mut h = Harness::builder().with_size(egui::vec2(1280.0, 820.0)).wgpu().build_eframe(move |cc| {
         let mut app = StudioApp::new(cc, options);
         app.generate.output_dir = None;
@@ -85,7 +66,8 @@ fn check_snapshot(h: &mut Harness<'_, StudioApp>, name: &str) {
 
 #[test]
 fn ui_render_generate_and_reconstruct_views_through_the_wgpu_renderer() {
-    if !have_adapter() {
+    // The renderer cannot start without a wgpu adapter (lavapipe in CI).
+    if super::ui::wgpu_device().is_err() {
         return eprintln!("no wgpu adapter: the rendered views are not checked here (CI has lavapipe)");
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use dcae::ui::{persist, StudioApp, Tab};
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
 
-use super::ui::{app_with, errors, fixtures, wait_for, wait_ready};
+use super::ui::{app_options, app_with, errors, fixtures, wait_for, wait_ready};
 
 /// A panorama wider than the renderer's largest texture (eframe's wgpu device: 8192) was
 /// uploaded whole: a wgpu validation error, which aborts the app. The display copy is scaled
@@ -78,15 +78,10 @@ fn closing_during_the_first_scan_keeps_the_model_chosen_last_time() {
     let earlier = persist::Settings { generator: Some("chosen-last-time".into()), ..Default::default() };
     persist::save_settings(&state, &earlier).unwrap();
     let options = dcae::ui::AppOptions {
-        model_dir: Some(fixtures()),
-        backend: dcae::engine::backend::BackendChoice::Cpu,
-        cache_dir: Some(tmp.path().join("cache")),
-        hub: Some(dcae::engine::worker::api::hub::HubOptions::new(tmp.path().join("hf")).with_offline(true)),
         auto_load: false,
-        fit_latent_side: 8,
         generator: None,
-        state_dir: Some(state.clone()),
         saved: persist::load_settings(&state).unwrap(),
+        ..app_options(fixtures(), tmp.path(), "")
     };
     let mut h = egui_kittest::Harness::builder().build_eframe(move |cc| StudioApp::new(cc, options));
     h.state_mut().generate.prompt = "new".into();
@@ -253,17 +248,7 @@ fn ui_long_session_memory_stays_flat() {
         statm.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()).unwrap_or(0.0) * 4096.0 / (1 << 20) as f64
     }
     let tmp = tempfile::tempdir().unwrap();
-    let options = dcae::ui::AppOptions {
-        model_dir: Some(fixtures()),
-        backend: dcae::engine::backend::BackendChoice::Cpu,
-        cache_dir: Some(tmp.path().join("cache")),
-        hub: Some(dcae::engine::worker::api::hub::HubOptions::new(tmp.path().join("hf")).with_offline(true)),
-        auto_load: true,
-        fit_latent_side: 8,
-        generator: Some("sana-tiny".into()),
-        state_dir: Some(tmp.path().join("state")),
-        saved: None,
-    };
+    let options = app_options(fixtures(), tmp.path(), "sana-tiny");
     let mut h = egui_kittest::Harness::builder().with_size(egui::vec2(1280.0, 820.0)).renderer(Discard).build_eframe(move |cc| StudioApp::new(cc, options));
     wait_for(&mut h, "the model scan", 30.0, |a| !a.shared.scanning());
     wait_ready(&mut h);
