@@ -10,6 +10,8 @@ pub mod imaging;
 pub mod labels;
 pub mod model;
 pub mod sampler;
+/// The local HTTP API (`dcae serve`).
+pub mod server;
 /// The desktop app (the `gui` feature, on by default).
 #[cfg(feature = "gui")]
 pub mod ui;

@@ -23,6 +23,9 @@ pub enum BenchTask {
     T2i,
     /// One Gemma-2-2B pass over --tokens tokens (SANA's text encoder).
     TextEncode,
+    /// What the local API adds to a generation: --model is a model folder; pairs of the same
+    /// generation in process and through `POST /sdapi/v1/txt2img` ([`super::bench_api`]).
+    Api,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -103,6 +106,9 @@ pub enum WeightsDtype {
 pub use super::timing::{peak_rss_mib, time_runs, time_runs_then, GpuPeak, Timings};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.task == BenchTask::Api {
+        return super::bench_api::run(&args);
+    }
     run_on(args.backend, Bench(args.clone()))?
 }
 
@@ -157,12 +163,22 @@ impl BackendTask for Bench {
                 // The input from a seeded host RNG: the same on every backend.
                 let input = host_random(shape, if encode { 1.0 } else { 0.0 }, 7);
                 let x = crate::model::host::upload::<B, 4>(input, shape, &device);
+                // The first run says whether it was tiled (the note lists every tiled run).
+                let told = std::cell::Cell::new(false);
                 let run = |x: Tensor<B, 4>| -> anyhow::Result<Tensor<B, 4>> {
-                    let y = if encode {
-                        crate::model::tiling::encode_within(&model, &cfg, x, budget, &mut |_, _| true)?
-                    } else {
-                        crate::model::tiling::decode_within(&model, &cfg, x, budget, &mut |_, _| true)?
+                    let mut calls = 0;
+                    let mut count = |_: usize, n: usize| {
+                        calls = n;
+                        true
                     };
+                    let y = if encode {
+                        crate::model::tiling::encode_within(&model, &cfg, x, budget, &mut count)?
+                    } else {
+                        crate::model::tiling::decode_within(&model, &cfg, x, budget, &mut count)?
+                    };
+                    if !told.replace(true) && calls > a.batch {
+                        eprintln!("{}: tiled, {} tiles per image", if encode { "encode" } else { "decode" }, calls / a.batch.max(1));
+                    }
                     y.ok_or_else(|| anyhow::anyhow!("the run stopped"))
                 };
                 if a.output.is_some() || a.compare.is_some() {
@@ -211,6 +227,8 @@ impl BackendTask for Bench {
                 Timings { first_s: Some(secs), ..Timings::from_samples(vec![secs]) }
             }
             BenchTask::T2i | BenchTask::TextEncode => return sana::<B>(&a, &device, &info),
+            // Handled in `run`: it starts engines of its own.
+            BenchTask::Api => bail!("--task api does not run on a backend task"),
             BenchTask::Forward if crate::model::sana::registry::registered_sana(&a.model).is_some() => return sana::<B>(&a, &device, &info),
             BenchTask::Forward | BenchTask::Generate => {
                 let (t, c) = bench_diffusion::<B>(&a, &device)?;

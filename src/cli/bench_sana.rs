@@ -215,7 +215,16 @@ pub fn run<B: Backend>(a: &SanaBenchArgs, device: &B::Device) -> anyhow::Result<
                     let mut images = Vec::with_capacity(b);
                     for i in 0..b {
                         let z = latent.clone().narrow(0, i, 1).div_scalar(vae_cfg.scaling_factor as f64);
-                        let img = vae.decode_within(&vae_cfg, z, budget, &mut |_, _| true)?.ok_or_else(|| anyhow!("the decode stopped"))?;
+                        let mut calls = 0;
+                        let img = vae.decode_within(&vae_cfg, z, budget, &mut |_, n| {
+                            calls = n;
+                            true
+                        })?;
+                        let img = img.ok_or_else(|| anyhow!("the decode stopped"))?;
+                        // One image: more than one call is a tiled decode (the note lists them).
+                        if i == 0 && calls > 1 {
+                            eprintln!("decode: tiled, {calls} tiles per image");
+                        }
                         let _ = img.clone().slice([0..1, 0..1, 0..1, 0..1]).into_data();
                         images.push(img);
                     }

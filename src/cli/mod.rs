@@ -3,9 +3,11 @@
 
 pub mod ae;
 pub mod bench;
+pub mod bench_api;
 pub mod bench_sana;
 pub mod generate;
 pub mod parity;
+pub mod serve;
 pub mod t2i;
 pub mod tiling;
 pub mod timing;
@@ -44,6 +46,9 @@ pub enum Command {
     /// Check this build against the golden fixtures (tests/fixtures) on a backend: max abs
     /// error and PASS/FAIL per check; exits non-zero when one fails.
     Parity(parity::ParityArgs),
+    /// Serve the local HTTP API (the AUTOMATIC1111 web UI's /sdapi/v1 subset, one queue) on
+    /// 127.0.0.1:7860 until stopped.
+    Serve(serve::ServeArgs),
 }
 
 /// Options every model-running command shares.
@@ -93,6 +98,7 @@ impl Cli {
             Command::Generate(a) => Some(a.backend),
             Command::Bench(a) => Some(a.backend),
             Command::Parity(a) => Some(a.backend),
+            Command::Serve(a) => Some(a.backend),
             Command::Download(_) => None,
         }
     }
@@ -108,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Parity(a) => parity::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Download(a) => {
             let files = model_files(&a.repo)?;
             println!("config:  {}\nweights: {}", files.config.display(), files.weights.display());

@@ -1,6 +1,7 @@
 //! The engine: backend selection and (for the app) the worker thread that owns the models.
 
 pub mod backend;
+pub mod catalog;
 pub mod downloads;
 pub mod memory;
 pub mod restart;

@@ -32,11 +32,11 @@ pub mod protocol;
 pub mod samples;
 pub mod supervisor;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -56,10 +56,34 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 struct Sink {
     tx: Sender<Event>,
     wake: Waker,
+    taps: Arc<Mutex<Taps>>,
+}
+
+/// Second readers of the event stream: the local API running inside the app follows its own
+/// jobs ([`WorkerHandle::send_tapped`]) and the events that name no job, while the UI goes on
+/// reading everything from the one channel.
+#[derive(Default)]
+struct Taps {
+    jobs: HashMap<JobId, Sender<Event>>,
+    all: Vec<Sender<Event>>,
 }
 
 impl Sink {
     fn send(&self, e: Event) {
+        if let Ok(mut taps) = self.taps.lock() {
+            match e.job() {
+                Some(id) => {
+                    if let Some(tx) = taps.jobs.get(&id) {
+                        let _ = tx.send(e.clone());
+                    }
+                    if matches!(e, Event::Ended { .. }) {
+                        taps.jobs.remove(&id);
+                    }
+                }
+                None if !taps.all.is_empty() => taps.all.retain(|tx| tx.send(e.clone()).is_ok()),
+                None => {}
+            }
+        }
         // The UI may be gone (closing); nothing to do then.
         let _ = self.tx.send(e);
         (self.wake)();
@@ -99,7 +123,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// The UI's handle on the engine thread.
 pub struct Worker {
-    jobs: Sender<Job>,
+    /// Shared with the [`WorkerHandle`]s, which keep working across [`Self::restart`].
+    jobs: Arc<Mutex<Sender<Job>>>,
     /// The job ids' counter, shared with the supervisor (which queues reloads of its own).
     ids: Arc<AtomicU64>,
     faults: Arc<Faults>,
@@ -117,10 +142,10 @@ impl Worker {
     /// `move || ctx.request_repaint()`).
     pub fn spawn(config: WorkerConfig, wake: Waker) -> Self {
         let (tx, events) = channel::<Event>();
-        let sink = Sink { tx, wake };
+        let sink = Sink { tx, wake, taps: Arc::default() };
         let (jobs, _) = channel::<Job>();
         let mut worker = Self {
-            jobs,
+            jobs: Arc::new(Mutex::new(jobs)),
             ids: Arc::new(AtomicU64::new(0)),
             faults: Arc::new(Faults::default()),
             events,
@@ -148,7 +173,7 @@ impl Worker {
     fn start_engine(&mut self, config: WorkerConfig, previous: Option<JoinHandle<Vec<Job>>>) {
         let (jobs, job_rx) = channel::<Job>();
         // The old engine keeps its own channel (and what is queued in it) until it is retired.
-        self.jobs = jobs;
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = jobs;
         let retire = Arc::new(AtomicBool::new(false));
         self.retire = retire.clone();
         let sink = self.sink.clone();
@@ -179,10 +204,13 @@ impl Worker {
     /// Queues `job`. Its end always comes back as an [`Event::Ended`], also when the engine has
     /// stopped for good (then at once, as a failure).
     pub fn send(&mut self, job: Job) {
-        if let Err(e) = self.jobs.send(job) {
-            let message = "the engine has stopped; restart the app (your images are kept until you close it)".to_string();
-            self.sink.send(Event::Ended { job: e.0.id(), end: JobEnd::Failed(JobError::other(message)) });
-        }
+        send_job(&self.jobs, &self.sink, job);
+    }
+
+    /// A handle that queues jobs on this worker from another thread and reads their events
+    /// (the local API inside the app); it follows [`Self::restart`].
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle { jobs: self.jobs.clone(), ids: self.ids.clone(), sink: self.sink.clone() }
     }
 
     /// The faults tests arm on this worker's engines ([`faults`]).
@@ -206,8 +234,47 @@ impl Drop for Worker {
         // Closing the job channel ends the engine loop after its current job; the thread is not
         // joined so that closing the window never waits for a long decode.
         let (dead, _) = channel();
-        self.jobs = dead;
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = dead;
         self.engine.take();
+    }
+}
+
+fn send_job(jobs: &Mutex<Sender<Job>>, sink: &Sink, job: Job) {
+    let sent = jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+    if let Err(e) = sent {
+        let message = "the engine has stopped; restart the app (your images are kept until you close it)".to_string();
+        sink.send(Event::Ended { job: e.0.id(), end: JobEnd::Failed(JobError::other(message)) });
+    }
+}
+
+/// Queues jobs on a [`Worker`] owned elsewhere (the app's) and follows them on a channel of its
+/// own: their events, and the events that name no job. The owner still sees every event.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    jobs: Arc<Mutex<Sender<Job>>>,
+    ids: Arc<AtomicU64>,
+    sink: Sink,
+}
+
+impl WorkerHandle {
+    pub fn next_id(&self) -> JobId {
+        self.ids.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Queues `job`; its events up to its end also go to `events`.
+    pub fn send_tapped(&self, job: Job, events: Sender<Event>) {
+        if let Ok(mut taps) = self.sink.taps.lock() {
+            taps.jobs.insert(job.id(), events);
+        }
+        send_job(&self.jobs, &self.sink, job);
+    }
+
+    /// Every event that names no job (projection, restart, backend) also goes to `events`,
+    /// until its receiver is dropped.
+    pub fn listen(&self, events: Sender<Event>) {
+        if let Ok(mut taps) = self.sink.taps.lock() {
+            taps.all.push(events);
+        }
     }
 }
 

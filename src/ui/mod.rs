@@ -12,6 +12,7 @@ pub mod models;
 pub mod persist;
 pub mod preview;
 pub mod reconstruct;
+pub mod serving;
 pub mod settings;
 pub mod widgets;
 
@@ -220,9 +221,13 @@ pub struct Shared {
     /// The gallery's newest images, being read at start.
     gallery_load: Option<Promise<Result<Vec<(PathBuf, api::ImageParams, image::RgbImage)>, String>>>,
     /// Gallery writes in flight (each finished image is kept on disk as soon as it arrives).
-    gallery_saves: Vec<(u64, std::thread::JoinHandle<Result<Vec<PathBuf>, String>>)>,
+    gallery_saves: Vec<(u64, std::thread::JoinHandle<Result<persist::gallery::Stored, String>>)>,
+    /// The user has been told this session that the gallery deletes its oldest images.
+    eviction_told: bool,
     /// History items removed while their gallery write still ran: their files go when it ends.
     forgotten: std::collections::HashSet<u64>,
+    /// The local API on this app's engine (Settings → Serve the local API).
+    pub api: serving::Serving,
     ctx: egui::Context,
 }
 
@@ -309,7 +314,7 @@ impl Shared {
     /// Keeps a finished result in the gallery, written on a helper thread.
     pub fn keep_in_gallery(&mut self, id: u64, images: Vec<image::RgbImage>, params: api::ImageParams) {
         let Some(dir) = self.gallery_dir() else { return };
-        let spawned = std::thread::Builder::new().name("gallery".into()).spawn(move || persist::gallery::store(&dir, id, &images, &params));
+        let spawned = std::thread::Builder::new().name("gallery".into()).spawn(move || persist::gallery::store_counting(&dir, id, &images, &params));
         match spawned {
             Ok(h) => self.gallery_saves.push((id, h)),
             Err(e) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
@@ -325,16 +330,35 @@ impl Shared {
             }
             let (id, h) = self.gallery_saves.remove(i);
             match h.join() {
-                Ok(Ok(paths)) if self.forgotten.remove(&id) => remove_files(&paths, &mut self.notices),
-                Ok(Ok(paths)) => {
-                    if let Some(item) = self.history.iter_mut().find(|h| h.id == id) {
-                        item.gallery = paths;
+                Ok(Ok(stored)) => {
+                    self.tell_eviction(stored.evicted);
+                    if self.forgotten.remove(&id) {
+                        remove_files(&stored.paths, &mut self.notices);
+                    } else if let Some(item) = self.history.iter_mut().find(|h| h.id == id) {
+                        item.gallery = stored.paths;
                     }
                 }
                 Ok(Err(e)) => self.notices.warning(format!("the result could not be kept in the gallery: {e}")),
                 Err(_) => self.notices.warning("the gallery writer crashed; the result is still in the history"),
             }
         }
+    }
+
+    /// The gallery is the user's folder: the first time this session that keeping a result
+    /// deleted older ones, say so and where (once, so a full gallery does not repeat it at
+    /// every result).
+    fn tell_eviction(&mut self, evicted: usize) {
+        if evicted == 0 || self.eviction_told {
+            return;
+        }
+        self.eviction_told = true;
+        let folder = self.gallery_dir().map(|d| d.display().to_string()).unwrap_or_default();
+        self.notices.info(format!(
+            "The gallery keeps the newest {} images (at most {} GiB): {evicted} older one{} deleted from {folder}. Save a result elsewhere to keep it for good; files you put there yourself are never touched.",
+            persist::gallery::MAX_ITEMS,
+            persist::gallery::MAX_BYTES >> 30,
+            if evicted == 1 { " was" } else { "s were" },
+        ));
     }
 
     /// Removes a history item, and its copies in the gallery (now, or when their write ends),
@@ -346,6 +370,24 @@ impl Shared {
             self.forgotten.insert(id);
         }
         remove_files(&item.gallery, &mut self.notices);
+    }
+
+    /// Turns the local API on (on this app's engine and catalog) or off; a failure to start
+    /// (the port taken) is a notice and leaves it off.
+    pub fn set_serving(&mut self, on: bool) {
+        self.api.enabled = on;
+        if !on {
+            self.api.stop();
+            return;
+        }
+        let model = match &self.generator {
+            GeneratorState::Ready(info) => Some(info.name.clone()),
+            _ => self.generator_key.as_ref().and_then(|k| self.catalog.get(k)).map(|e| e.label.clone()),
+        };
+        let handle = self.worker.handle();
+        if let Err(e) = self.api.start(handle, &self.catalog, &self.hub, &self.worker.config, model) {
+            self.notices.error(format!("The local API could not start: {e}"));
+        }
     }
 
     /// Gallery writes still running (tests wait for them).
@@ -510,7 +552,9 @@ impl StudioApp {
             img2img_source: None,
             gallery_load: None,
             gallery_saves: Vec::new(),
+            eviction_told: false,
             forgotten: Default::default(),
+            api: serving::Serving::new(saved.api.serve, saved.api.port),
             ctx: ctx.clone(),
         };
         let mut app = Self {
@@ -552,6 +596,7 @@ impl StudioApp {
             generate: self.generate.settings(),
             text_encoder: Some(s.worker.config.text_encoder),
             autoencoder: Some(s.worker.config.autoencoder),
+            api: persist::ApiSettings { serve: s.api.enabled, port: s.api.port },
         }
     }
 
@@ -584,6 +629,7 @@ impl StudioApp {
 
     fn after_scan(&mut self, what: AfterScan) {
         let s = &mut self.shared;
+        s.api.set_catalog(&s.catalog);
         let nothing_loaded = s.generator_key.is_none() || matches!(s.generator, GeneratorState::Missing | GeneratorState::Failed { .. });
         match what {
             AfterScan::Nothing => {}
@@ -594,6 +640,10 @@ impl StudioApp {
                     }
                 }
                 self.reconstruct.select_defaults(&s.catalog);
+                // Serving was on when the app closed: on again, now that the catalog is in.
+                if s.api.enabled && s.api.server.is_none() {
+                    s.set_serving(true);
+                }
             }
             AfterScan::FolderAdded(dir) => self.models.folder_scanned(dir, s),
             AfterScan::Downloaded(repo) => {
@@ -691,6 +741,21 @@ impl StudioApp {
     /// A job's one end: the load the UI waits for, the projection clear, or a view's run.
     fn on_ended(&mut self, job: u64, end: JobEnd) {
         let s = &mut self.shared;
+        if s.api.owns(job) {
+            // The local API's job (its client hears how it ended). A model it loaded is what
+            // the shared engine holds now: the app shows it, so its own next run is not made
+            // for a model that is gone. A load the app waits for itself comes after and wins.
+            if let JobEnd::Loaded { info, .. } = end {
+                let same = matches!(&s.generator, GeneratorState::Ready(i) if i.name == info.name);
+                if !same && s.pending_load.is_none() {
+                    s.notices.info(format!("The local API loaded {}", info.name));
+                    s.generator_key = s.catalog.generators().find(|e| e.label == info.name).map(|e| e.key.clone()).or(s.generator_key.take());
+                    self.generate.on_generator(&info);
+                    s.generator = GeneratorState::Ready(info);
+                }
+            }
+            return;
+        }
         if let Some(PendingLoad { name, .. }) = s.pending_load.take_if(|p| p.id == job) {
             match end {
                 JobEnd::Loaded { info, secs } => {
@@ -968,6 +1033,8 @@ impl StudioApp {
 impl eframe::App for StudioApp {
     /// Closing the window stops a running job at its next step instead of letting it finish.
     fn on_exit(&mut self) {
+        // The API first: its waiting clients are answered before the engine goes.
+        self.shared.api.stop();
         self.generate.abort_run();
         self.reconstruct.abort_run();
         self.save_settings_if_changed(true);
@@ -975,8 +1042,8 @@ impl eframe::App for StudioApp {
         self.generate.finish_saves(&mut self.shared);
         // Results still being written to the gallery are finished, not cut off.
         for (id, h) in self.shared.gallery_saves.drain(..) {
-            if let (Ok(Ok(paths)), true) = (h.join(), self.shared.forgotten.contains(&id)) {
-                remove_files(&paths, &mut self.shared.notices);
+            if let (Ok(Ok(stored)), true) = (h.join(), self.shared.forgotten.contains(&id)) {
+                remove_files(&stored.paths, &mut self.shared.notices);
             }
         }
     }
@@ -1043,6 +1110,7 @@ impl eframe::App for StudioApp {
         let ctx = ui.ctx().clone();
         egui::Panel::top("top_bar").show(ui, |ui| self.top_bar(ui));
         egui::Panel::bottom("status_bar").show(ui, |ui| self.status_bar(ui));
+        self.shared.api.strip(&ctx, ui);
         match self.tab {
             Tab::Generate => self.generate.ui(ui, &mut self.shared),
             Tab::Reconstruct => self.reconstruct.ui(ui, &mut self.shared),

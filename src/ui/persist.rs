@@ -43,6 +43,24 @@ pub struct Settings {
     /// The generation models' autoencoder placement (Settings).
     #[serde(default)]
     pub autoencoder: Option<crate::engine::backend::Placement>,
+    /// The local API (Settings → Serve the local API).
+    #[serde(default)]
+    pub api: ApiSettings,
+}
+
+/// Whether the app serves the local API, and on which port of 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    pub serve: bool,
+    pub port: u16,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        // A1111's port, where clients look first.
+        Self { serve: false, port: 7860 }
+    }
 }
 
 impl Default for Settings {
@@ -57,6 +75,7 @@ impl Default for Settings {
             generate: GenerateSettings::default(),
             text_encoder: None,
             autoencoder: None,
+            api: ApiSettings::default(),
         }
     }
 }

@@ -87,6 +87,10 @@ impl SettingsWindow {
                 ui.label(RichText::new(note).small().weak());
             }
             ui.separator();
+            if let Some(on) = shared.api.settings_ui(ui) {
+                shared.set_serving(on);
+            }
+            ui.separator();
             ui.label(RichText::new("Hugging Face").strong());
             ui.label(RichText::new(format!("cache: {}", shared.hub.cache_dir.display())).small());
             ui.label(RichText::new(format!("endpoint: {}", shared.hub.endpoint)).small());

@@ -13,6 +13,7 @@ mod labels;
 mod sampler;
 mod sana;
 mod sana_text;
+mod serve;
 mod tiling;
 #[cfg(feature = "gui")]
 mod ui;
@@ -22,6 +23,8 @@ mod ui_downloads;
 mod ui_render;
 #[cfg(feature = "gui")]
 mod ui_robust;
+#[cfg(feature = "gui")]
+mod ui_serve;
 #[cfg(feature = "gui")]
 mod ui_text;
 mod uvit;

@@ -272,3 +272,42 @@ fn ui_long_session_memory_stays_flat() {
     assert!(at(200) <= at(20) * 1.10, "memory grew from {:.1} MiB after the 20th to {:.1} MiB after the 200th", at(20), at(200));
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
+
+/// Gallery eviction deleted the oldest results silently, although the folder is the user's to
+/// browse: the first eviction of a session is now a notice naming the bound and the folder, and
+/// files the user put there stay.
+#[test]
+fn regression_gallery_eviction_is_told_and_spares_the_users_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gallery = persist::gallery::folder(&tmp.path().join("state"));
+    let mut h = app_with(fixtures(), tmp.path(), "uvit-tiny");
+    wait_ready(&mut h);
+    wait_for(&mut h, "the gallery", 30.0, |a| !a.shared.gallery_busy());
+    // A full gallery of older results (named as the app names them), and one of the user's own.
+    std::fs::create_dir_all(&gallery).unwrap();
+    let tiny = image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9]));
+    for i in 0..persist::gallery::MAX_ITEMS {
+        tiny.save(gallery.join(format!("1000000-{}-1.png", i + 1))).unwrap();
+    }
+    let mine = gallery.join("my-holiday.png");
+    tiny.save(&mine).unwrap();
+    h.state_mut().generate.steps = 2;
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a result", 30.0, |a| a.shared.history.len() == 1);
+    wait_for(&mut h, "the gallery write", 30.0, |a| !a.shared.gallery_busy());
+    h.step();
+    let told: Vec<&dcae::ui::Notice> = h.state().shared.notices.items.iter().filter(|n| n.text.contains("gallery keeps")).collect();
+    assert_eq!(told.len(), 1, "{:?}", h.state().shared.notices.items);
+    let (text, first_at) = (told[0].text.clone(), told[0].at);
+    assert!(text.contains("1 older one was deleted") && text.contains(&gallery.display().to_string()), "{text}");
+    assert_eq!(persist::gallery::list(&gallery).len(), persist::gallery::MAX_ITEMS, "the oldest went");
+    assert!(mine.exists(), "the user's own file stays");
+    // Told once a session, not at every result.
+    h.get_by_label("✨ Generate").click();
+    wait_for(&mut h, "a second result", 30.0, |a| a.shared.history.len() == 2);
+    wait_for(&mut h, "the gallery write", 30.0, |a| !a.shared.gallery_busy());
+    h.step();
+    // (Infos fade after a few seconds, so "no newer one" rather than "still one".)
+    assert!(!h.state().shared.notices.items.iter().any(|n| n.text.contains("gallery keeps") && n.at > first_at), "{:?}", h.state().shared.notices.items);
+    assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
+}

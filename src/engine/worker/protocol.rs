@@ -287,3 +287,20 @@ pub enum Event {
     /// Device memory held by the backend's allocator (GPU backends only): in use, reserved.
     DeviceMemory { in_use: u64, reserved: u64 },
 }
+
+impl Event {
+    /// The job the event belongs to, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Event::Progress { job, .. }
+            | Event::Phase { job, .. }
+            | Event::PreviewLatent { job, .. }
+            | Event::PreviewDecoded { job, .. }
+            | Event::ReconstructInput { job, .. }
+            | Event::Reconstructed { job, .. }
+            | Event::Ended { job, .. } => Some(*job),
+            Event::Warning { job, .. } => *job,
+            _ => None,
+        }
+    }
+}
