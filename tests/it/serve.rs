@@ -240,7 +240,7 @@ fn serve_queues_requests_with_positions_cancel_skip_and_interrupt() {
     let (server, base) = start(tmp.path());
     let t2i = format!("{base}/sdapi/v1/txt2img");
     // A long request runs; two more wait behind it.
-    let long = spawn_call(t2i.clone(), json!({ "prompt": "tench", "steps": 50, "batch_size": 16, "n_iter": 16, "force_task_id": "long" }));
+    let long = spawn_call(t2i.clone(), json!({ "prompt": "tench", "steps": 200, "batch_size": 16, "n_iter": 16, "force_task_id": "long" }));
     wait_until("the long request to run", 60.0, || server.queue.running().is_some_and(|r| r.id == "long"));
     let second = spawn_call(t2i.clone(), json!({ "prompt": "goldfish", "steps": 2, "force_task_id": "second" }));
     wait_until("the second to wait", 30.0, || server.queue.waiting().len() == 1);

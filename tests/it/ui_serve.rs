@@ -35,7 +35,7 @@ fn ui_serves_the_local_api_on_its_own_engine() {
     let base = format!("http://{addr}");
 
     // A long request: the strip above the status bar shows it while it runs.
-    let long = post(format!("{base}/sdapi/v1/txt2img"), json!({ "prompt": "tench", "steps": 50, "batch_size": 16, "n_iter": 16, "force_task_id": "long" }));
+    let long = post(format!("{base}/sdapi/v1/txt2img"), json!({ "prompt": "tench", "steps": 200, "batch_size": 16, "n_iter": 16, "force_task_id": "long" }));
     let queue = dcae::ui::serving::queue_of(&h.state().shared.api).unwrap();
     wait_for(&mut h, "the API request to run", 60.0, |_| queue.running().is_some_and(|r| r.step > 0));
     h.step();
