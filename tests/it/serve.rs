@@ -15,7 +15,7 @@ use dcae::server::{ServeConfig, Server};
 use serde_json::{json, Value};
 
 fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    super::common::fixture("")
 }
 
 fn config(tmp: &std::path::Path) -> ServeConfig {
