@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context};
 
 use super::bench::BenchArgs;
 use crate::engine::catalog::Catalog;
-use crate::engine::worker::api::{GeneratorInfo, GeneratorKind};
+use crate::engine::worker::api::GeneratorInfo;
 use crate::engine::worker::{cancel_token, Conditioning, GenerateJob, Job, JobEnd, JobId, Worker, WorkerConfig};
 use crate::model::sana::adapter::TextRequest;
 use crate::server::{ServeConfig, Server};
@@ -30,15 +30,6 @@ fn wait_end(worker: &Worker, id: JobId) -> anyhow::Result<JobEnd> {
         if t.elapsed() > Duration::from_secs(3600) {
             bail!("job {id} did not end within an hour");
         }
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -75,7 +66,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))?;
     let base = format!("http://{}", server.addr());
 
-    let text = matches!(info.kind, GeneratorKind::TextToImage { .. });
+    let text = info.controls.takes_prompt();
     // A class model reads the prompt as a class: 207 (golden retriever), or the last class of
     // a model with fewer (the tiny fixtures have 10).
     let class_prompt = 207.min(info.num_classes.saturating_sub(1)).to_string();
@@ -83,7 +74,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let cfg = a.cfg.unwrap_or(info.default_guidance);
     let side = if text { a.res } else { info.image_size() };
     let conditioning = if text {
-        Conditioning::Prompt(TextRequest { prompt: prompt.into(), negative_prompt: String::new(), batch: a.batch, width: side, height: side, solver: None, instruction: true, binning: true })
+        Conditioning::Prompt(TextRequest { prompt: prompt.into(), negative_prompt: String::new(), batch: a.batch, width: side, height: side, instruction: true, binning: true })
     } else {
         let class = crate::server::queue::class_of(prompt, info.num_classes).map_err(|e| anyhow!(e.detail))?;
         Conditioning::Classes(vec![class; a.batch])
@@ -126,7 +117,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         api.push(y);
         diff.push(y - x);
     }
-    let (mi, ma, md) = (median(&mut inp), median(&mut api), median(&mut diff));
+    let median = |v: &[f64]| super::timing::Timings::from_samples(v.to_vec()).median_s;
+    let (mi, ma, md) = (median(&inp), median(&api), median(&diff));
     let line = serde_json::json!({
         "task": "api", "model": label, "backend": a.backend.to_string(), "runs": a.runs.max(1), "batch": a.batch, "steps": a.steps, "res": side,
         "in_process_median_s": mi, "api_median_s": ma, "overhead_median_s": md, "overhead_ratio": ma / mi,

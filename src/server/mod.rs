@@ -125,7 +125,7 @@ impl Server {
                 });
             }
         }
-        let routes = Arc::new(routes::Routes { queue: queue.clone(), auth: config.auth.clone(), hub: config.hub.clone(), model_dirs: config.model_dirs.clone() });
+        let routes = Arc::new(routes::Routes::new(queue.clone(), &config));
         let accept = {
             let http = http.clone();
             std::thread::Builder::new().name("serve-accept".into()).spawn(move || accept_loop(&http, routes)).map_err(|e| format!("cannot start the accept thread: {e}"))?

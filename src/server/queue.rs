@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use crate::engine::catalog::{Catalog, ModelKind};
-use crate::engine::worker::api::{GeneratorInfo, GeneratorKind, ImageParams};
+use crate::engine::worker::api::{GeneratorInfo, ImageParams};
 use crate::engine::worker::projection::Projection;
 use crate::engine::worker::{
-    cancel_token, CancelToken, Conditioning, Event, GenerateJob, Generated, GeneratorSource, InitImage, Job, JobEnd, JobId, ReconResult, ReconstructJob, Worker, WorkerHandle,
+    cancel_token, CancelToken, Conditioning, Event, GenerateJob, GeneratorSource, InitImage, Job, JobEnd, JobId, ReconResult, ReconstructJob, Worker, WorkerHandle,
 };
 use crate::model::sana::adapter::TextRequest;
-use crate::model::sana::flow::FlowSolver;
 
 /// Requests that may wait at once; more is a 503 (the client retries later).
 pub const MAX_WAITING: usize = 256;
@@ -464,9 +463,8 @@ pub trait Link: Send {
     fn next_id(&self) -> JobId;
     fn send(&mut self, job: Job);
     fn recv_timeout(&mut self, timeout: Duration) -> Option<Event>;
-    /// Others queue jobs on the same engine (the app's own runs): the loaded model may change
-    /// between two requests, so each request asks for its model again (a no-op in the engine
-    /// when it is the one loaded).
+    /// Others queue jobs on the same engine (the app's own runs): the app loads its own model
+    /// at start and reports the backend itself.
     fn shared(&self) -> bool;
 }
 
@@ -565,7 +563,13 @@ impl Dispatcher {
                     self.queue.lock().loaded = None;
                 }
                 Event::BackendFallback { requested, reason } => eprintln!("serve: the {requested} backend failed ({reason}); running on the CPU"),
-                Event::BackendReady(info) if !self.worker.shared() => eprintln!("serve: backend: {info}"),
+                // As every other command prints it: a run on the CPU says why it is not on the GPU.
+                Event::BackendReady(info) if !self.worker.shared() => {
+                    eprintln!("serve: backend: {info}");
+                    for s in &info.skipped {
+                        eprintln!("serve:   skipped {s}");
+                    }
+                }
                 Event::Error { message } => eprintln!("serve: {message}"),
                 other => on(self, other),
             }
@@ -590,16 +594,11 @@ impl Dispatcher {
         Ok((entry.label.clone(), source))
     }
 
-    /// Loads `name` unless it is what the engine holds.
+    /// Asks the engine for `name`: every request does, since the engine answers a load of
+    /// the model it holds at once, and on the app's shared engine the model may have changed
+    /// since the last request.
     fn ensure(&mut self, name: &str, cancel: &CancelToken) -> Result<GeneratorInfo, ApiError> {
         let (label, source) = self.source_of(name)?;
-        if !self.worker.shared() {
-            if let Some((held, info)) = &self.queue.lock().loaded {
-                if *held == label {
-                    return Ok(info.clone());
-                }
-            }
-        }
         self.queue.update(|r| r.textinfo = format!("Loading {label}"));
         let id = self.worker.next_id();
         let job_cancel = cancel_token();
@@ -642,12 +641,10 @@ impl Dispatcher {
         if steps > info.max_steps {
             return Err(ApiError::invalid(format!("steps {steps} is more than {} takes ({}); ask for at most {}", info.name, info.steps_hint, info.max_steps)));
         }
+        // Its range was checked with the request (`routes::generate_spec`).
         let cfg_scale = spec.cfg_scale.unwrap_or(info.default_guidance);
-        if !cfg_scale.is_finite() || !(0.0..=50.0).contains(&cfg_scale) {
-            return Err(ApiError::invalid(format!("cfg_scale {cfg_scale} must be between 0 and 50")));
-        }
-        let text = matches!(info.kind, GeneratorKind::TextToImage { .. });
-        let (sampler, solver) = choose_sampler(&info, spec.sampler_name.as_deref(), &mut notes);
+        let text = info.controls.takes_prompt();
+        let sampler = choose_sampler(&info, spec.sampler_name.as_deref(), &mut notes);
         // The conditioning of each prompt, checked before any work.
         let mut conds = Vec::new();
         for prompt in &spec.prompts {
@@ -655,19 +652,13 @@ impl Dispatcher {
                 if prompt.trim().is_empty() {
                     return Err(ApiError::invalid("the prompt is empty: describe the picture you want"));
                 }
-                let f = info.factor.max(1);
-                for (what, v) in [("width", spec.width), ("height", spec.height)] {
-                    if v == 0 || v % f != 0 || v > 4096 {
-                        return Err(ApiError::invalid(format!("{what} {v} must be a multiple of {f} between {f} and 4096 for {}", info.name)));
-                    }
-                }
+                info.check_size(spec.width, spec.height).map_err(ApiError::invalid)?;
                 Conditioning::Prompt(TextRequest {
                     prompt: prompt.trim().to_string(),
                     negative_prompt: spec.negative_prompt.trim().to_string(),
                     batch: spec.batch_size,
                     width: spec.width,
                     height: spec.height,
-                    solver,
                     instruction: true,
                     binning: true,
                 })
@@ -724,19 +715,20 @@ impl Dispatcher {
                 cfg_scale,
                 steps,
                 seed,
-                sampler: if text { None } else { sampler.clone() },
+                sampler: sampler.clone(),
                 preview_latents: live,
                 decode_every: 0,
                 cancel: job_cancel,
             };
-            self.send(Job::Generate(job));
+            self.send(Job::Generate(job.clone()));
             let model = info.name.clone();
             let end = self.await_end(id, &mut |d, ev| d.on_progress(id, &model, ev));
             self.queue.update(|r| r.job_cancel = None);
             match end {
                 JobEnd::Generated(g) => {
                     ran_sampler = g.sampler.clone();
-                    images.extend(made(&g, &info, &prompt, &spec.negative_prompt, &conditioning, steps, cfg_scale, seed, spec.init.as_ref()));
+                    let params = job.image_params(&info, g.sampler.clone(), "API init image");
+                    images.extend(g.images.iter().map(|img| Made { image: img.clone(), params: params.clone(), prompt: prompt.clone(), seed }));
                 }
                 JobEnd::Cancelled => {
                     let (skipped, was_interrupted) = self.queue.running().map_or((false, false), |r| (r.skipped, r.interrupted));
@@ -874,71 +866,38 @@ pub fn class_of(prompt: &str, num_classes: usize) -> Result<usize, ApiError> {
 /// A1111 sampler names onto what the model offers. Clients send their own default ("Euler a"
 /// in webuiapi), so a name the model lacks runs the model's default and says so in the notes
 /// rather than failing every request of a client that cannot be configured.
-/// Returns (the class model's sampler name, the text model's solver).
-fn choose_sampler(info: &GeneratorInfo, asked: Option<&str>, notes: &mut Vec<String>) -> (Option<String>, Option<FlowSolver>) {
-    let Some(asked) = asked.map(str::trim).filter(|a| !a.is_empty()) else { return (None, None) };
+/// Returns the name of the model's sampler to run (`None`: its default).
+fn choose_sampler(info: &GeneratorInfo, asked: Option<&str>, notes: &mut Vec<String>) -> Option<String> {
+    let asked = asked.map(str::trim).filter(|a| !a.is_empty())?;
     let lower = asked.to_ascii_lowercase();
-    match info.kind {
-        GeneratorKind::TextToImage { sprint: true } => {
-            if !lower.contains("scm") && !lower.contains("lcm") {
-                notes.push(format!("{} samples with SCM (TrigFlow) only; {asked:?} was not used", info.name));
-            }
-            (None, Some(FlowSolver::Scm))
-        }
-        GeneratorKind::TextToImage { sprint: false } => {
-            if lower.starts_with("euler") {
-                (None, Some(FlowSolver::Euler))
-            } else if lower.starts_with("dpm++ 2m") || lower.starts_with("dpm") || lower.contains("flow dpm") {
-                (None, Some(FlowSolver::Dpm))
-            } else {
-                notes.push(format!("{} offers DPM++ 2M (its default) and Euler; {asked:?} was not used", info.name));
-                (None, None)
-            }
-        }
-        GeneratorKind::ClassToImage => {
-            if let Some((name, _)) = info.samplers.iter().find(|(n, l)| n.eq_ignore_ascii_case(asked) || l.eq_ignore_ascii_case(asked)) {
-                return (Some(name.clone()), None);
-            }
+    // A1111's names for the flow solvers: "Euler …" is Flow Euler, "DPM++ 2M …" Flow DPM-Solver++,
+    // "LCM" the consistency sampler's nearest kin.
+    let alias = if lower.starts_with("euler") {
+        Some("euler")
+    } else if lower.starts_with("dpm") || lower.contains("flow dpm") {
+        Some("dpm")
+    } else if lower.contains("scm") || lower.contains("lcm") {
+        Some("scm")
+    } else {
+        None
+    };
+    let found = info
+        .samplers
+        .iter()
+        .find(|(n, l)| n.eq_ignore_ascii_case(asked) || l.eq_ignore_ascii_case(asked))
+        .or_else(|| alias.and_then(|a| info.samplers.iter().find(|(n, _)| n == a)));
+    match found {
+        // The default by its own name runs as the default.
+        Some((name, _)) => (info.samplers.first().map(|(n, _)| n) != Some(name)).then(|| name.clone()),
+        None => {
             if info.samplers.len() > 1 {
                 let names: Vec<&str> = info.samplers.iter().map(|(n, _)| n.as_str()).collect();
-                notes.push(format!("{} offers the samplers {}; {asked:?} was not used", info.name, names.join(", ")));
-            } else if !lower.is_empty() {
-                notes.push(format!("{} samples with {}; {asked:?} was not used", info.name, info.sampler));
+                notes.push(format!("{} offers the samplers {} ({} by default); {asked:?} was not used", info.name, names.join(", "), names[0]));
+            } else {
+                notes.push(format!("{} samples with {} only; {asked:?} was not used", info.name, info.sampler));
             }
-            (None, None)
+            None
         }
     }
 }
 
-/// The images of a finished job, each with the parameters its PNG carries.
-#[allow(clippy::too_many_arguments)]
-fn made(g: &Generated, info: &GeneratorInfo, prompt: &str, negative: &str, cond: &Conditioning, steps: usize, guidance: f32, seed: u64, init: Option<&InitImage>) -> Vec<Made> {
-    use crate::engine::worker::api::{GenerationParams, Img2Img, PromptParams, UNCONDITIONAL};
-    let img2img = init.map(|i| Img2Img { source: "API init image".into(), strength: i.strength });
-    let params = match cond {
-        Conditioning::Prompt(t) => ImageParams::Text(PromptParams {
-            prompts: vec![t.prompt.clone(); g.images.len()],
-            negative_prompt: negative.trim().to_string(),
-            steps,
-            sampler: g.sampler.clone(),
-            guidance,
-            seed,
-            width: t.width,
-            height: t.height,
-            model: info.name.clone(),
-            instruction: t.instruction,
-            img2img,
-        }),
-        Conditioning::Classes(ids) => ImageParams::Class(GenerationParams {
-            classes: ids.iter().map(|&c| if c >= info.num_classes { UNCONDITIONAL } else { c as u32 }).collect(),
-            guidance,
-            steps,
-            seed,
-            model: info.name.clone(),
-            sampler: g.sampler.clone(),
-            batch: ids.len(),
-            img2img,
-        }),
-    };
-    g.images.iter().map(|img| Made { image: img.clone(), params: params.clone(), prompt: prompt.to_string(), seed }).collect()
-}

@@ -12,14 +12,14 @@ use poll_promise::Promise;
 use super::history::{self, class_label, HistoryItem};
 use super::preview::PreviewImage;
 use super::{models, widgets, GeneratorState, Shared};
-use crate::engine::worker::api::{self, FlowSolver, GenerationParams, GeneratorInfo, GeneratorKind, ImageParams, Img2Img, PromptParams};
-use crate::model::sana::adapter::{aspect_presets, TextRequest};
+use crate::engine::worker::api::{self, Controls, GeneratorInfo, ImageParams, Input, SizeControl};
+use crate::model::sana::adapter::TextRequest;
 use crate::engine::worker::{cancel_token, CancelToken, Conditioning, Event, GenerateJob, Generated, InitImage, Job};
 
-/// The authors' demo guidance (efficientvit `demo_dc_ae_diffusion_model.py`).
+/// The authors' demo guidance (efficientvit `demo_dc_ae_diffusion_model.py`), before a model
+/// says its own.
 pub const DEMO_GUIDANCE: f32 = 6.0;
-/// The guidance of the UViTs' FID numbers (2.66 for the default model); the loaded model says
-/// its own ([`GeneratorInfo::fid_guidance`]).
+/// The guidance of the UViTs' FID numbers, before a model says its own.
 pub const FID_GUIDANCE: f32 = 1.5;
 pub const MAX_BATCH: usize = 16;
 /// Prompts kept in the "recent" list.
@@ -81,8 +81,8 @@ pub struct GeneratePanel {
     /// How much of the schedule is rerun from the source: 1 ignores it, 0.1 barely changes it.
     pub strength: f32,
     source_dialog: Option<Promise<Result<Option<PathBuf>, String>>>,
-    /// Which controls are shown: the loaded model's kind.
-    pub kind: GeneratorKind,
+    /// Which controls are shown: what the loaded model asks for ([`GeneratorInfo::controls`]).
+    pub controls: Controls,
     pub prompt: String,
     pub negative_prompt: String,
     /// Recent prompts, newest first.
@@ -90,8 +90,6 @@ pub struct GeneratePanel {
     /// Size of text-to-image results (multiples of the model's factor).
     pub width: usize,
     pub height: usize,
-    /// `None`: the model's own sampler.
-    pub solver: Option<FlowSolver>,
     /// Prepend SANA's complex human instruction (the pipelines' default).
     pub instruction: bool,
     /// The model whose default guidance and size were applied last.
@@ -122,13 +120,14 @@ pub struct GeneratePanel {
     pub class_search: ClassSearch,
     /// The model whose default step count was applied last, and that default.
     steps_default: Option<(String, usize)>,
-    /// The loaded class model's samplers `(name, label)`, its default first, and the chosen
-    /// one (`None`: the default); the step bound and what a step is, as the model says.
-    pub class_samplers: Vec<(String, String)>,
-    pub class_sampler: Option<String>,
+    /// The loaded model's samplers `(name, label)`, its default first, and the chosen one
+    /// (`None`: the default); the step bound and what a step is, as the model says.
+    pub samplers: Vec<(String, String)>,
+    pub sampler: Option<String>,
+    /// The sampler (label) of a restored PNG, chosen once its model has loaded.
+    restored_sampler: Option<String>,
     max_steps: usize,
     steps_hint: String,
-    class_fid_guidance: f32,
     pub run: Option<Run>,
     pub shown: Shown,
     /// First pick of a comparison (set by "Compare…", completed by clicking another item).
@@ -158,13 +157,12 @@ impl Default for GeneratePanel {
             source: None,
             strength: DEFAULT_STRENGTH,
             source_dialog: None,
-            kind: GeneratorKind::ClassToImage,
+            controls: Controls::classes(api::NUM_CLASSES, 512, FID_GUIDANCE),
             prompt: EXAMPLE_PROMPT.to_string(),
             negative_prompt: String::new(),
             prompt_history: Vec::new(),
             width: 512,
             height: 512,
-            solver: None,
             instruction: true,
             guidance_default: None,
             size_default: None,
@@ -184,10 +182,10 @@ impl Default for GeneratePanel {
             num_classes: api::NUM_CLASSES,
             class_search: ClassSearch::default(),
             steps_default: None,
-            class_samplers: Vec::new(),
-            class_sampler: None,
+            samplers: Vec::new(),
+            sampler: None,
+            restored_sampler: None,
             max_steps: 200,
-            class_fid_guidance: FID_GUIDANCE,
             steps_hint: "Network evaluations of DPM-Solver++ (order 3); the authors use 30, done in 11 solver steps".into(),
             run: None,
             shown: Shown::Current,
@@ -248,20 +246,18 @@ impl GeneratePanel {
 
     /// Adopts a newly loaded model's class count and default steps.
     pub fn on_generator(&mut self, info: &GeneratorInfo) {
-        if self.kind != info.kind {
-            // Another family's sampler choice means nothing here.
-            self.solver = None;
-        }
-        self.kind = info.kind;
+        self.controls = info.controls.clone();
         self.num_classes = info.num_classes.max(1);
-        if info.samplers != self.class_samplers {
+        if info.samplers != self.samplers {
             // Another family's sampler means nothing to this one.
-            self.class_sampler = None;
+            self.sampler = None;
         }
-        self.class_samplers = info.samplers.clone();
+        self.samplers = info.samplers.clone();
+        if let Some(label) = self.restored_sampler.take() {
+            self.sampler = info.sampler_by_label(&label);
+        }
         self.max_steps = info.max_steps.max(1);
         self.steps_hint = info.steps_hint.clone();
-        self.class_fid_guidance = info.fid_guidance;
         if std::mem::take(&mut self.restored) {
             self.guidance_default = Some((info.name.clone(), info.default_guidance));
             self.size_default = Some((info.name.clone(), (info.image_size(), info.image_size())));
@@ -330,51 +326,13 @@ impl GeneratePanel {
         self.source = Some(Source { name, image: std::sync::Arc::new(image), texture });
     }
 
-    fn img2img(&self) -> Option<Img2Img> {
-        self.source.as_ref().map(|s| Img2Img { source: s.name.clone(), strength: self.strength })
-    }
-
     fn is_text(&self) -> bool {
-        matches!(self.kind, GeneratorKind::TextToImage { .. })
+        self.controls.takes_prompt()
     }
 
     fn labels(&self) -> Vec<usize> {
         let id = self.class.filter(|c| *c < self.num_classes).unwrap_or(self.num_classes);
         vec![id; self.batch.max(1)]
-    }
-
-    /// The settings as saved in PNGs; the unconditional class is written as
-    /// `labels::UNCONDITIONAL` (1000) whatever the model's own null id.
-    pub fn params(&self, info: &GeneratorInfo) -> ImageParams {
-        if self.is_text() {
-            return ImageParams::Text(PromptParams {
-                prompts: vec![self.prompt.trim().to_string(); self.batch.max(1)],
-                negative_prompt: self.negative_prompt.trim().to_string(),
-                steps: self.steps,
-                sampler: self.solver.map_or(info.sampler.clone(), |s| s.label().to_string()),
-                guidance: self.guidance,
-                seed: self.seed,
-                width: self.width,
-                height: self.height,
-                model: info.name.clone(),
-                instruction: self.instruction,
-                img2img: self.img2img(),
-            });
-        }
-        let id = match self.class.filter(|c| *c < self.num_classes) {
-            Some(c) => c as u32,
-            None => api::UNCONDITIONAL,
-        };
-        ImageParams::Class(GenerationParams {
-            classes: vec![id; self.batch.max(1)],
-            guidance: self.guidance,
-            steps: self.steps,
-            seed: self.seed,
-            model: info.name.clone(),
-            sampler: info.sampler.clone(),
-            batch: self.batch.max(1),
-            img2img: self.img2img(),
-        })
     }
 
     /// The text part of a job, checked: `Err` says what to fix.
@@ -383,20 +341,14 @@ impl GeneratePanel {
         if prompt.is_empty() {
             return Err("Type a prompt first: describe the picture you want".into());
         }
-        let f = info.factor.max(1);
-        let max = 4096;
-        for (what, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || v % f != 0 || v > max {
-                return Err(format!("The {what} {v} must be a multiple of {f} between {f} and {max}"));
-            }
-        }
+        let (width, height) = info.check_size(self.width, self.height)?;
+        let negative = matches!(self.controls.input, Input::Prompt { negative: true, .. });
         Ok(TextRequest {
             prompt: prompt.to_string(),
-            negative_prompt: self.negative_prompt.trim().to_string(),
+            negative_prompt: if negative { self.negative_prompt.trim().to_string() } else { String::new() },
             batch: self.batch.max(1),
-            width: self.width,
-            height: self.height,
-            solver: self.solver,
+            width,
+            height,
             instruction: self.instruction,
             binning: true,
         })
@@ -441,26 +393,26 @@ impl GeneratePanel {
         }
         let id = shared.next_id();
         let cancel = cancel_token();
-        let params = self.params(&info);
-        let aspect = if text.is_some() { self.width as f32 / self.height.max(1) as f32 } else { 1.0 };
-        // The prompt's own solver is in the request; a class model's is named here.
-        let sampler = if text.is_some() { None } else { self.class_sampler.clone() };
+        let aspect = text.as_ref().map_or(1.0, |t| t.width as f32 / t.height.max(1) as f32);
         let conditioning = match text {
             Some(t) => Conditioning::Prompt(t),
             None => Conditioning::Classes(self.labels()),
         };
-        shared.worker.send(Job::Generate(GenerateJob {
+        let job = GenerateJob {
             id,
             conditioning,
             init: self.source.as_ref().map(|s| InitImage { image: s.image.clone(), strength: self.strength }),
             cfg_scale: self.guidance,
             steps: self.steps,
             seed: self.seed,
-            sampler,
+            sampler: self.sampler.clone(),
             preview_latents: self.live_preview,
             decode_every: self.decode_every,
             cancel: cancel.clone(),
-        }));
+        };
+        let source = self.source.as_ref().map_or("", |s| s.name.as_str());
+        let params = job.image_params(&info, info.sampler_label(job.sampler.as_deref()), source);
+        shared.worker.send(Job::Generate(job));
         self.run = Some(Run {
             id,
             cancel,
@@ -778,45 +730,51 @@ impl GeneratePanel {
             Some(_) => {}
             None => shared.notices.warning(format!("{want}, the model this image was made with, is not on this computer; its settings are restored for the current model")),
         }
-        // The controls follow the PNG's kind at once, before the model has loaded.
-        self.kind = match params {
-            ImageParams::Class(_) => GeneratorKind::ClassToImage,
-            ImageParams::Text(_) => match self.kind {
-                k @ GeneratorKind::TextToImage { .. } => k,
-                GeneratorKind::ClassToImage => GeneratorKind::TextToImage { sprint: false },
-            },
-        };
+        // The controls follow the PNG's kind at once, before its model has loaded (and brings
+        // its own description).
+        match params {
+            ImageParams::Class(_) if self.is_text() => self.controls = Controls::classes(self.num_classes, 0, FID_GUIDANCE),
+            ImageParams::Text(_) if !self.is_text() => {
+                self.controls.input = Input::Prompt { negative: true, instruction: true };
+                self.controls.size = SizeControl::Free { presets: Vec::new(), max: crate::model::sana::adapter::MAX_SIDE };
+            }
+            _ => {}
+        }
     }
 
     /// Puts a result's settings back into the controls (the seed is locked so it repeats).
     pub fn apply_params(&mut self, p: &ImageParams) {
-        let p = match p {
-            ImageParams::Class(c) => c,
+        let sampler = match p {
+            ImageParams::Class(p) => {
+                let first = p.classes.first().map(|&c| c as usize);
+                self.class = first.filter(|&c| c < self.num_classes);
+                self.guidance = p.guidance.clamp(1.0, 10.0);
+                self.steps = p.steps.clamp(1, self.max_steps.max(1));
+                self.seed = p.seed;
+                self.batch = p.batch.clamp(1, MAX_BATCH);
+                &p.sampler
+            }
             ImageParams::Text(t) => {
                 self.prompt = t.prompts.first().cloned().unwrap_or_default();
                 self.negative_prompt = t.negative_prompt.clone();
                 self.guidance = t.guidance.clamp(0.0, 20.0);
                 self.steps = t.steps.clamp(1, 200);
                 self.seed = t.seed;
-                self.seed_locked = true;
                 self.batch = t.prompts.len().clamp(1, MAX_BATCH);
                 if t.width > 0 && t.height > 0 {
                     (self.width, self.height) = (t.width, t.height);
                 }
                 self.instruction = t.instruction;
-                self.solver = [FlowSolver::Dpm, FlowSolver::Euler, FlowSolver::Scm].into_iter().find(|s| s.label() == t.sampler);
-                return;
+                &t.sampler
             }
         };
-        let first = p.classes.first().map(|&c| c as usize);
-        self.class = first.filter(|&c| c < self.num_classes);
-        self.guidance = p.guidance.clamp(1.0, 10.0);
-        self.steps = p.steps.clamp(1, self.max_steps.max(1));
-        // The sampler the picture was made with, where this model offers it by that label.
-        self.class_sampler = self.class_samplers.iter().position(|(_, l)| *l == p.sampler).filter(|&i| i > 0).map(|i| self.class_samplers[i].0.clone());
-        self.seed = p.seed;
         self.seed_locked = true;
-        self.batch = p.batch.clamp(1, MAX_BATCH);
+        // The sampler the picture was made with, where this model offers it by that label; the
+        // PNG's own model, still loading, chooses it when it arrives.
+        self.sampler = self.samplers.iter().skip(1).find(|(_, l)| l == sampler).map(|(n, _)| n.clone());
+        if self.restored {
+            self.restored_sampler = Some(sampler.clone());
+        }
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
@@ -836,12 +794,7 @@ impl GeneratePanel {
         self.model_picker(ui, shared);
         let ready = match &shared.generator {
             GeneratorState::Ready(info) => {
-                let what = match info.kind {
-                    GeneratorKind::ClassToImage => format!("{} classes · {}×{} px", info.num_classes, info.image_size(), info.image_size()),
-                    GeneratorKind::TextToImage { sprint: true } => format!("text to image, 1–4 steps · trained at {} px", info.image_size()),
-                    GeneratorKind::TextToImage { sprint: false } => format!("text to image · trained at {} px", info.image_size()),
-                };
-                ui.label(RichText::new(format!("{what} · f{}c{}", info.factor, info.latent_channels)).small().weak());
+                ui.label(RichText::new(format!("{} · f{}c{}", info.controls.summary, info.factor, info.latent_channels)).small().weak());
                 true
             }
             GeneratorState::Loading(name) => {
@@ -892,11 +845,17 @@ impl GeneratePanel {
             GeneratorState::Ready(info) => Some(info.clone()),
             _ => None,
         };
-        if self.is_text() {
-            self.text_controls(ui, info.as_ref());
-        } else {
-            self.class_controls(ui);
+        // What the model asks for, as it describes it: its conditioning, its size, its guidance.
+        match self.controls.input.clone() {
+            Input::Classes => self.class_controls(ui),
+            Input::Prompt { negative, instruction } => self.prompt_controls(ui, negative, instruction),
         }
+        ui.add_space(6.0);
+        if let SizeControl::Free { presets, max } = self.controls.size.clone() {
+            self.size_controls(ui, &presets, max, info.as_ref().map_or(32, |i| i.factor.max(1)));
+            ui.add_space(6.0);
+        }
+        self.guidance_controls(ui);
         ui.add_space(6.0);
 
         self.img2img_controls(ui, shared);
@@ -906,15 +865,19 @@ impl GeneratePanel {
         let max_steps = self.max_steps.max(1);
         self.steps = self.steps.clamp(1, max_steps);
         egui::Grid::new("gen_numbers").num_columns(2).spacing([8.0, 6.0]).show(ui, |ui| {
-            if self.class_samplers.len() > 1 {
+            if let [(_, only)] = self.samplers.as_slice() {
                 ui.label("Sampler");
-                let current = self.class_sampler.clone().unwrap_or_else(|| self.class_samplers[0].0.clone());
-                let shown = self.class_samplers.iter().find(|(n, _)| *n == current).map_or(current.clone(), |(_, l)| l.clone());
-                egui::ComboBox::from_id_salt("class_sampler").selected_text(shown).show_ui(ui, |ui| {
-                    for (i, (name, label)) in self.class_samplers.clone().into_iter().enumerate() {
+                ui.label(only.as_str()).on_hover_text("The only sampler this model offers");
+                ui.end_row();
+            } else if self.samplers.len() > 1 {
+                ui.label("Sampler");
+                let current = self.sampler.clone().unwrap_or_else(|| self.samplers[0].0.clone());
+                let shown = self.samplers.iter().find(|(n, _)| *n == current).map_or(current.clone(), |(_, l)| l.clone());
+                egui::ComboBox::from_id_salt("sampler").selected_text(shown).show_ui(ui, |ui| {
+                    for (i, (name, label)) in self.samplers.clone().into_iter().enumerate() {
                         let text = if i == 0 { format!("{label} (model default)") } else { label };
                         if ui.selectable_label(current == name, text).clicked() {
-                            self.class_sampler = (i > 0).then_some(name);
+                            self.sampler = (i > 0).then_some(name);
                         }
                     }
                 });
@@ -1018,12 +981,11 @@ impl GeneratePanel {
 
     /// The run's estimated peak memory, and what to change when it will not fit.
     fn memory_line(&self, ui: &mut egui::Ui, info: &GeneratorInfo, backend: &str, available: Option<u64>) {
-        let (w, h) = if self.is_text() { (self.width, self.height) } else { (info.image_size(), info.image_size()) };
+        let (w, h) = info.check_size(self.width, self.height).unwrap_or((self.width, self.height));
         let f = info.factor.max(1);
         let tokens = (w / f).max(1) * (h / f).max(1);
-        let cfg = !matches!(self.kind, GeneratorKind::TextToImage { sprint: true }) && self.guidance > 1.0;
-        // Guided UViT runs its two passes one after the other: one batch of rows at a time.
-        let rows_cfg = cfg && self.is_text();
+        // Guided passes as rows of one batch hold twice the rows; one after the other, one batch.
+        let rows_cfg = self.controls.guided(self.guidance) && self.controls.guidance.batched;
         let e = crate::engine::memory::estimate(&info.footprint, backend, w, h, self.batch, tokens, rows_cfg, available);
         let gpu = if backend == "cpu" { "" } else { " (GPU memory is not queried; compared with system memory)" };
         let text = match e.available {
@@ -1164,25 +1126,9 @@ impl GeneratePanel {
                 self.class = Some(rand::random::<u32>() as usize % self.num_classes.max(1));
             }
         });
-        ui.add_space(6.0);
-        ui.label(RichText::new("Guidance (CFG)").strong());
-        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1));
-        ui.horizontal(|ui| {
-            if ui.small_button("6.0 demo").on_hover_text("The authors' demo setting: strong, clean class features").clicked() {
-                self.guidance = DEMO_GUIDANCE;
-            }
-            let fid = self.class_fid_guidance;
-            if ui.small_button(format!("{fid} FID")).on_hover_text("The setting of the authors' FID numbers: more variety, weaker class features").clicked() {
-                self.guidance = fid;
-            }
-            if ui.small_button("1.0 off").on_hover_text("No guidance: one network call per step instead of two").clicked() {
-                self.guidance = 1.0;
-            }
-        });
     }
 
-    fn text_controls(&mut self, ui: &mut egui::Ui, info: Option<&GeneratorInfo>) {
-        let sprint = matches!(self.kind, GeneratorKind::TextToImage { sprint: true });
+    fn prompt_controls(&mut self, ui: &mut egui::Ui, negative: bool, instruction: bool) {
         ui.horizontal(|ui| {
             ui.label(RichText::new("Prompt").strong());
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
@@ -1210,20 +1156,25 @@ impl GeneratePanel {
         );
         ui.label(RichText::new("Negative prompt").strong());
         ui.add_enabled(
-            !sprint,
+            negative,
             egui::TextEdit::multiline(&mut self.negative_prompt)
                 .id_salt("negative_prompt")
-                .hint_text(if sprint { "Sprint uses no negative prompt" } else { "What to avoid (optional)" })
+                .hint_text(if negative { "What to avoid (optional)" } else { "This model reads no negative prompt" })
                 .desired_rows(1)
                 .desired_width(f32::INFINITY),
         );
-        ui.add_space(6.0);
+        if instruction {
+            ui.checkbox(&mut self.instruction, "Prompt instruction").on_hover_text(
+                "Prepend the pipelines' \"complex human instruction\" to the prompt, as SANA does by default; long prompts may then lose their last tokens",
+            );
+        }
+    }
 
-        // Size: the model's resolution bins as presets, or any multiple of its factor.
-        let (sample, factor) = info.map_or((16, 32), |i| (i.latent_size, i.factor.max(1)));
+    /// Size: the model's training sizes as presets, or any multiple of its factor.
+    fn size_controls(&mut self, ui: &mut egui::Ui, presets: &[(usize, usize)], max: usize, factor: usize) {
         ui.label(RichText::new("Size").strong());
         ui.horizontal_wrapped(|ui| {
-            for (w, h) in aspect_presets(sample, factor) {
+            for &(w, h) in presets {
                 let g = gcd(w, h);
                 // 4:3, 16:9 … where the bin is that ratio; otherwise its size.
                 let label = if w / g <= 21 && h / g <= 21 { format!("{}:{}", w / g, h / g) } else { format!("{w}×{h}") };
@@ -1234,7 +1185,7 @@ impl GeneratePanel {
         });
         ui.horizontal(|ui| {
             let step = factor as f64;
-            let max = 4096usize.max(factor);
+            let max = max.max(factor);
             ui.add(egui::DragValue::new(&mut self.width).range(factor..=max).speed(step)).on_hover_text(format!("Width in pixels, a multiple of {factor}"));
             ui.label("×");
             ui.add(egui::DragValue::new(&mut self.height).range(factor..=max).speed(step)).on_hover_text(format!("Height in pixels, a multiple of {factor}"));
@@ -1243,30 +1194,22 @@ impl GeneratePanel {
             self.width = (self.width / factor).max(1) * factor;
             self.height = (self.height / factor).max(1) * factor;
         });
-        ui.add_space(6.0);
+    }
 
+    /// The guidance slider with the model's named values.
+    fn guidance_controls(&mut self, ui: &mut egui::Ui) {
+        let g = &self.controls.guidance;
         ui.label(RichText::new("Guidance (CFG)").strong());
-        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1)).on_hover_text(if sprint {
-            "Sprint takes guidance as an input of its network (one call per step)"
-        } else {
-            "Classifier-free guidance; SANA's default is 4.5. 1.0 turns it off (one network call per step instead of two)"
-        });
+        ui.add(egui::Slider::new(&mut self.guidance, 1.0..=10.0).step_by(0.1).fixed_decimals(1)).on_hover_text(g.hint.as_str());
         ui.horizontal(|ui| {
-            ui.label("Sampler");
-            if sprint {
-                ui.label(FlowSolver::Scm.label());
-            } else {
-                let shown = self.solver.map_or_else(|| format!("{} (model default)", info.map_or("Flow DPM-Solver++ (order 2)", |i| i.sampler.as_str())), |s| s.label().to_string());
-                egui::ComboBox::from_id_salt("flow_solver").selected_text(shown).show_ui(ui, |ui| {
-                    ui.selectable_value(&mut self.solver, None, "model default");
-                    ui.selectable_value(&mut self.solver, Some(FlowSolver::Dpm), FlowSolver::Dpm.label());
-                    ui.selectable_value(&mut self.solver, Some(FlowSolver::Euler), FlowSolver::Euler.label());
-                });
+            for p in &g.presets {
+                // 6.0, 1.5, 1.15: one decimal at least, as the authors write them.
+                let value = if (p.value * 10.0).fract().abs() < 1e-4 { format!("{:.1}", p.value) } else { format!("{}", p.value) };
+                if ui.small_button(format!("{value} {}", p.label)).on_hover_text(p.hint.as_str()).clicked() {
+                    self.guidance = p.value;
+                }
             }
         });
-        ui.checkbox(&mut self.instruction, "SANA's prompt instruction").on_hover_text(
-            "Prepend the pipelines' \"complex human instruction\" to the prompt, as SANA does by default; long prompts may then lose their last tokens",
-        );
     }
 
     fn central(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {

@@ -6,8 +6,6 @@
 //! Contact points: `Shared::api` holds it; the settings window turns it on and off; the app
 //! hands it the catalog after every scan and asks [`Serving::owns`] about jobs it did not send.
 
-use std::sync::Arc;
-
 use eframe::egui::{self, RichText};
 
 use crate::engine::catalog::Catalog;
@@ -162,9 +160,4 @@ impl Serving {
         );
         toggled
     }
-}
-
-/// For the app's tests: the server's queue, to watch it.
-pub fn queue_of(s: &Serving) -> Option<Arc<crate::server::Queue>> {
-    s.server.as_ref().map(|s| s.queue.clone())
 }

@@ -82,7 +82,6 @@ fn every_job_ends_exactly_once_whatever_happens_to_it() {
         batch: 1,
         width: 64,
         height: 64,
-        solver: None,
         instruction: false,
         binning: false,
     };

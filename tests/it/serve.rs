@@ -42,7 +42,7 @@ fn start_with(c: ServeConfig) -> (Server, String) {
 }
 
 /// `(status, JSON body)` of a request; a body that is not JSON is a test failure.
-fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+pub(crate) fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
     call_auth(method, url, body, None)
 }
 

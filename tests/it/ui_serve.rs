@@ -10,18 +10,8 @@ use serde_json::{json, Value};
 
 use super::ui::{app_with, errors, fixtures, wait_for, wait_ready};
 
-fn post(url: String, body: Value) -> std::thread::JoinHandle<Result<(u16, Value), String>> {
-    std::thread::spawn(move || {
-        let r = ureq::post(&url).timeout(Duration::from_secs(120)).set("Content-Type", "application/json").send_string(&body.to_string());
-        let resp = match r {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let v = serde_json::from_str(&resp.into_string().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        Ok((status, v))
-    })
+fn post(url: String, body: Value) -> std::thread::JoinHandle<(u16, Value)> {
+    std::thread::spawn(move || super::serve::call("POST", &url, Some(&body)))
 }
 
 #[test]
@@ -36,18 +26,18 @@ fn ui_serves_the_local_api_on_its_own_engine() {
 
     // A long request: the strip above the status bar shows it while it runs.
     let long = post(format!("{base}/sdapi/v1/txt2img"), json!({ "prompt": "tench", "steps": 200, "batch_size": 16, "n_iter": 16, "force_task_id": "long" }));
-    let queue = dcae::ui::serving::queue_of(&h.state().shared.api).unwrap();
+    let queue = h.state().shared.api.server.as_ref().map(|s| s.queue.clone()).unwrap();
     wait_for(&mut h, "the API request to run", 60.0, |_| queue.running().is_some_and(|r| r.step > 0));
     h.step();
     h.get_by_label("Local API");
     assert!(queue.cancel("long"));
-    let (s, v) = long.join().unwrap().unwrap();
+    let (s, v) = long.join().unwrap();
     assert_eq!((s, v["error"].as_str()), (409, Some("cancelled")), "{v}");
 
     // A request that needs another model: the shared engine loads it, and the app follows.
     let r = post(format!("{base}/sdapi/v1/txt2img"), json!({ "prompt": "a red apple", "steps": 2, "width": 64, "height": 64, "override_settings": { "sd_model_checkpoint": "sana-tiny" } }));
     wait_for(&mut h, "the API's answer", 60.0, |_| r.is_finished());
-    let (s, v) = r.join().unwrap().unwrap();
+    let (s, v) = r.join().unwrap();
     assert_eq!(s, 200, "{v}");
     wait_for(&mut h, "the app to follow the API's model", 30.0, |a| matches!(&a.shared.generator, GeneratorState::Ready(i) if i.name == "sana-tiny"));
     assert!(h.state().shared.notices.items.iter().any(|n| n.text.contains("The local API loaded sana-tiny")));

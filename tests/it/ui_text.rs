@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dcae::engine::worker::api::GeneratorKind;
+use dcae::engine::worker::api::Input;
 use dcae::ui::{GeneratorState, ModelKind};
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
@@ -29,7 +29,9 @@ fn ui_text_prompt_preview_result_cancel_and_again() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = app_with(fixtures(), tmp.path(), "sana-tiny");
     wait_ready(&mut h);
-    assert_eq!(h.state().generate.kind, GeneratorKind::TextToImage { sprint: false });
+    // The view shows what the model asks for: a prompt with a negative one, SANA's two solvers.
+    assert_eq!(h.state().generate.controls.input, Input::Prompt { negative: true, instruction: true });
+    assert_eq!(h.state().generate.samplers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["dpm", "euler"]);
     // SANA's own defaults, not the class model's.
     assert_eq!((h.state().generate.steps, h.state().generate.guidance), (20, 4.5));
     // One picker lists both kinds of generation model on disk.
@@ -133,7 +135,10 @@ fn ui_sprint_two_steps_by_default() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = app_with(fixtures(), tmp.path(), "sana-tiny/sprint");
     wait_ready(&mut h);
-    assert_eq!(h.state().generate.kind, GeneratorKind::TextToImage { sprint: true });
+    // Sprint reads no negative prompt, takes guidance as an input and has one sampler.
+    assert_eq!(h.state().generate.controls.input, Input::Prompt { negative: false, instruction: true });
+    assert!(!h.state().generate.controls.guided(4.5));
+    assert_eq!(h.state().generate.samplers.len(), 1);
     assert_eq!(h.state().generate.steps, 2);
     type_prompt(&mut h, PROMPT);
     (h.state_mut().generate.width, h.state_mut().generate.height) = (64, 64);
@@ -164,9 +169,12 @@ fn ui_text_saved_png_restores_model_and_prompt() {
         g.width = 64;
         g.height = 96;
         g.output_dir = Some(tmp.path().join("out"));
+        // The model's second sampler, as the one sampler combo offers it.
+        g.sampler = Some("euler".into());
     }
     h.get_by_label("✨ Generate").click();
     wait_for(&mut h, "a result", 60.0, |a| a.shared.history.len() == 1);
+    assert_eq!(h.state().shared.history[0].params.sampler(), "Flow Euler");
     h.get_by_label("⚡ Quick save").click();
     wait_for(&mut h, "the quick save", 30.0, |a| a.shared.notices.items.iter().any(|n| n.text.starts_with("Saved")));
     let saved: Vec<_> = std::fs::read_dir(tmp.path().join("out")).unwrap().flatten().map(|e| e.path()).collect();
@@ -194,6 +202,8 @@ fn ui_text_saved_png_restores_model_and_prompt() {
     assert_eq!(g.prompt, PROMPT);
     assert_eq!(g.negative_prompt, "low quality, blurry");
     assert_eq!((g.steps, g.guidance, g.seed, g.seed_locked, g.width, g.height), (3, 3.0, 777, true, 64, 96), "the model's defaults must not replace the restored settings");
+    // Chosen when its model arrived: the class model loaded when the PNG came offered no Euler.
+    assert_eq!(g.sampler.as_deref(), Some("euler"));
     assert!(h.get_all_by_label_contains("Restored the settings").next().is_some());
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }

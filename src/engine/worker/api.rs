@@ -19,20 +19,95 @@ use crate::sampler::StepUpdate;
 // Generator (class-conditional UViT + its DC-AE)
 // ---------------------------------------------------------------------------------------------
 
-/// Which controls a generation model takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeneratorKind {
-    /// ImageNet class ids (UViT).
-    ClassToImage,
-    /// A prompt (SANA); Sprint samples in 1–4 steps with guidance as an input.
-    TextToImage { sprint: bool },
+/// What conditions a picture, as the loaded model asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// ImageNet class ids below [`GeneratorInfo::num_classes`] (that id itself: unconditional).
+    Classes,
+    /// A prompt. `negative`: the model reads a negative prompt too; `instruction`: SANA's
+    /// complex human instruction may be prepended.
+    Prompt { negative: bool, instruction: bool },
+}
+
+/// The sizes a model makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeControl {
+    /// Its trained size only ([`GeneratorInfo::image_size`]): a class model's position
+    /// embedding is fixed.
+    Trained,
+    /// Any multiple of the factor up to `max` pixels a side; `presets` are its training sizes
+    /// (the aspect-ratio bins), offered first.
+    Free { presets: Vec<(usize, usize)>, max: usize },
+}
+
+/// A named guidance value the view offers as a button.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuidancePreset {
+    pub value: f32,
+    pub label: String,
+    pub hint: String,
+}
+
+/// How the model's guidance works, for its slider and the memory estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuidanceControl {
+    pub presets: Vec<GuidancePreset>,
+    pub hint: String,
+    /// Guidance above 1 costs a second (unconditional) network pass per step; `false` where
+    /// the network takes guidance as an input (Sprint).
+    pub doubles_calls: bool,
+    /// The two passes run as rows of one batch (SANA), not one after the other (UViT).
+    pub batched: bool,
+}
+
+/// Everything the Generate view, the API and the CLI show and check for the loaded model, so
+/// none of them names a family: a new family describes itself here and needs no UI change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controls {
+    pub input: Input,
+    pub size: SizeControl,
+    pub guidance: GuidanceControl,
+    /// One line under the model picker ("1000 classes · 512×512 px").
+    pub summary: String,
+}
+
+impl Controls {
+    /// A class model's controls (its trained size, the authors' demo and FID guidance).
+    pub fn classes(num_classes: usize, image_size: usize, fid_guidance: f32) -> Self {
+        let preset = |value: f32, label: &str, hint: &str| GuidancePreset { value, label: label.into(), hint: hint.into() };
+        Self {
+            input: Input::Classes,
+            size: SizeControl::Trained,
+            guidance: GuidanceControl {
+                presets: vec![
+                    preset(6.0, "demo", "The authors' demo setting: strong, clean class features"),
+                    preset(fid_guidance, "FID", "The setting of the authors' FID numbers: more variety, weaker class features"),
+                    preset(1.0, "off", "No guidance: one network call per step instead of two"),
+                ],
+                hint: "Classifier-free guidance: how strongly the class shapes the picture".into(),
+                doubles_calls: true,
+                batched: false,
+            },
+            summary: format!("{num_classes} classes · {image_size}×{image_size} px"),
+        }
+    }
+
+    pub fn takes_prompt(&self) -> bool {
+        matches!(self.input, Input::Prompt { .. })
+    }
+
+    /// Whether a run at `guidance` makes two network passes per step.
+    pub fn guided(&self, guidance: f32) -> bool {
+        self.guidance.doubles_calls && guidance > 1.0
+    }
 }
 
 /// What the UI needs to know about a loaded generation model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratorInfo {
     pub name: String,
-    pub kind: GeneratorKind,
+    /// What the model asks the user for.
+    pub controls: Controls,
     /// Number of real classes; the unconditional (null) id is `num_classes`.
     pub num_classes: usize,
     pub latent_channels: usize,
@@ -46,8 +121,8 @@ pub struct GeneratorInfo {
     /// What the sampler is, as saved in PNGs: [`crate::sampler::SamplerConfig::label`], the
     /// label the CLI writes too.
     pub sampler: String,
-    /// The samplers a class model's family offers, `(name, label)`, its default first (one
-    /// entry: nothing to choose; empty for text models, whose solvers the UI knows).
+    /// The samplers the model offers, `(name, label)`, its default first (one entry: nothing
+    /// to choose); a job names one by `name` ([`crate::engine::worker::GenerateJob::sampler`]).
     pub samplers: Vec<(String, String)>,
     /// The largest step count the model's sampler takes, and what a step is, for the UI.
     pub max_steps: usize,
@@ -61,6 +136,34 @@ pub struct GeneratorInfo {
 impl GeneratorInfo {
     pub fn image_size(&self) -> usize {
         self.latent_size * self.factor
+    }
+
+    /// The label (as saved in PNGs) of the sampler a job names; `None` or a name the model
+    /// lacks: its default.
+    pub fn sampler_label(&self, name: Option<&str>) -> String {
+        name.and_then(|s| self.samplers.iter().find(|(n, _)| n == s).map(|(_, l)| l.clone())).unwrap_or_else(|| self.sampler.clone())
+    }
+
+    /// The sampler name whose label is `label` (a PNG's), other than the default.
+    pub fn sampler_by_label(&self, label: &str) -> Option<String> {
+        self.samplers.iter().skip(1).find(|(_, l)| l == label).map(|(n, _)| n.clone())
+    }
+
+    /// The size a run makes: the asked one where the model takes any, else its trained size.
+    /// `Err` says what to ask for instead.
+    pub fn check_size(&self, width: usize, height: usize) -> Result<(usize, usize), String> {
+        match &self.controls.size {
+            SizeControl::Trained => Ok((self.image_size(), self.image_size())),
+            SizeControl::Free { max, .. } => {
+                let f = self.factor.max(1);
+                for (what, v) in [("width", width), ("height", height)] {
+                    if v == 0 || v % f != 0 || v > *max {
+                        return Err(format!("The {what} {v} must be a multiple of {f} between {f} and {max} for {}", self.name));
+                    }
+                }
+                Ok((width, height))
+            }
+        }
     }
 }
 
@@ -186,7 +289,7 @@ impl<B: Backend> Generator<B> {
         let c = &model.config;
         let info = GeneratorInfo {
             name: name.to_string(),
-            kind: GeneratorKind::ClassToImage,
+            controls: Controls::classes(c.num_classes(), c.image_size(), c.fid_guidance()),
             num_classes: c.num_classes(),
             latent_channels: c.latent_channels(),
             latent_size: c.latent_size(),

@@ -344,22 +344,23 @@ impl<B: Backend> Engine<B> {
             entry.2 = tick;
             return Ok(());
         }
-        if let Some((cfg, ae)) = self.generators_autoencoder(files) {
-            // Shares the generator's tensors: no second copy of the weights.
-            self.autoencoders.insert(files.weights.clone(), (cfg, ae, tick));
-            return Ok(());
-        }
-        while self.autoencoders.len() >= MAX_AUTOENCODERS {
-            let oldest = self.autoencoders.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.autoencoders.remove(&k),
-                None => break,
-            };
-        }
-        self.status(format!("Loading {}…", files.name));
-        let (mut cfg, ae) = api::load_autoencoder::<B>(&files.name, &files.config, &files.weights, &self.device)?;
-        // f16 on a GPU that has it (half the memory of a full-size photo's activations).
-        let ae = ae.with_precision(PrecisionChoice::Auto.resolve::<B>(&self.device).unwrap_or(Precision::F32));
+        // The generator's own autoencoder shares its tensors: no second copy of the weights.
+        let (mut cfg, ae) = match self.generators_autoencoder(files) {
+            Some(shared) => shared,
+            None => {
+                while self.autoencoders.len() >= MAX_AUTOENCODERS {
+                    let oldest = self.autoencoders.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone());
+                    match oldest {
+                        Some(k) => self.autoencoders.remove(&k),
+                        None => break,
+                    };
+                }
+                self.status(format!("Loading {}…", files.name));
+                let (cfg, ae) = api::load_autoencoder::<B>(&files.name, &files.config, &files.weights, &self.device)?;
+                // f16 on a GPU that has it (half the memory of a full-size photo's activations).
+                (cfg, ae.with_precision(PrecisionChoice::Auto.resolve::<B>(&self.device).unwrap_or(Precision::F32)))
+            }
+        };
         if cfg.name.is_empty() {
             cfg.name = files.name.clone();
         }
@@ -380,12 +381,7 @@ impl<B: Backend> Engine<B> {
             return None;
         }
         match g.model.autoencoder().ok()? {
-            (PlacedAe::Here(ae), mut cfg) => {
-                if cfg.name.is_empty() {
-                    cfg.name = files.name.clone();
-                }
-                Some((cfg, ae))
-            }
+            (PlacedAe::Here(ae), cfg) => Some((cfg, ae)),
             (PlacedAe::Cpu(_), _) => None,
         }
     }

@@ -126,8 +126,7 @@ impl<B: Backend> GenerationModel<B> for Generator<B> {
         let (ae, cfg) = Generator::autoencoder(self);
         let mut on_image = |i: usize, n: usize| on_event(RunEvent::Phase { label: format!("Decoding image {}/{n}…", i + 1), done: i, total: n });
         let images = decode_images(ae, cfg, self.info().scaling_factor, out.latent, &mut on_image).map_err(|e| GenerateFailure::Failed(format!("decoding the final image failed: {e}")))?;
-        let info = self.info();
-        let sampler = job.sampler.as_deref().and_then(|s| info.samplers.iter().find(|(n, _)| n == s).map(|(_, l)| l.clone())).unwrap_or_else(|| info.sampler.clone());
+        let sampler = self.info().sampler_label(job.sampler.as_deref());
         Ok(RunOutput {
             images,
             nfe: out.nfe,

@@ -102,6 +102,41 @@ pub struct GenerateJob {
     pub cancel: CancelToken,
 }
 
+impl GenerateJob {
+    /// The settings its pictures carry in their PNGs, made with `info` by `sampler` (a label)
+    /// from the picture named `source` (image-to-image). The unconditional class is written as
+    /// [`super::api::UNCONDITIONAL`] whatever the model's own null id.
+    pub fn image_params(&self, info: &GeneratorInfo, sampler: String, source: &str) -> super::api::ImageParams {
+        use super::api::{GenerationParams, ImageParams, Img2Img, PromptParams, UNCONDITIONAL};
+        let img2img = self.init.as_ref().map(|i| Img2Img { source: source.to_string(), strength: i.strength });
+        match &self.conditioning {
+            Conditioning::Prompt(t) => ImageParams::Text(PromptParams {
+                prompts: vec![t.prompt.clone(); t.batch.max(1)],
+                negative_prompt: t.negative_prompt.clone(),
+                steps: self.steps,
+                sampler,
+                guidance: self.cfg_scale,
+                seed: self.seed,
+                width: t.width,
+                height: t.height,
+                model: info.name.clone(),
+                instruction: t.instruction,
+                img2img,
+            }),
+            Conditioning::Classes(ids) => ImageParams::Class(GenerationParams {
+                classes: ids.iter().map(|&c| if c >= info.num_classes { UNCONDITIONAL } else { c as u32 }).collect(),
+                guidance: self.cfg_scale,
+                steps: self.steps,
+                seed: self.seed,
+                model: info.name.clone(),
+                sampler,
+                batch: ids.len(),
+                img2img,
+            }),
+        }
+    }
+}
+
 /// The source of an image-to-image run (SDEdit): encoded with the model's own DC-AE, noised to
 /// `strength` on the model's schedule, then denoised with the job's class or prompt.
 #[derive(Debug, Clone)]

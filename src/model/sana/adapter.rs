@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use burn::tensor::{backend::Backend, Tensor};
 use image::RgbImage;
 
-use crate::engine::worker::api::{GenerateFailure, GeneratorInfo, GeneratorKind, LoadFailure};
+use crate::engine::worker::api::{Controls, GenerateFailure, GeneratorInfo, GuidanceControl, GuidancePreset, Input, LoadFailure, SizeControl};
 use crate::engine::worker::generation::{wrong_conditioning, GenerationModel, RunEvent, RunOutput};
 use crate::engine::worker::GenerateJob;
 use crate::model::sana::pipeline::{SanaPipeline, T2iError, T2iEvent, T2iRequest};
@@ -47,8 +47,6 @@ pub struct TextRequest {
     pub batch: usize,
     pub width: usize,
     pub height: usize,
-    /// `None`: the model's scheduler (DPM-Solver++ for SANA, SCM for Sprint).
-    pub solver: Option<FlowSolver>,
     /// Prepend SANA's complex human instruction (the pipelines' default).
     pub instruction: bool,
     /// Generate at the model's closest resolution bin and resize back (diffusers' default).
@@ -109,9 +107,40 @@ impl<B: Backend> TextGenerator<B> {
         let weights = denoiser_bytes + pipeline.vae_precision().bytes() * c.vae.approx_params() + text_bytes;
         pipeline.low_memory = crate::engine::memory::mem_available().is_some_and(|avail| weights as f64 > LOW_MEMORY_SHARE * avail as f64);
         let sample = c.transformer.sample_size;
+        let side = sample * c.vae_factor();
+        let default_guidance = c.default_guidance();
+        let preset = |value: f32, label: &str, hint: &str| GuidancePreset { value, label: label.into(), hint: hint.into() };
+        let controls = Controls {
+            input: Input::Prompt { negative: !sprint, instruction: true },
+            size: SizeControl::Free { presets: aspect_presets(sample, c.vae_factor()), max: MAX_SIDE },
+            guidance: if sprint {
+                GuidanceControl {
+                    presets: vec![preset(default_guidance, "default", "Sprint's own setting")],
+                    hint: "Sprint takes guidance as an input of its network (one call per step)".into(),
+                    doubles_calls: false,
+                    batched: false,
+                }
+            } else {
+                GuidanceControl {
+                    presets: vec![
+                        preset(default_guidance, "default", "SANA's own setting"),
+                        preset(1.0, "off", "No guidance: one network call per step instead of two"),
+                    ],
+                    hint: format!("Classifier-free guidance; SANA's default is {default_guidance}. 1.0 turns it off (one network call per step instead of two)"),
+                    doubles_calls: true,
+                    batched: true,
+                }
+            },
+            summary: if sprint { format!("text to image, 1–4 steps · trained at {side} px") } else { format!("text to image · trained at {side} px") },
+        };
+        // Sprint's consistency sampler is its only one; SANA's scheduler first, then the other.
+        let solvers: Vec<FlowSolver> = match c.scheduler.solver {
+            FlowSolver::Scm => vec![FlowSolver::Scm],
+            own => std::iter::once(own).chain([FlowSolver::Dpm, FlowSolver::Euler].into_iter().filter(|s| *s != own)).collect(),
+        };
         let info = GeneratorInfo {
             name: name.to_string(),
-            kind: GeneratorKind::TextToImage { sprint },
+            controls,
             num_classes: 0,
             latent_channels: c.transformer.in_channels,
             latent_size: sample,
@@ -120,7 +149,7 @@ impl<B: Backend> TextGenerator<B> {
             default_guidance: c.default_guidance(),
             scaling_factor: c.vae.scaling_factor,
             sampler: c.scheduler.solver.label().to_string(),
-            samplers: Vec::new(),
+            samplers: solvers.iter().map(|s| (s.name().to_string(), s.label().to_string())).collect(),
             max_steps: if sprint { 4 } else { 200 },
             steps_hint: if sprint { "SANA-Sprint samples in 1 to 4 steps; 2 is its default" } else { "Solver steps; SANA's default is 20" }.into(),
             fid_guidance: c.default_guidance(),
@@ -162,6 +191,7 @@ impl<B: Backend> TextGenerator<B> {
     pub fn generate(
         &mut self,
         req: &TextRequest,
+        solver: Option<FlowSolver>,
         cfg_scale: f32,
         steps: usize,
         seed: u64,
@@ -195,7 +225,7 @@ impl<B: Backend> TextGenerator<B> {
         r.memory_budget = crate::engine::memory::autoencoder_budget_placed::<B>(self.pipeline.vae_on_cpu(), self.pipeline.device());
         r.steps = Some(steps);
         r.guidance = Some(cfg_scale);
-        r.solver = req.solver;
+        r.solver = solver;
         r.instruction = req.instruction;
         r.binning = req.binning && r.init.is_none();
         r.seed = seed;
@@ -225,6 +255,9 @@ impl<B: Backend> TextGenerator<B> {
         }
     }
 }
+
+/// The largest side a text model is asked for, in pixels (the bins go to 4096 for SANA 4K).
+pub const MAX_SIDE: usize = 4096;
 
 /// The size presets of a model trained at `sample_size` latents: its resolution bins (the
 /// aspect ratios it was trained on), common ones first.
@@ -274,7 +307,14 @@ impl<B: Backend> GenerationModel<B> for TextGenerator<B> {
             on_event(e)
         };
         let init = job.init.as_ref().map(|i| (i.image.as_ref(), i.strength));
-        let out = self.generate(req, job.cfg_scale, job.steps, job.seed, init, &mut on, &job.cancel)?;
+        let solver = match job.sampler.as_deref() {
+            None => None,
+            Some(name) => match FlowSolver::from_name(name).filter(|s| self.info.samplers.iter().any(|(n, _)| n == s.name())) {
+                Some(s) => Some(s),
+                None => return Err(GenerateFailure::Failed(format!("{} has no sampler {name:?}; it offers {}", self.info.name, self.info.samplers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")))),
+            },
+        };
+        let out = self.generate(req, solver, job.cfg_scale, job.steps, job.seed, init, &mut on, &job.cancel)?;
         let mut warnings = Vec::new();
         if out.dropped_tokens > 0 {
             warnings.push(format!(

@@ -29,6 +29,20 @@ pub enum FlowSolver {
 }
 
 impl FlowSolver {
+    /// The name a job asks for it by ([`crate::engine::worker::api::GeneratorInfo::samplers`]),
+    /// the CLI's value name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowSolver::Dpm => "dpm",
+            FlowSolver::Euler => "euler",
+            FlowSolver::Scm => "scm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [FlowSolver::Dpm, FlowSolver::Euler, FlowSolver::Scm].into_iter().find(|s| s.name() == name)
+    }
+
     /// For image metadata.
     pub fn label(self) -> &'static str {
         match self {
