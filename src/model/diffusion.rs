@@ -34,6 +34,9 @@ fn is_cpu_backend<B: Backend>() -> bool {
 }
 
 /// Prefix of the UViT inside the combined diffusion checkpoints.
+/// The authors' demo guidance for the UViTs (efficientvit `demo_dc_ae_diffusion_model.py`).
+pub const DEMO_GUIDANCE: f32 = 6.0;
+
 pub const UVIT_PREFIX: &str = "diffusion_model.";
 
 /// Everything needed to build and run a diffusion model.
@@ -294,7 +297,7 @@ impl DiffusionConfig {
     /// FID value for DiT and USiT, whose published runs all use it (6 would oversaturate them).
     pub fn default_guidance(&self) -> f32 {
         match &self.denoiser {
-            DenoiserConfig::Uvit { .. } => 6.0,
+            DenoiserConfig::Uvit { .. } => DEMO_GUIDANCE,
             _ => self.fid_guidance(),
         }
     }

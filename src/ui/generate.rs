@@ -16,9 +16,8 @@ use crate::engine::worker::api::{self, Controls, GeneratorInfo, ImageParams, Inp
 use crate::model::sana::adapter::TextRequest;
 use crate::engine::worker::{cancel_token, CancelToken, Conditioning, Event, GenerateJob, Generated, InitImage, Job};
 
-/// The authors' demo guidance (efficientvit `demo_dc_ae_diffusion_model.py`), before a model
-/// says its own.
-pub const DEMO_GUIDANCE: f32 = 6.0;
+/// The guidance before a model says its own: the authors' demo value.
+pub use crate::model::diffusion::DEMO_GUIDANCE;
 /// The guidance of the UViTs' FID numbers, before a model says its own.
 pub const FID_GUIDANCE: f32 = 1.5;
 pub const MAX_BATCH: usize = 16;

@@ -80,7 +80,7 @@ impl Controls {
             size: SizeControl::Trained,
             guidance: GuidanceControl {
                 presets: vec![
-                    preset(6.0, "demo", "The authors' demo setting: strong, clean class features"),
+                    preset(crate::model::diffusion::DEMO_GUIDANCE, "demo", "The authors' demo setting: strong, clean class features"),
                     preset(fid_guidance, "FID", "The setting of the authors' FID numbers: more variety, weaker class features"),
                     preset(1.0, "off", "No guidance: one network call per step instead of two"),
                 ],
