@@ -32,6 +32,38 @@ fn regression_a_picture_above_the_texture_limit_is_shown_scaled_and_kept_whole()
     assert!(errors(h.state()).is_empty(), "{:?}", errors(h.state()));
 }
 
+/// Scaling the display copy of such a picture ran `image`'s triangle filter on the UI thread:
+/// a 12000×9000 photo froze the window for 12.9 s (measured). The texture now starts as a
+/// nearest-pixel copy of the shown size, made at once, and a helper thread replaces it with the
+/// area-averaged copy.
+#[test]
+fn regression_scaling_a_picture_above_the_texture_limit_does_not_hold_the_ui_thread() {
+    use dcae::imaging::{resize, ResampleFilter};
+    use dcae::ui::widgets;
+    let ctx = egui::Context::default();
+    let img = image::RgbImage::from_fn(3000, 1000, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x * y) % 251) as u8]));
+    let colors = |i: &image::RgbImage| egui::ColorImage::from_rgb([i.width() as usize, i.height() as usize], i.as_raw());
+    ctx.begin_pass(egui::RawInput { max_texture_side: Some(1024), ..Default::default() });
+    let handle = widgets::texture(&ctx, "huge", &img);
+    let first = ctx.end_pass().textures_delta;
+    // 1024 is the least egui allows (its font atlas).
+    assert_eq!(handle.size(), [1024, 341]);
+    let image_of = |delta: &egui::epaint::ImageDelta| match &delta.image {
+        egui::ImageData::Color(c) => (**c).clone(),
+    };
+    let mine = |d: egui::TexturesDelta| d.set.into_iter().filter(|(id, _)| *id == handle.id()).map(|(_, d)| image_of(&d)).collect::<Vec<_>>();
+    let mut seen = mine(first);
+    assert!(seen.len() == 1 && seen[0] == colors(&widgets::nearest(&img, 1024, 341)), "the first image is the nearest-pixel copy");
+    let start = std::time::Instant::now();
+    while seen.len() < 2 {
+        seen.extend(mine(ctx.tex_manager().write().take_delta()));
+        assert!(start.elapsed() < Duration::from_secs(30), "the scaled copy never replaced the placeholder");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen[1] == colors(&resize(&img, 1024, 341, ResampleFilter::Box)), "then the area-averaged copy");
+    assert!(seen[0] != seen[1], "a picture where the two copies agree tests nothing");
+}
+
 /// A helper closure that panicked dropped its promise's sender, and the UI thread's next
 /// `ready()` panicked: one gallery file that trips a decoder would close the app at every
 /// start. Now the panic arrives as an error to show.
