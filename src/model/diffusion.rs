@@ -33,10 +33,10 @@ fn is_cpu_backend<B: Backend>() -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
 }
 
-/// Prefix of the UViT inside the combined diffusion checkpoints.
 /// The authors' demo guidance for the UViTs (efficientvit `demo_dc_ae_diffusion_model.py`).
 pub const DEMO_GUIDANCE: f32 = 6.0;
 
+/// Prefix of the UViT inside the combined diffusion checkpoints.
 pub const UVIT_PREFIX: &str = "diffusion_model.";
 
 /// Everything needed to build and run a diffusion model.

